@@ -1,0 +1,88 @@
+// GAN loss terms shared by the CPU (C++) and CUDA kernels. Plain C++, no torch headers, so that
+// nvcc can compile the CUDA kernels on a machine whose torch has no CUDA headers.
+//
+// Every loss kind is a pair of elementwise terms and a mode:
+//   plain:   L = mean_i phi(r_i) + mean_j psi(f_j)
+//   relavg:  L = mean_i phi(r_i - mean f) + mean_j psi(f_j - mean r)       (relativistic average)
+//   paired:  L = mean_i phi(r_i - f_i)                                      (relativistic pairing)
+// The kind numbering is ganfast.ops.losses.KIND_IDS; keep the two in step.
+#pragma once
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define GF_HD __host__ __device__ __forceinline__
+#else
+#define GF_HD inline
+#endif
+
+namespace ganfast {
+
+#if !defined(__CUDACC__)
+using std::exp;  // the float overloads on the host
+using std::fabs;
+using std::log1p;
+#endif
+
+enum class Term : int { None = 0, SoftplusNeg, SoftplusPos, NegSoftplusPos, HingeNeg, HingePos, Neg, Pos, HalfSqMinus1, HalfSq };
+enum class Mode : int { Plain = 0, RelAvg, Paired };
+
+struct LossSpec {
+  Term phi;  // term over real logits (or over r - f when paired)
+  Term psi;  // term over fake logits
+  Mode mode;
+};
+
+// kind ids: 0 ns, 1 minimax, 2 hinge, 3 wasserstein, 4 ls, 5 rahinge, 6 rans, 7 rpgan.
+GF_HD LossSpec loss_spec(int kind, bool generator) {
+  switch (kind) {
+    case 0: return generator ? LossSpec{Term::None, Term::SoftplusNeg, Mode::Plain}
+                             : LossSpec{Term::SoftplusNeg, Term::SoftplusPos, Mode::Plain};
+    case 1: return generator ? LossSpec{Term::None, Term::NegSoftplusPos, Mode::Plain}
+                             : LossSpec{Term::SoftplusNeg, Term::SoftplusPos, Mode::Plain};
+    case 2: return generator ? LossSpec{Term::None, Term::Neg, Mode::Plain}
+                             : LossSpec{Term::HingeNeg, Term::HingePos, Mode::Plain};
+    case 3: return generator ? LossSpec{Term::None, Term::Neg, Mode::Plain}
+                             : LossSpec{Term::Neg, Term::Pos, Mode::Plain};
+    case 4: return generator ? LossSpec{Term::None, Term::HalfSqMinus1, Mode::Plain}
+                             : LossSpec{Term::HalfSqMinus1, Term::HalfSq, Mode::Plain};
+    case 5: return generator ? LossSpec{Term::HingePos, Term::HingeNeg, Mode::RelAvg}
+                             : LossSpec{Term::HingeNeg, Term::HingePos, Mode::RelAvg};
+    case 6: return generator ? LossSpec{Term::SoftplusPos, Term::SoftplusNeg, Mode::RelAvg}
+                             : LossSpec{Term::SoftplusNeg, Term::SoftplusPos, Mode::RelAvg};
+    default: return generator ? LossSpec{Term::SoftplusPos, Term::None, Mode::Paired}
+                              : LossSpec{Term::SoftplusNeg, Term::None, Mode::Paired};
+  }
+}
+
+// log(1 + e^x) without overflow; NaN propagates (std::max would too, fmax would not).
+template <typename T> GF_HD T softplus(T x) {
+  T pos = x < T(0) ? T(0) : x;
+  return pos + log1p(exp(-fabs(x)));
+}
+// 1 / (1 + e^-x) without overflow.
+template <typename T> GF_HD T sigmoid(T x) {
+  if (x >= T(0)) return T(1) / (T(1) + exp(-x));
+  T e = exp(x);
+  return e / (T(1) + e);
+}
+
+// value and derivative of one term at x. Written as `a < 0 ? 0 : a` so that NaN is never masked.
+template <typename T> GF_HD void term_eval(Term t, T x, T& value, T& deriv) {
+  switch (t) {
+    case Term::SoftplusNeg: value = softplus(-x); deriv = -sigmoid(-x); return;
+    case Term::SoftplusPos: value = softplus(x); deriv = sigmoid(x); return;
+    case Term::NegSoftplusPos: value = -softplus(x); deriv = -sigmoid(x); return;
+    case Term::HingeNeg: { T a = T(1) - x; value = a < T(0) ? T(0) : a; deriv = a > T(0) ? T(-1) : T(0); return; }
+    case Term::HingePos: { T a = T(1) + x; value = a < T(0) ? T(0) : a; deriv = a > T(0) ? T(1) : T(0); return; }
+    case Term::Neg: value = -x; deriv = T(-1); return;
+    case Term::Pos: value = x; deriv = T(1); return;
+    case Term::HalfSqMinus1: value = T(0.5) * (x - T(1)) * (x - T(1)); deriv = x - T(1); return;
+    case Term::HalfSq: value = T(0.5) * x * x; deriv = x; return;
+    default: value = T(0); deriv = T(0); return;
+  }
+}
+
+// Indices into the stats output (fp32, 4 values).
+enum Stat : int { kRealMean = 0, kFakeMean = 1, kRealAcc = 2, kFakeAcc = 3 };
+
+}  // namespace ganfast

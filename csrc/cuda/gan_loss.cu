@@ -1,0 +1,139 @@
+// CUDA kernel of ganfast::gan_loss_fused: one block walks the logits three times at most
+// (statistics, terms, relativistic gradient correction); deterministic block reductions (CUB).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cub/block/block_reduce.cuh>
+
+#include "../common/gan_loss.h"
+#include "kernels.cuh"
+
+namespace ganfast {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 1024;
+
+template <typename T> struct OpMath { using type = float; };
+template <> struct OpMath<double> { using type = double; };
+
+template <typename scalar_t> __device__ __forceinline__ typename OpMath<scalar_t>::type load(const scalar_t* p, int64_t i) {
+  return static_cast<typename OpMath<scalar_t>::type>(p[i]);
+}
+template <> __device__ __forceinline__ float load<__half>(const __half* p, int64_t i) { return __half2float(p[i]); }
+template <> __device__ __forceinline__ float load<__nv_bfloat16>(const __nv_bfloat16* p, int64_t i) {
+  return __bfloat162float(p[i]);
+}
+template <typename scalar_t, typename T> __device__ __forceinline__ void store(scalar_t* p, int64_t i, T v) {
+  p[i] = static_cast<scalar_t>(v);
+}
+template <> __device__ __forceinline__ void store<__half, float>(__half* p, int64_t i, float v) { p[i] = __float2half(v); }
+template <> __device__ __forceinline__ void store<__nv_bfloat16, float>(__nv_bfloat16* p, int64_t i, float v) {
+  p[i] = __float2bfloat16(v);
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) gan_loss_kernel(GanLossArgs a) {
+  using T = typename OpMath<scalar_t>::type;
+  using Reduce = cub::BlockReduce<T, kThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ T shared_sum;
+  // Sum over the block, returned to every thread.
+  auto block_sum = [&](T v) -> T {
+    T s = Reduce(tmp).Sum(v);
+    if (threadIdx.x == 0) shared_sum = s;
+    __syncthreads();
+    T out = shared_sum;
+    __syncthreads();
+    return out;
+  };
+  const scalar_t* r = static_cast<const scalar_t*>(a.real);
+  const scalar_t* f = static_cast<const scalar_t*>(a.fake);
+  scalar_t* gr = static_cast<scalar_t*>(a.grad_real);
+  scalar_t* gf = static_cast<scalar_t*>(a.grad_fake);
+  const int64_t nr = a.n_real, nf = a.n_fake;
+  const LossSpec spec = loss_spec(a.kind, a.generator);
+
+  // Pass 1: statistics and means.
+  T sum_r = 0, pos_r = 0, sum_f = 0, neg_f = 0;
+  for (int64_t i = threadIdx.x; i < nr; i += kThreads) { T x = load(r, i); sum_r += x; pos_r += x > T(0); }
+  for (int64_t i = threadIdx.x; i < nf; i += kThreads) { T x = load(f, i); sum_f += x; neg_f += x < T(0); }
+  sum_r = block_sum(sum_r); pos_r = block_sum(pos_r); sum_f = block_sum(sum_f); neg_f = block_sum(neg_f);
+  const T nan = T(NAN);
+  const T mean_r = nr ? sum_r / T(nr) : nan, mean_f = sum_f / T(nf);
+  if (threadIdx.x == 0) {
+    a.stats[kRealMean] = float(mean_r);
+    a.stats[kFakeMean] = float(mean_f);
+    a.stats[kRealAcc] = nr ? float(pos_r / T(nr)) : float(nan);
+    a.stats[kFakeAcc] = float(neg_f / T(nf));
+  }
+
+  if (spec.mode == Mode::Paired) {  // L = mean phi(r_i - f_i)
+    T s = 0;
+    for (int64_t i = threadIdx.x; i < nf; i += kThreads) {
+      T v, d;
+      term_eval(spec.phi, load(r, i) - load(f, i), v, d);
+      s += v;
+      store(gr, i, d / T(nf));
+      store(gf, i, -d / T(nf));
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) store(static_cast<scalar_t*>(a.loss), 0, s / T(nf));
+    return;
+  }
+  const bool relavg = spec.mode == Mode::RelAvg;
+  const T shift_r = relavg ? mean_f : T(0), shift_f = relavg ? mean_r : T(0);
+  // Pass 2: terms and the sums of their derivatives.
+  T vr = 0, dr = 0, vf = 0, df = 0;
+  for (int64_t i = threadIdx.x; i < nr; i += kThreads) {
+    T v, d;
+    term_eval(spec.phi, load(r, i) - shift_r, v, d);
+    vr += v; dr += d;
+    if (!relavg) store(gr, i, d / T(nr));
+  }
+  for (int64_t i = threadIdx.x; i < nf; i += kThreads) {
+    T v, d;
+    term_eval(spec.psi, load(f, i) - shift_f, v, d);
+    vf += v; df += d;
+    if (!relavg) store(gf, i, d / T(nf));
+  }
+  vr = block_sum(vr); dr = block_sum(dr); vf = block_sum(vf); df = block_sum(df);
+  if (threadIdx.x == 0) {
+    T loss = (spec.phi == Term::None ? T(0) : vr / T(nr)) + (spec.psi == Term::None ? T(0) : vf / T(nf));
+    store(static_cast<scalar_t*>(a.loss), 0, loss);
+  }
+  if (!relavg) return;
+  // Pass 3: dL/dr_i = (phi'(x_i) - mean psi') / Nr,  dL/df_j = (psi'(y_j) - mean phi') / Nf.
+  const T mean_dpsi = df / T(nf), mean_dphi = dr / T(nr);
+  for (int64_t i = threadIdx.x; i < nr; i += kThreads) {
+    T v, d;
+    term_eval(spec.phi, load(r, i) - shift_r, v, d);
+    store(gr, i, (d - mean_dpsi) / T(nr));
+  }
+  for (int64_t i = threadIdx.x; i < nf; i += kThreads) {
+    T v, d;
+    term_eval(spec.psi, load(f, i) - shift_f, v, d);
+    store(gf, i, (d - mean_dphi) / T(nf));
+  }
+}
+
+template <typename scalar_t>
+cudaError_t launch(const GanLossArgs& args, cudaStream_t stream) {
+  gan_loss_kernel<scalar_t><<<1, kThreads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t gan_loss(const GanLossArgs& args, DType dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::Float32: return launch<float>(args, stream);
+    case DType::Float16: return launch<__half>(args, stream);
+    case DType::BFloat16: return launch<__nv_bfloat16>(args, stream);
+    case DType::Float64: return launch<double>(args, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace ganfast

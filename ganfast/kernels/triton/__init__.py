@@ -1,0 +1,1 @@
+"""Triton kernels and their launchers. Imported only when the triton backend runs."""
