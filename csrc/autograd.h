@@ -8,7 +8,7 @@ namespace ganfast {
 
 // d out / d input, scaled by the upstream gradient (a scalar); undefined stays undefined.
 inline at::Tensor scale_saved_grad(const at::Tensor& saved, const at::Tensor& grad_out) {
-  if (!saved.defined() || !grad_out.defined() || saved.numel() == 0) return at::Tensor();
+  if (!saved.defined() || !grad_out.defined()) return at::Tensor();
   return saved * grad_out.to(saved.scalar_type());
 }
 

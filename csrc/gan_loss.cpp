@@ -25,14 +25,16 @@ struct GanLossFunction : public torch::autograd::Function<GanLossFunction> {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [loss, grad_real, grad_fake, stats] = call_fused(real, fake, kind, generator);
     ctx->save_for_backward({grad_real, grad_fake});
+    ctx->saved_data["has_real"] = real.has_value() && real->defined();
     ctx->mark_non_differentiable({stats});
     return {loss, stats};
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    return {scale_saved_grad(saved[0], grad_outputs[0]), scale_saved_grad(saved[1], grad_outputs[0]),
-            at::Tensor(), at::Tensor()};
+    const bool has_real = ctx->saved_data["has_real"].toBool();
+    return {has_real ? scale_saved_grad(saved[0], grad_outputs[0]) : at::Tensor(),
+            scale_saved_grad(saved[1], grad_outputs[0]), at::Tensor(), at::Tensor()};
   }
 };
 

@@ -4,8 +4,6 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include <limits>
-
 #include "../common/parallel.h"
 #include "../gan_loss_inputs.h"
 
@@ -26,11 +24,11 @@ void gan_loss_cpu_kernel(const scalar_t* r, int64_t nr, const scalar_t* f, int64
   const auto fs = chunked_sum<2>(nf, [&](int64_t b, int64_t e, std::array<double, 2>& a) {
     for (int64_t i = b; i < e; ++i) { T x = T(f[i]); a[0] += x; a[1] += x < T(0); }
   });
-  const double nan = std::numeric_limits<double>::quiet_NaN();
-  const double mean_r = nr ? rs[0] / nr : nan, mean_f = fs[0] / nf;
+  // Without real logits (a non-relativistic G loss) the real statistics are 0.
+  const double mean_r = nr ? rs[0] / nr : 0.0, mean_f = fs[0] / nf;
   stats[kRealMean] = float(mean_r);
   stats[kFakeMean] = float(mean_f);
-  stats[kRealAcc] = nr ? float(rs[1] / nr) : float(nan);
+  stats[kRealAcc] = nr ? float(rs[1] / nr) : 0.f;
   stats[kFakeAcc] = float(fs[1] / nf);
 
   if (spec.mode == Mode::Paired) {  // L = mean phi(r_i - f_i)

@@ -35,17 +35,17 @@ template <> __device__ __forceinline__ void store<__nv_bfloat16, float>(__nv_bfl
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) gan_loss_kernel(GanLossArgs a) {
   using T = typename OpMath<scalar_t>::type;
-  using Reduce = cub::BlockReduce<T, kThreads>;
+  using Reduce = cub::BlockReduce<double, kThreads>;
   __shared__ typename Reduce::TempStorage tmp;
-  __shared__ T shared_sum;
-  // Sum over the block, returned to every thread.
-  auto block_sum = [&](T v) -> T {
-    T s = Reduce(tmp).Sum(v);
+  __shared__ double shared_sum;
+  // Sum over the block in fp64 (a handful per launch), returned to every thread.
+  auto block_sum = [&](double v) -> T {
+    double s = Reduce(tmp).Sum(v);
     if (threadIdx.x == 0) shared_sum = s;
     __syncthreads();
-    T out = shared_sum;
+    double out = shared_sum;
     __syncthreads();
-    return out;
+    return T(out);
   };
   const scalar_t* r = static_cast<const scalar_t*>(a.real);
   const scalar_t* f = static_cast<const scalar_t*>(a.fake);
@@ -54,17 +54,19 @@ __global__ void __launch_bounds__(kThreads) gan_loss_kernel(GanLossArgs a) {
   const int64_t nr = a.n_real, nf = a.n_fake;
   const LossSpec spec = loss_spec(a.kind, a.generator);
 
-  // Pass 1: statistics and means.
-  T sum_r = 0, pos_r = 0, sum_f = 0, neg_f = 0;
+  // Pass 1: statistics and means; the sums of logits in fp64, as their mean can cancel to ~0.
+  double sum_r = 0, sum_f = 0;
+  T pos_r = 0, neg_f = 0;
   for (int64_t i = threadIdx.x; i < nr; i += kThreads) { T x = load(r, i); sum_r += x; pos_r += x > T(0); }
   for (int64_t i = threadIdx.x; i < nf; i += kThreads) { T x = load(f, i); sum_f += x; neg_f += x < T(0); }
-  sum_r = block_sum(sum_r); pos_r = block_sum(pos_r); sum_f = block_sum(sum_f); neg_f = block_sum(neg_f);
-  const T nan = T(NAN);
-  const T mean_r = nr ? sum_r / T(nr) : nan, mean_f = sum_f / T(nf);
+  // Without real logits (a non-relativistic G loss) the real statistics are 0.
+  const T mean_r = nr ? T(double(block_sum(sum_r)) / double(nr)) : T(0);
+  const T mean_f = T(double(block_sum(sum_f)) / double(nf));
+  pos_r = block_sum(pos_r); neg_f = block_sum(neg_f);
   if (threadIdx.x == 0) {
     a.stats[kRealMean] = float(mean_r);
     a.stats[kFakeMean] = float(mean_f);
-    a.stats[kRealAcc] = nr ? float(pos_r / T(nr)) : float(nan);
+    a.stats[kRealAcc] = nr ? float(pos_r / T(nr)) : 0.f;
     a.stats[kFakeAcc] = float(neg_f / T(nf));
   }
 

@@ -46,6 +46,7 @@ def g_loss(f: torch.Tensor, kind: str, r: torch.Tensor | None = None) -> torch.T
 
 @torch.no_grad()
 def d_stats(r: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """[mean r, mean f, fraction r > 0, fraction f < 0] in fp32."""
-    r, f = r.float(), f.float()
-    return torch.stack([r.mean(), f.mean(), (r > 0).float().mean(), (f < 0).float().mean()])
+    """[mean r, mean f, fraction r > 0, fraction f < 0] in fp32 (summed in fp64 for fp64 logits)."""
+    acc = torch.float64 if r.dtype == torch.float64 else torch.float32
+    r, f = r.to(acc), f.to(acc)
+    return torch.stack([r.mean(), f.mean(), (r > 0).to(acc).mean(), (f < 0).to(acc).mean()]).float()

@@ -85,33 +85,33 @@ def _gan_loss_kernel(r_ptr, f_ptr, nr, nf, loss_ptr, gr_ptr, gf_ptr, stats_ptr,
                      BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     zero = tl.zeros([BLOCK], tl.float32)
-    # Pass 1: statistics and means.
-    sum_r = zero
+    # Pass 1: statistics and means; the sums of logits in fp64, as their mean can cancel to ~0.
+    sum_r = tl.zeros([BLOCK], tl.float64)
     pos_r = zero
     if HAS_REAL:
         for start in range(0, nr, BLOCK):
             m = start + offs < nr
             x = tl.load(r_ptr + start + offs, mask=m, other=0.0).to(tl.float32)
-            sum_r += x
+            sum_r += x.to(tl.float64)
             pos_r += tl.where(m & (x > 0), 1.0, 0.0)
-    sum_f = zero
+    sum_f = tl.zeros([BLOCK], tl.float64)
     neg_f = zero
     for start in range(0, nf, BLOCK):
         m = start + offs < nf
         x = tl.load(f_ptr + start + offs, mask=m, other=0.0).to(tl.float32)
-        sum_f += x
+        sum_f += x.to(tl.float64)
         neg_f += tl.where(m & (x < 0), 1.0, 0.0)
     nrf = nr.to(tl.float32)
     nff = nf.to(tl.float32)
-    mean_f = tl.sum(sum_f, 0) / nff
+    mean_f = (tl.sum(sum_f, 0) / nf).to(tl.float32)
     if HAS_REAL:
-        mean_r = tl.sum(sum_r, 0) / nrf
+        mean_r = (tl.sum(sum_r, 0) / nr).to(tl.float32)
         tl.store(stats_ptr + 0, mean_r)
         tl.store(stats_ptr + 2, tl.sum(pos_r, 0) / nrf)
-    else:
-        mean_r = float("nan")
-        tl.store(stats_ptr + 0, float("nan"))
-        tl.store(stats_ptr + 2, float("nan"))
+    else:  # no real logits (a non-relativistic G loss): the real statistics are 0
+        mean_r = 0.0
+        tl.store(stats_ptr + 0, 0.0)
+        tl.store(stats_ptr + 2, 0.0)
     tl.store(stats_ptr + 1, mean_f)
     tl.store(stats_ptr + 3, tl.sum(neg_f, 0) / nff)
 

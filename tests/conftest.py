@@ -1,0 +1,30 @@
+import os
+
+import torch
+
+# Without a GPU, Triton kernels run on CPU tensors in the interpreter; it must be set before triton
+# is imported (ganfast imports triton lazily, so here is early enough).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from ganfast import backends  # noqa: E402
+
+
+def kernel_backends() -> list[tuple[str, str]]:
+    """(backend, device type) for every available kernel backend and device it serves here."""
+    return [(b, d) for b in backends.BACKENDS if b != "reference" and backends.status(b).available
+            for d in backends.status(b).device_types]
+
+
+@pytest.fixture(params=kernel_backends(), ids=lambda p: f"{p[0]}-{p[1]}")
+def backend_device(request):
+    return request.param
+
+
+def poison_memory(numel: int = 1 << 20) -> None:
+    """Leave NaN in freed memory, so an output element a kernel forgot to write is NaN rather than a
+    stale correct value from an earlier identical call."""
+    junk = torch.full((numel,), float("nan"))
+    del junk
