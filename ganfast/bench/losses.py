@@ -34,6 +34,7 @@ def variants(kind: str, device: torch.device, compile_reference: bool = True):
         return reference.d_loss(r, f, kind)
     out = {"eager": ref}
     if compile_reference:
+        torch._dynamo.reset()  # a fresh cache per case: `ref` is one code object for every kind and size
         out["compiled"] = torch.compile(ref, dynamic=False)
     for name in backends.available_backends(device.type):
         if name != "reference":  # timed under `with use_backend(name)`
