@@ -53,7 +53,11 @@ std::tuple<at::Tensor, at::Tensor> gan_loss_no_grad(const std::optional<at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ganfast, Autograd, m) { m.impl("gan_loss", &gan_loss_autograd); }
+TORCH_LIBRARY_IMPL(ganfast, Autograd, m) {
+  m.impl("gan_loss", &gan_loss_autograd);
+  // The fused op itself is not differentiable (its gradients are outputs); gan_loss is.
+  m.impl("gan_loss_fused", torch::CppFunction::makeFallthrough());
+}
 TORCH_LIBRARY_IMPL(ganfast, CompositeExplicitAutograd, m) { m.impl("gan_loss", &gan_loss_no_grad); }
 
 }  // namespace ganfast
