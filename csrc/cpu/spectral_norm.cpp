@@ -113,8 +113,8 @@ void spectral_norm_cpu_kernel(SpectralNormCall& c, int64_t n_iter, double eps) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_fused_cpu(
-    const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t n_iter, double eps) {
-  SpectralNormCall c = prepare_spectral_norm(weight, u, v, n_iter, eps);
+    const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t dim, int64_t n_iter, double eps) {
+  SpectralNormCall c = prepare_spectral_norm(weight, u, v, dim, n_iter, eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.w.scalar_type(), "spectral_norm_fused_cpu",
                                   [&] { spectral_norm_cpu_kernel<scalar_t>(c, n_iter, eps); });
   return {c.out, c.u_out, c.v_out, c.sigma};
@@ -123,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_fused_c
 template <typename scalar_t>
 void spectral_norm_backward_cpu_kernel(SpectralNormBackwardCall& c, double eps) {
   using T = opmath_t<scalar_t>;
-  const int64_t O = c.w.size(0), H = c.w.size(1), I = c.w.size(2), n = c.w.numel();
+  const int64_t O = c.outer, H = c.h, I = c.inner, n = c.w.numel();
   const scalar_t* g = c.g.data_ptr<scalar_t>();
   const scalar_t* w = c.w.data_ptr<scalar_t>();
   const T* u = c.u.data_ptr<T>();
@@ -153,8 +153,8 @@ void spectral_norm_backward_cpu_kernel(SpectralNormBackwardCall& c, double eps) 
 }
 
 at::Tensor spectral_norm_backward_cpu(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& u,
-                                      const at::Tensor& v, const at::Tensor& sigma, double eps) {
-  SpectralNormBackwardCall c = prepare_spectral_norm_backward(grad, weight, u, v, sigma, eps);
+                                      const at::Tensor& v, const at::Tensor& sigma, int64_t dim, double eps) {
+  SpectralNormBackwardCall c = prepare_spectral_norm_backward(grad, weight, u, v, sigma, dim, eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.w.scalar_type(), "spectral_norm_backward_cpu",
                                   [&] { spectral_norm_backward_cpu_kernel<scalar_t>(c, eps); });
   return c.grad_w;

@@ -12,8 +12,6 @@ monitoring (`spectral_norms`), and `sn_step(model)` computes each normalized wei
 from __future__ import annotations
 
 import contextlib
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,17 +48,15 @@ class SpectralNorm(nn.Module):
         self._step_cache: torch.Tensor | None = None
         self._in_step = False
         if ndim > 1:
-            # (outer, h, inner): M[r, a * inner + b] = W3[a, r, b]
-            self._shape3 = (math.prod(weight.shape[:self.dim]), weight.shape[self.dim],
-                            math.prod(weight.shape[self.dim + 1:]))
-            h, w = self._shape3[1], self._shape3[0] * self._shape3[2]
+            outer, h, inner = _reference.split_dims(weight.shape, self.dim)
+            w = outer * inner
             # Same draws as PyTorch's (new_empty(h).normal_(), then w), normalized, then 15 iterations.
             u = weight.new_empty(h, dtype=acc).normal_(0, 1)
             v = weight.new_empty(w, dtype=acc).normal_(0, 1)
             self.register_buffer("_u", F.normalize(u, dim=0, eps=eps))
             self.register_buffer("_v", F.normalize(v, dim=0, eps=eps))
             with torch.no_grad():
-                u, v = _reference.power_method(weight.reshape(self._shape3), self._u, self._v, 15, eps)
+                u, v = _reference.power_method(weight, self._u, self._v, self.dim, 15, eps)
                 self._u.copy_(u)
                 self._v.copy_(v)
 
@@ -79,21 +75,18 @@ class SpectralNorm(nn.Module):
             with torch.no_grad():
                 self._sigma.copy_(torch.linalg.vector_norm(weight.detach(), dtype=self._sigma.dtype))
             return out
-        if tuple(weight.shape[self.dim:self.dim + 1]) != (self._shape3[1],) or weight.numel() != math.prod(self._shape3):
-            raise RuntimeError(f"spectral_norm: the weight changed shape to {tuple(weight.shape)} after registration")
-        w3 = weight.reshape(self._shape3)
         n_iter = self.n_power_iterations if self.training else 0
         backend = backends.resolve(weight.device)
         if backend == "reference":
-            out, u, v, sigma = _reference.spectral_norm(w3, self._u, self._v, n_iter, self.eps)
+            out, u, v, sigma = _reference.spectral_norm(weight, self._u, self._v, self.dim, n_iter, self.eps)
         else:
-            out, u, v, sigma = _ops.spectral_norm(w3, self._u, self._v, n_iter, self.eps, backend)
+            out, u, v, sigma = _ops.spectral_norm(weight, self._u, self._v, self.dim, n_iter, self.eps, backend)
         with torch.no_grad():
             if n_iter:
                 self._u.copy_(u)
                 self._v.copy_(v)
             self._sigma.copy_(sigma)
-        return out.view(weight.shape)
+        return out
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self._in_step:  # inside sn_step: once per step, the cached tensor stays in the graph
