@@ -168,3 +168,67 @@ TORCH_LIBRARY_IMPL(ganfast, CPU, m) {
 }
 
 }  // namespace ganfast
+
+// Multi-tensor ops: every normalized layer of a model in one parallel loop (one layer per task; the
+// per-layer loops run inline inside it). Same math as the single-layer kernels above.
+namespace ganfast {
+namespace {
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+spectral_norm_multi_cpu(at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims,
+                        int64_t n_iter, double eps) {
+  const int64_t L = int64_t(weights.size());
+  TORCH_CHECK(int64_t(us.size()) == L && int64_t(vs.size()) == L && int64_t(dims.size()) == L,
+              "ganfast::spectral_norm_multi: weights, u, v and dims must have the same length");
+  std::vector<at::Tensor> out(L), u_out(L), v_out(L), sigma(L);
+  // Checks and allocation first (outside the parallel region, so that errors surface normally).
+  std::vector<SpectralNormCall> calls;
+  calls.reserve(L);
+  for (int64_t l = 0; l < L; ++l) calls.push_back(prepare_spectral_norm(weights[l], us[l], vs[l], dims[l], n_iter, eps));
+  at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
+    for (int64_t l = l0; l < l1; ++l) {
+      SpectralNormCall& c = calls[l];
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.w.scalar_type(), "spectral_norm_multi_cpu",
+                                      [&] { spectral_norm_cpu_kernel<scalar_t>(c, n_iter, eps); });
+    }
+  });
+  for (int64_t l = 0; l < L; ++l) {
+    out[l] = calls[l].out;
+    u_out[l] = calls[l].u_out;
+    v_out[l] = calls[l].v_out;
+    sigma[l] = calls[l].sigma;
+  }
+  return {out, u_out, v_out, sigma};
+}
+
+std::vector<at::Tensor> spectral_norm_backward_multi_cpu(at::TensorList grads, at::TensorList weights, at::TensorList us,
+                                                         at::TensorList vs, at::TensorList sigmas, at::IntArrayRef dims,
+                                                         double eps) {
+  const int64_t L = int64_t(weights.size());
+  TORCH_CHECK(int64_t(grads.size()) == L && int64_t(us.size()) == L && int64_t(vs.size()) == L &&
+                  int64_t(sigmas.size()) == L && int64_t(dims.size()) == L,
+              "ganfast::spectral_norm_backward_multi: all lists must have the same length");
+  std::vector<SpectralNormBackwardCall> calls;
+  calls.reserve(L);
+  for (int64_t l = 0; l < L; ++l)
+    calls.push_back(prepare_spectral_norm_backward(grads[l], weights[l], us[l], vs[l], sigmas[l], dims[l], eps));
+  at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
+    for (int64_t l = l0; l < l1; ++l) {
+      SpectralNormBackwardCall& c = calls[l];
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.w.scalar_type(), "spectral_norm_backward_multi_cpu",
+                                      [&] { spectral_norm_backward_cpu_kernel<scalar_t>(c, eps); });
+    }
+  });
+  std::vector<at::Tensor> out(L);
+  for (int64_t l = 0; l < L; ++l) out[l] = calls[l].grad_w;
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ganfast, CPU, m) {
+  m.impl("spectral_norm_multi", &spectral_norm_multi_cpu);
+  m.impl("spectral_norm_backward_multi", &spectral_norm_backward_multi_cpu);
+}
+
+}  // namespace ganfast

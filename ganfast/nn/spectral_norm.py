@@ -171,13 +171,14 @@ def apply_spectral_norm(model: nn.Module, types=DEFAULT_TYPES, name: str = "weig
     return model
 
 
-def _normalized(model: nn.Module):
+def _normalized(model: nn.Module, with_lists: bool = False):
     for mod_name, m in model.named_modules():
         if parametrize.is_parametrized(m):
             for tensor_name, plist in m.parametrizations.items():
                 for p in plist:
                     if isinstance(p, SpectralNorm):
-                        yield (mod_name if tensor_name == "weight" else f"{mod_name}.{tensor_name}"), p
+                        name = mod_name if tensor_name == "weight" else f"{mod_name}.{tensor_name}"
+                        yield (name, p, plist) if with_lists else (name, p)
 
 
 def spectral_norms(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -185,16 +186,47 @@ def spectral_norms(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p._sigma.detach().clone() for name, p in _normalized(model)}
 
 
+def _precompute_multi(entries) -> None:
+    """W / sigma of every layer that the CPU multi-tensor kernel can take, in one call per
+    (n_iter, eps) group; the results become the layers' step caches."""
+    groups: dict[tuple[int, float], list] = {}
+    for p, plist in entries:
+        w = plist.original
+        if (plist[0] is not p or w.ndim < 2 or w.device.type != "cpu"
+                or backends.resolve(w.device) != "cpu"):
+            continue  # computed lazily on first use, one layer at a time
+        groups.setdefault((p.n_power_iterations if p.training else 0, p.eps), []).append((p, w))
+    for (n_iter, eps), items in groups.items():
+        layers = [p for p, _ in items]
+        outs, us, vs, sigmas = _ops.spectral_norm_multi([w for _, w in items], [p._u for p in layers],
+                                                        [p._v for p in layers], [p.dim for p in layers], n_iter, eps)
+        with torch.no_grad():
+            if n_iter:
+                torch._foreach_copy_([p._u for p in layers], us)
+                torch._foreach_copy_([p._v for p in layers], vs)
+            torch._foreach_copy_([p._sigma for p in layers], sigmas)
+        for p, out in zip(layers, outs):
+            p._step_cache = out
+
+
 @contextlib.contextmanager
-def sn_step(model: nn.Module):
+def sn_step(model: nn.Module, multi_tensor: bool = False):
     """Inside, each normalized layer of `model` computes W / sigma (and updates u, v) once, however
     often the model is called; every use shares that tensor, so gradients accumulate into the
-    original weight. Leaving the block drops the cached weights."""
-    layers = [p for _, p in _normalized(model)]
-    for p in layers:
+    original weight. Leaving the block drops the cached weights.
+
+    multi_tensor=True computes every layer on entry in one call of the CPU multi-tensor kernel (one
+    parallel loop over layers, one fused backward); layers on other backends, 1-D weights and
+    stacked parametrizations stay lazy. On entry means layers unused in the step are updated too.
+    As with parametrize.cached(), call backward once per step (sum the losses), or retain_graph=True.
+    """
+    entries = [(p, plist) for _, p, plist in _normalized(model, with_lists=True)]
+    for p, _ in entries:
         p._in_step, p._step_cache = True, None
     try:
+        if multi_tensor:
+            _precompute_multi(entries)
         yield model
     finally:
-        for p in layers:
+        for p, _ in entries:
             p._in_step, p._step_cache = False, None

@@ -84,3 +84,54 @@ def spectral_norm(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: i
     """(W / sigma, u', v', sigma) from the fused kernel of `backend` ("cpu", "cuda" or "triton")."""
     op = _fwd_triton if backend == "triton" else _fwd
     return op(weight, u, v, dim, n_iter, eps)
+
+
+# --- multi-tensor (CPU): all normalized layers of a model in one call, one parallel loop ---------
+# ganfast::spectral_norm_multi(weights, u, v, dims, n_iter, eps) -> (outs, u's, v's, sigmas) and
+# ganfast::spectral_norm_backward_multi(grads, weights, u's, v's, sigmas, dims, eps) -> dWs:
+# the single-layer math for each layer (used by ganfast.nn.sn_step(model, multi_tensor=True)).
+LIBRARY.define("spectral_norm_multi(Tensor[] weights, Tensor[] u, Tensor[] v, int[] dims, int n_iter, float eps) "
+               "-> (Tensor[] out, Tensor[] u_out, Tensor[] v_out, Tensor[] sigma)")
+LIBRARY.define("spectral_norm_backward_multi(Tensor[] grads, Tensor[] weights, Tensor[] u, Tensor[] v, "
+               "Tensor[] sigma, int[] dims, float eps) -> Tensor[]")
+
+
+def _fake_multi(weights, us, vs, dims, n_iter, eps):
+    outs = [_fake_fwd(w, u, v, d, n_iter, eps) for w, u, v, d in zip(weights, us, vs, dims)]
+    return tuple([o[i] for o in outs] for i in range(4))
+
+
+def _fake_bwd_multi(grads, weights, us, vs, sigmas, dims, eps):
+    return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+
+
+torch.library.register_fake("ganfast::spectral_norm_multi", _fake_multi, lib=LIBRARY)
+torch.library.register_fake("ganfast::spectral_norm_backward_multi", _fake_bwd_multi, lib=LIBRARY)
+_multi = torch.ops.ganfast.spectral_norm_multi.default
+_bwd_multi = torch.ops.ganfast.spectral_norm_backward_multi.default
+
+
+def _setup_multi(ctx, inputs, output):
+    weights, _, _, dims, _, eps = inputs
+    _, u_out, v_out, sigma = output
+    ctx.n = len(weights)
+    ctx.save_for_backward(*weights, *u_out, *v_out, *sigma)
+    ctx.dims, ctx.eps = list(dims), eps
+    ctx.mark_non_differentiable(*u_out, *v_out, *sigma)
+
+
+def _backward_multi(ctx, grad_outs, _gu, _gv, _gs):
+    n, saved = ctx.n, ctx.saved_tensors
+    weights, us, vs, sigmas = (list(saved[i * n:(i + 1) * n]) for i in range(4))
+    # a layer unused in the step gets a zero upstream gradient
+    grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grad_outs, weights)]
+    none = [None] * n
+    return _bwd_multi(grads, weights, us, vs, sigmas, ctx.dims, ctx.eps), none, none, None, None, None
+
+
+torch.library.register_autograd("ganfast::spectral_norm_multi", _backward_multi, setup_context=_setup_multi, lib=LIBRARY)
+
+
+def spectral_norm_multi(weights, us, vs, dims, n_iter: int, eps: float):
+    """Lists (W / sigma, u', v', sigma) for every layer, from one call of the CPU multi-tensor kernel."""
+    return _multi(list(weights), list(us), list(vs), list(dims), n_iter, eps)
