@@ -1,4 +1,6 @@
 """torch.library checks over every ganfast:: op, and torch.compile without graph breaks."""
+import importlib
+
 import pytest
 import torch
 
@@ -9,34 +11,29 @@ from ganfast.ops import ganfast_ops
 from .conftest import kernel_backends
 
 
+FAMILIES = ("losses", "spectral_norm")  # each has tests/<family>/opcheck_samples.py
+
+
 def op_samples():
-    """(op name, args) samples for every ganfast:: op whose kernels are available here; each op
-    family adds its samples here."""
-    samples = []
-    for backend, device in kernel_backends():
-        suffix = "_fused_triton" if backend == "triton" else "_fused"
-        for kind, generator in ((0, False), (5, True), (7, False), (2, True)):
-            r = torch.randn(7, device=device, requires_grad=True)
-            f = torch.randn(7 if kind == 7 else 5, device=device, requires_grad=True)
-            real = None if (generator and kind < 5) else r
-            samples.append((f"ganfast::gan_loss{suffix}", (real, f, kind, generator)))
-            if backend != "triton":
-                samples.append(("ganfast::gan_loss", (real, f, kind, generator)))
-    return samples
+    """(op, args) samples of every family, for each kernel backend available here."""
+    out = []
+    for family in FAMILIES:
+        module = importlib.import_module(f"tests.{family}.opcheck_samples")
+        for backend, device in kernel_backends():
+            out.extend(module.samples(backend, device))
+    return out
 
 
-def _op(qualname):
-    ns, name = qualname.split("::")
-    return getattr(getattr(torch.ops, ns), name).default
+SAMPLES = op_samples()
 
 
-@pytest.mark.parametrize("qualname,args", op_samples(), ids=lambda x: x if isinstance(x, str) else "")
-def test_opcheck(qualname, args):
-    torch.library.opcheck(_op(qualname), args)
+@pytest.mark.parametrize("op,args", SAMPLES, ids=[f"{op._name}-{i}" for i, (op, _) in enumerate(SAMPLES)])
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args)
 
 
 def test_every_op_has_an_opcheck_sample():
-    sampled = {name for name, _ in op_samples()}
+    sampled = {op._name for op, _ in SAMPLES}
     available = {b for b, _ in kernel_backends()}
     for name in ganfast_ops():
         triton_op = name.endswith("_triton")
