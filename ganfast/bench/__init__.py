@@ -66,14 +66,16 @@ def add_ratios(rows: list[Row]) -> list[Row]:
 
 
 def format_rows(rows: list[Row]) -> str:
-    head = f"{'suite':<8} {'case':<34} {'variant':<16} {'median':>12} {'vs eager':>9} {'vs compiled':>12}"
+    vw = max([16] + [len(r.variant) for r in rows])
+    cw = max([34] + [len(r.case) for r in rows])
+    head = f"{'suite':<8} {'case':<{cw}} {'variant':<{vw}} {'median':>12} {'vs eager':>9} {'vs compiled':>12}"
     lines = [head, "-" * len(head)]
     for r in rows:
         us = r.seconds * 1e6
         t = f"{us:,.1f} us" if us < 1e5 else f"{us / 1e6:,.3f} s"
         eager = f"{r.vs_eager:.2f}x" if r.vs_eager else ""
         comp = f"{r.vs_compiled:.2f}x" if r.vs_compiled else ""
-        lines.append(f"{r.suite:<8} {r.case:<34} {r.variant:<16} {t:>12} {eager:>9} {comp:>12}")
+        lines.append(f"{r.suite:<8} {r.case:<{cw}} {r.variant:<{vw}} {t:>12} {eager:>9} {comp:>12}")
     return "\n".join(lines)
 
 
