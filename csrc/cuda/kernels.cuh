@@ -26,5 +26,33 @@ struct GanLossArgs {
 
 cudaError_t gan_loss(const GanLossArgs& args, DType dtype, cudaStream_t stream);
 
+// Spectral norm (csrc/cuda/spectral_norm.cu). W3[a, r, b] = M[r, a * inner + b], contiguous.
+struct SpectralNormArgs {
+  const void* w;   // outer * h * inner elements, weight dtype
+  int64_t outer, h, inner;
+  int64_t n_iter;  // 0: eval, sigma = u^T M v with the given u, v
+  double eps;
+  float* u;        // h, fp32: in: u, out: u'
+  float* v;        // outer * inner, fp32: in: v, out: v'
+  float* t;        // workspace: max(h, outer * inner) floats
+  float* scalars;  // workspace: 2 floats
+  float* sigma;    // 1 float
+  void* out;       // W / sigma, weight dtype
+};
+cudaError_t spectral_norm_forward(const SpectralNormArgs& args, DType dtype, cudaStream_t stream);
+
+struct SpectralNormBackwardArgs {
+  const void* grad;
+  const void* w;
+  int64_t outer, h, inner;
+  double eps;
+  const float* u;
+  const float* v;
+  const float* sigma;
+  float* scratch;  // 1 float, zeroed by the launcher
+  void* grad_w;
+};
+cudaError_t spectral_norm_backward(const SpectralNormBackwardArgs& args, DType dtype, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace ganfast

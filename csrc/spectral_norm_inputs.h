@@ -1,0 +1,77 @@
+// Input checks and output allocation of ganfast::spectral_norm_fused / _backward, shared by the CPU
+// and CUDA kernels. The weight arrives as W3 = weight.reshape(outer, h, inner): the matrix M (h x w,
+// w = outer * inner) of PyTorch's spectral norm is M[r, a * inner + b] = W3[a, r, b].
+#pragma once
+#include <ATen/ATen.h>
+
+namespace ganfast {
+
+inline at::ScalarType sn_opmath(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+struct SpectralNormCall {
+  at::Tensor w, u, v;  // contiguous; u, v in the opmath dtype
+  int64_t outer, h, inner;
+  at::Tensor out, u_out, v_out, sigma;
+};
+
+inline void check_sn_weight(const at::Tensor& w, const char* op) {
+  TORCH_CHECK(w.dim() == 3, op, ": weight must be 3-D (outer, h, inner), got ", w.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(w.scalar_type()), op, ": weight must be floating point, got ", w.scalar_type());
+  TORCH_CHECK(w.numel() > 0, op, ": weight is empty (shape ", w.sizes(), ")");
+}
+
+inline void check_sn_vectors(const at::Tensor& w, const at::Tensor& u, const at::Tensor& v, const char* op) {
+  TORCH_CHECK(u.dim() == 1 && u.size(0) == w.size(1), op, ": u must have shape (", w.size(1), "), got ", u.sizes());
+  TORCH_CHECK(v.dim() == 1 && v.size(0) == w.size(0) * w.size(2), op, ": v must have shape (",
+              w.size(0) * w.size(2), "), got ", v.sizes());
+  TORCH_CHECK(at::isFloatingType(u.scalar_type()) && at::isFloatingType(v.scalar_type()), op,
+              ": u and v must be floating point");
+  TORCH_CHECK(u.device() == w.device() && v.device() == w.device(), op, ": weight, u and v must be on one device");
+}
+
+inline SpectralNormCall prepare_spectral_norm(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v,
+                                              int64_t n_iter, double eps) {
+  const char* op = "ganfast::spectral_norm_fused";
+  check_sn_weight(weight, op);
+  check_sn_vectors(weight, u, v, op);
+  TORCH_CHECK(n_iter >= 0, op, ": n_iter must be >= 0, got ", n_iter);
+  TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+  SpectralNormCall c;
+  const auto acc = sn_opmath(weight.scalar_type());
+  c.w = weight.contiguous();
+  c.outer = c.w.size(0);
+  c.h = c.w.size(1);
+  c.inner = c.w.size(2);
+  // Fresh output vectors, filled from the inputs: the kernels update them in place.
+  c.u_out = u.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  c.v_out = v.to(acc, false, true).contiguous();
+  c.out = at::empty_like(c.w);
+  c.sigma = at::empty({}, c.w.options().dtype(acc));
+  return c;
+}
+
+struct SpectralNormBackwardCall {
+  at::Tensor g, w, u, v, sigma, grad_w;
+};
+
+inline SpectralNormBackwardCall prepare_spectral_norm_backward(const at::Tensor& grad, const at::Tensor& weight,
+                                                               const at::Tensor& u, const at::Tensor& v,
+                                                               const at::Tensor& sigma, double eps) {
+  const char* op = "ganfast::spectral_norm_backward";
+  check_sn_weight(weight, op);
+  check_sn_vectors(weight, u, v, op);
+  TORCH_CHECK(grad.sizes() == weight.sizes(), op, ": grad has shape ", grad.sizes(), ", weight ", weight.sizes());
+  TORCH_CHECK(sigma.numel() == 1, op, ": sigma must have one element");
+  TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+  const auto acc = sn_opmath(weight.scalar_type());
+  SpectralNormBackwardCall c;
+  c.w = weight.contiguous();
+  c.g = grad.to(weight.scalar_type()).contiguous();
+  c.u = u.to(acc).contiguous();
+  c.v = v.to(acc).contiguous();
+  c.sigma = sigma.to(acc).reshape({}).contiguous();
+  c.grad_w = at::empty_like(c.w);
+  return c;
+}
+
+}  // namespace ganfast

@@ -1,0 +1,326 @@
+"""Generators and discriminators for `ganfast train`: plain nn.Modules, no spectral norm inside
+(the trainer applies it where asked).
+
+    MLPGenerator / MLPDiscriminator        2-D points (the Gaussian mixtures)
+    DCGANGenerator / DCGANDiscriminator    images, --arch dcgan (Radford et al. 2016)
+    ResNetGenerator / ResNetDiscriminator  images, --arch resnet (SNGAN, Miyato et al. 2018)
+    build_models(kind, data_shape, latent_dim=None, arch=None, width=None) -> (G, D, latent_dim)
+
+Every generator maps z (B, latent_dim) to a sample and has a `latent_dim` attribute; every
+discriminator maps a batch to logits (B, 1). Image models take a square power-of-two resolution
+>= 8 (8, 16, 32, 64, ...) and any channel count; G ends in tanh, so images are in [-1, 1].
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+__all__ = ["ARCHS", "DCGANDiscriminator", "DCGANGenerator", "MLPDiscriminator", "MLPGenerator",
+           "ResNetDiscriminator", "ResNetGenerator", "build_models", "default_latent_dim"]
+
+ARCHS = ("dcgan", "resnet")
+
+
+def _check_positive(**kw) -> None:
+    for name, v in kw.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def _n_doublings(resolution: int) -> int:
+    """Number of 2x up/down steps between 4x4 and the resolution."""
+    if (not isinstance(resolution, int) or resolution < 8 or resolution & (resolution - 1)):
+        raise ValueError(f"image models need a square power-of-two resolution >= 8 (8, 16, 32, 64, ...), "
+                         f"got {resolution!r}")
+    return int(math.log2(resolution)) - 2
+
+
+def _flat_latent(z: torch.Tensor, latent_dim: int) -> torch.Tensor:
+    if z.dim() == 4 and z.shape[2:] == (1, 1):
+        z = z.flatten(1)  # accept DCGAN-style (B, latent, 1, 1) noise too
+    if z.dim() != 2 or z.shape[1] != latent_dim:
+        raise ValueError(f"expected z of shape (B, {latent_dim}), got {tuple(z.shape)}")
+    return z
+
+
+# ----------------------------------------------------------------------------------------------
+# 2-D points
+# ----------------------------------------------------------------------------------------------
+class MLPGenerator(nn.Module):
+    """z (B, latent_dim) -> (B, out_dim): `depth` hidden layers of `hidden` ReLU units, linear out."""
+
+    def __init__(self, latent_dim: int = 2, out_dim: int = 2, hidden: int = 128, depth: int = 3):
+        super().__init__()
+        _check_positive(latent_dim=latent_dim, out_dim=out_dim, hidden=hidden, depth=depth)
+        self.latent_dim, self.out_dim = latent_dim, out_dim
+        layers, d = [], latent_dim
+        for _ in range(depth):
+            layers += [nn.Linear(d, hidden), nn.ReLU()]
+            d = hidden
+        layers.append(nn.Linear(d, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(_flat_latent(z, self.latent_dim))
+
+
+class MLPDiscriminator(nn.Module):
+    """x (B, in_dim) -> logits (B, 1): `depth` hidden layers of `hidden` LeakyReLU(0.2) units."""
+
+    def __init__(self, in_dim: int = 2, hidden: int = 128, depth: int = 3, negative_slope: float = 0.2):
+        super().__init__()
+        _check_positive(in_dim=in_dim, hidden=hidden, depth=depth)
+        self.in_dim = in_dim
+        layers, d = [], in_dim
+        for _ in range(depth):
+            layers += [nn.Linear(d, hidden), nn.LeakyReLU(negative_slope)]
+            d = hidden
+        layers.append(nn.Linear(d, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(f"expected points of shape (B, {self.in_dim}), got {tuple(x.shape)}")
+        return self.net(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# DCGAN
+# ----------------------------------------------------------------------------------------------
+def _dcgan_init(module: nn.Module) -> None:
+    # Radford et al.: conv weights ~ N(0, 0.02), batch-norm scales ~ N(1, 0.02)
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def _channels(width: int, level: int) -> int:
+    """Feature maps `level` doublings below the image: width * 2^level, capped at 8 * width."""
+    return width * min(2 ** level, 8)
+
+
+def _extra_layers(resolution: int, extra_layers: int | None) -> int:
+    # small images leave DCGAN only 1-2 layers deep; the WGAN reference code's `n_extra_layers`
+    # (3x3 stride-1 convs at the finest feature map) adds capacity there
+    if extra_layers is None:
+        return 1 if resolution <= 16 else 0
+    if not isinstance(extra_layers, int) or extra_layers < 0:
+        raise ValueError(f"extra_layers must be a non-negative int, got {extra_layers!r}")
+    return extra_layers
+
+
+class DCGANGenerator(nn.Module):
+    """z -> 4x4 (transposed conv) -> (BN, ReLU, 4x4 stride-2 transposed conv) x n -> tanh, with
+    `extra_layers` 3x3 convs (BN, ReLU) before the last one (default: 1 up to 16x16, else 0)."""
+
+    def __init__(self, latent_dim: int = 128, resolution: int = 32, channels: int = 3, width: int = 64,
+                 extra_layers: int | None = None):
+        super().__init__()
+        _check_positive(latent_dim=latent_dim, channels=channels, width=width)
+        n = _n_doublings(resolution)
+        extra = _extra_layers(resolution, extra_layers)
+        self.latent_dim, self.resolution, self.channels = latent_dim, resolution, channels
+        c = _channels(width, n - 1)
+        layers = [nn.ConvTranspose2d(latent_dim, c, 4, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+        for level in range(n - 2, -1, -1):  # 4 -> 8 -> ... -> resolution / 2
+            c_out = _channels(width, level)
+            layers += [nn.ConvTranspose2d(c, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+            c = c_out
+        for _ in range(extra):
+            layers += [nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(c, channels, 4, 2, 1), nn.Tanh()]  # last doubling to the image
+        self.net = nn.Sequential(*layers)
+        _dcgan_init(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(_flat_latent(z, self.latent_dim)[:, :, None, None])
+
+
+class DCGANDiscriminator(nn.Module):
+    """image -> (4x4 stride-2 conv, LeakyReLU 0.2) x n -> 4x4 conv to one logit. No batch norm by
+    default: it mixes samples of a batch, which breaks per-sample gradient penalties.
+    `extra_layers` 3x3 convs follow the first one (default: 1 up to 16x16, else 0)."""
+
+    def __init__(self, resolution: int = 32, channels: int = 3, width: int = 64, batch_norm: bool = False,
+                 extra_layers: int | None = None):
+        super().__init__()
+        _check_positive(channels=channels, width=width)
+        n = _n_doublings(resolution)
+        extra = _extra_layers(resolution, extra_layers)
+        self.resolution, self.channels = resolution, channels
+        layers, c = [], channels
+        for level in range(n):  # resolution -> ... -> 4
+            c_out = _channels(width, level)
+            layers.append(nn.Conv2d(c, c_out, 4, 2, 1, bias=not (batch_norm and level > 0)))
+            if batch_norm and level > 0:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.LeakyReLU(0.2, True))
+            c = c_out
+            for _ in range(extra if level == 0 else 0):
+                layers += [nn.Conv2d(c, c, 3, 1, 1), nn.LeakyReLU(0.2, True)]
+        layers.append(nn.Conv2d(c, 1, 4, 1, 0))  # 4x4 -> 1x1
+        self.net = nn.Sequential(*layers)
+        _dcgan_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_image(x, self.channels, self.resolution)
+        return self.net(x).flatten(1)
+
+
+def _check_image(x: torch.Tensor, channels: int, resolution: int) -> None:
+    if x.dim() != 4 or tuple(x.shape[1:]) != (channels, resolution, resolution):
+        raise ValueError(f"expected images of shape (B, {channels}, {resolution}, {resolution}), "
+                         f"got {tuple(x.shape)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# SNGAN-style ResNet
+# ----------------------------------------------------------------------------------------------
+class GBlock(nn.Module):
+    """BN-ReLU-up2-conv3-BN-ReLU-conv3, plus shortcut up2-conv1."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, 1, 1)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1, 1, 0)
+
+    def forward(self, x):
+        h = F.interpolate(F.relu(self.bn1(x)), scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(self.bn2(self.conv1(h))))
+        return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class DBlock(nn.Module):
+    """[ReLU]-conv3-ReLU-conv3-[avgpool2], plus shortcut conv1-[avgpool2]. The first block of the
+    discriminator (`first=True`) skips the leading ReLU and pools before its shortcut conv
+    (SNGAN's "optimized" block), since its input is the image itself."""
+
+    def __init__(self, c_in: int, c_out: int, down: bool, first: bool = False):
+        super().__init__()
+        self.down, self.first = down, first
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, 1, 1)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1, 1, 0) if (c_in != c_out or down or first) else None
+
+    def forward(self, x):
+        h = x if self.first else F.relu(x)
+        h = self.conv2(F.relu(self.conv1(h)))
+        if self.down:
+            h = F.avg_pool2d(h, 2)
+        s = x
+        if self.shortcut is not None:
+            if self.first:
+                s = self.shortcut(F.avg_pool2d(x, 2) if self.down else x)
+            else:
+                s = self.shortcut(x)
+                s = F.avg_pool2d(s, 2) if self.down else s
+        return h + s
+
+
+def _resnet_init(module: nn.Module) -> None:
+    # SNGAN: Xavier-uniform, gain sqrt(2) on the residual convs, 1 on shortcuts and linear layers
+    for name, m in module.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            gain = 1.0 if ("shortcut" in name or isinstance(m, nn.Linear) or name.endswith("to_rgb")) else math.sqrt(2)
+            nn.init.xavier_uniform_(m.weight, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class ResNetGenerator(nn.Module):
+    """z -> linear to 4x4 -> GBlock (up 2x) x n -> BN-ReLU-conv3 -> tanh."""
+
+    def __init__(self, latent_dim: int = 128, resolution: int = 32, channels: int = 3, width: int = 64):
+        super().__init__()
+        _check_positive(latent_dim=latent_dim, channels=channels, width=width)
+        n = _n_doublings(resolution)
+        self.latent_dim, self.resolution, self.channels = latent_dim, resolution, channels
+        c = self._c0 = _channels(width, n)
+        self.fc = nn.Linear(latent_dim, 4 * 4 * c)
+        blocks = []
+        for level in range(n - 1, -1, -1):
+            blocks.append(GBlock(c, _channels(width, level)))
+            c = _channels(width, level)
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(c)
+        self.to_rgb = nn.Conv2d(c, channels, 3, 1, 1)
+        _resnet_init(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(_flat_latent(z, self.latent_dim)).view(-1, self._c0, 4, 4)
+        return torch.tanh(self.to_rgb(F.relu(self.bn(self.blocks(h)))))
+
+
+class ResNetDiscriminator(nn.Module):
+    """image -> DBlock (down 2x) x n to 4x4 -> DBlock -> ReLU -> sum over space -> linear."""
+
+    def __init__(self, resolution: int = 32, channels: int = 3, width: int = 64):
+        super().__init__()
+        _check_positive(channels=channels, width=width)
+        n = _n_doublings(resolution)
+        self.resolution, self.channels = resolution, channels
+        blocks, c = [], channels
+        for level in range(n):
+            c_out = _channels(width, level)
+            blocks.append(DBlock(c, c_out, down=True, first=(level == 0)))
+            c = c_out
+        blocks.append(DBlock(c, c, down=False))
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(c, 1)
+        _resnet_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_image(x, self.channels, self.resolution)
+        return self.fc(F.relu(self.blocks(x)).sum(dim=(2, 3)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Factory
+# ----------------------------------------------------------------------------------------------
+def default_latent_dim(kind: str, data_shape=None) -> int:
+    """2 for points (a 2-D plane mapped onto a 2-D mixture), 64 for images up to 16x16, else 128."""
+    if kind == "points":
+        return 2
+    res = data_shape[-1] if data_shape is not None else 32
+    return 64 if res <= 16 else 128
+
+
+def build_models(kind: str, data_shape, latent_dim: int | None = None, arch: str | None = None,
+                 width: int | None = None) -> tuple[nn.Module, nn.Module, int]:
+    """(G, D, latent_dim) for data of `kind` ("points" | "images") whose samples have shape
+    `data_shape` ((D,) or (C, H, W)). arch: for images "dcgan" (default) or "resnet"; for points
+    only None or "mlp". width: hidden units (points, default 128) or the base channel count
+    (images, default 64)."""
+    data_shape = tuple(int(s) for s in data_shape)
+    if kind == "points":
+        if arch not in (None, "mlp"):
+            raise ValueError(f"points use the MLP models; --arch {arch!r} is for images ({', '.join(ARCHS)})")
+        if len(data_shape) != 1:
+            raise ValueError(f"points must have shape (D,), got {data_shape}")
+        latent_dim = default_latent_dim(kind) if latent_dim is None else latent_dim
+        hidden = 128 if width is None else width
+        return (MLPGenerator(latent_dim, data_shape[0], hidden), MLPDiscriminator(data_shape[0], hidden),
+                latent_dim)
+    if kind == "images":
+        arch = "dcgan" if arch is None else arch
+        if arch not in ARCHS:
+            raise ValueError(f"unknown image architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+        if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
+            raise ValueError(f"images must have shape (C, H, W) with H == W, got {data_shape}")
+        c, res = data_shape[0], data_shape[1]
+        latent_dim = default_latent_dim(kind, data_shape) if latent_dim is None else latent_dim
+        width = 64 if width is None else width
+        if arch == "dcgan":
+            return (DCGANGenerator(latent_dim, res, c, width), DCGANDiscriminator(res, c, width), latent_dim)
+        return (ResNetGenerator(latent_dim, res, c, width), ResNetDiscriminator(res, c, width), latent_dim)
+    raise ValueError(f"kind must be 'points' or 'images', got {kind!r}")

@@ -1,0 +1,207 @@
+"""Spectral normalization, a drop-in for torch.nn.utils.parametrizations.spectral_norm.
+
+    ganfast.nn.spectral_norm(module, name="weight", n_power_iterations=1, eps=1e-12, dim=None)
+
+Same parametrization (torch.nn.utils.parametrize), same state_dict keys
+(parametrizations.weight.original, parametrizations.weight.0._u / ._v), same u/v updates, sigma and
+gradients; the forward runs one fused kernel of the selected backend and the backward one fused
+kernel, dW = (G - <G, W/sigma> u v^T) / sigma. Additions: u, v stay fp32 for fp16/bf16 weights, an
+all-zero weight gives 0 instead of NaN (sigma is clamped at eps), the last sigma is kept for
+monitoring (`spectral_norms`), and `sn_step(model)` computes each normalized weight once per step.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .. import backends
+from ..ops import spectral_norm as _ops
+from ..reference import spectral_norm as _reference
+
+CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+DEFAULT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d) + CONV_TRANSPOSE + (nn.Embedding,)
+
+
+class SpectralNorm(nn.Module):
+    """The parametrization: weight -> weight / sigma (see the module docstring)."""
+
+    def __init__(self, weight: torch.Tensor, n_power_iterations: int = 1, dim: int = 0, eps: float = 1e-12) -> None:
+        super().__init__()
+        ndim = weight.ndim
+        if dim >= ndim or dim < -ndim:
+            raise IndexError(f"Dimension out of range (expected to be in range of [-{ndim}, {ndim - 1}] but got {dim})")
+        if n_power_iterations <= 0:
+            raise ValueError(f"Expected n_power_iterations to be positive, but got n_power_iterations={n_power_iterations}")
+        if weight.numel() == 0:
+            raise ValueError(f"spectral_norm: the weight has a zero dimension (shape {tuple(weight.shape)})")
+        if not weight.is_floating_point():
+            raise TypeError(f"spectral_norm: the weight must be floating point, got {weight.dtype}")
+        self.dim = dim if dim >= 0 else dim + ndim
+        self.eps = eps
+        self.n_power_iterations = n_power_iterations
+        acc = _reference.opmath_dtype(weight.dtype)
+        # The sigma of the last forward, for spectral_norms() (not in the state_dict).
+        self.register_buffer("_sigma", torch.zeros((), dtype=acc, device=weight.device), persistent=False)
+        self._step_cache: torch.Tensor | None = None
+        self._in_step = False
+        if ndim > 1:
+            # (outer, h, inner): M[r, a * inner + b] = W3[a, r, b]
+            self._shape3 = (math.prod(weight.shape[:self.dim]), weight.shape[self.dim],
+                            math.prod(weight.shape[self.dim + 1:]))
+            h, w = self._shape3[1], self._shape3[0] * self._shape3[2]
+            # Same draws as PyTorch's (new_empty(h).normal_(), then w), normalized, then 15 iterations.
+            u = weight.new_empty(h, dtype=acc).normal_(0, 1)
+            v = weight.new_empty(w, dtype=acc).normal_(0, 1)
+            self.register_buffer("_u", F.normalize(u, dim=0, eps=eps))
+            self.register_buffer("_v", F.normalize(v, dim=0, eps=eps))
+            with torch.no_grad():
+                u, v = _reference.power_method(weight.reshape(self._shape3), self._u, self._v, 15, eps)
+                self._u.copy_(u)
+                self._v.copy_(v)
+
+    def _apply(self, fn, recurse=True):
+        # model.half() / .to(bfloat16) must not round u, v and sigma: keep them fp32.
+        super()._apply(fn, recurse)
+        for name in ("_u", "_v", "_sigma"):
+            t = getattr(self, name, None)
+            if t is not None and t.dtype in (torch.float16, torch.bfloat16):
+                setattr(self, name, t.float())
+        return self
+
+    def _compute(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.ndim == 1:  # a vector: its norm is its spectral norm, nothing to approximate
+            out = F.normalize(weight, dim=0, eps=self.eps)
+            with torch.no_grad():
+                self._sigma.copy_(torch.linalg.vector_norm(weight.detach(), dtype=self._sigma.dtype))
+            return out
+        if tuple(weight.shape[self.dim:self.dim + 1]) != (self._shape3[1],) or weight.numel() != math.prod(self._shape3):
+            raise RuntimeError(f"spectral_norm: the weight changed shape to {tuple(weight.shape)} after registration")
+        w3 = weight.reshape(self._shape3)
+        n_iter = self.n_power_iterations if self.training else 0
+        backend = backends.resolve(weight.device)
+        if backend == "reference":
+            out, u, v, sigma = _reference.spectral_norm(w3, self._u, self._v, n_iter, self.eps)
+        else:
+            out, u, v, sigma = _ops.spectral_norm(w3, self._u, self._v, n_iter, self.eps, backend)
+        with torch.no_grad():
+            if n_iter:
+                self._u.copy_(u)
+                self._v.copy_(v)
+            self._sigma.copy_(sigma)
+        return out.view(weight.shape)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self._in_step:  # inside sn_step: once per step, the cached tensor stays in the graph
+            if self._step_cache is None:
+                self._step_cache = self._compute(weight)
+            return self._step_cache
+        return self._compute(weight)
+
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, n_power_iterations={self.n_power_iterations}, eps={self.eps}"
+
+
+def _find(module: nn.Module, name: str) -> SpectralNorm | None:
+    if not parametrize.is_parametrized(module, name):
+        return None
+    for p in module.parametrizations[name]:
+        if isinstance(p, SpectralNorm):
+            return p
+    return None
+
+
+def _load_old_format_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    """Renames the keys of torch.nn.utils.spectral_norm (weight_orig, weight_u, weight_v) to ours."""
+    for name in getattr(module, "_ganfast_sn_names", ()):
+        old = prefix + name + "_orig"
+        if old not in state_dict:
+            continue
+        new = f"{prefix}parametrizations.{name}."
+        idx = next(i for i, p in enumerate(module.parametrizations[name]) if isinstance(p, SpectralNorm))
+        state_dict[new + "original"] = state_dict.pop(old)
+        for vec in ("u", "v"):
+            key = f"{prefix}{name}_{vec}"
+            if key in state_dict:
+                state_dict[f"{new}{idx}._{vec}"] = state_dict.pop(key)
+        state_dict.pop(prefix + name, None)  # very old checkpoints also stored W / sigma itself
+
+
+def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: int = 1, eps: float = 1e-12,
+                  dim: int | None = None) -> nn.Module:
+    """Normalize `module.<name>` by its spectral norm (see torch.nn.utils.parametrizations.spectral_norm)."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"spectral_norm expects an nn.Module, got {type(module).__name__}")
+    weight = getattr(module, name, None)
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"Module '{type(module).__name__}' has no parameter or buffer with name '{name}'")
+    if _find(module, name) is not None or hasattr(module, name + "_orig"):
+        raise ValueError(f"'{name}' of {type(module).__name__} is already spectral-normalized")
+    if dim is None:
+        dim = 1 if isinstance(module, CONV_TRANSPOSE) else 0
+    parametrize.register_parametrization(module, name, SpectralNorm(weight, n_power_iterations, dim, eps))
+    if not hasattr(module, "_ganfast_sn_names"):
+        module._ganfast_sn_names = []
+        module._register_load_state_dict_pre_hook(_load_old_format_hook, with_module=True)
+    module._ganfast_sn_names.append(name)
+    return module
+
+
+def remove_spectral_norm(module: nn.Module, name: str = "weight") -> nn.Module:
+    """Bake W / sigma into a plain parameter (with the stored u, v: no power iteration)."""
+    sn = _find(module, name)
+    if sn is None:
+        raise ValueError(f"'{name}' of {type(module).__name__} is not spectral-normalized by ganfast")
+    training = sn.training
+    sn.eval()
+    try:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    finally:
+        sn.train(training)
+    module._ganfast_sn_names.remove(name)
+    return module
+
+
+def apply_spectral_norm(model: nn.Module, types=DEFAULT_TYPES, name: str = "weight", n_power_iterations: int = 1,
+                        eps: float = 1e-12) -> nn.Module:
+    """Spectral-normalize every submodule of `types` (not yet normalized); returns the model."""
+    targets = [m for m in model.modules() if isinstance(m, tuple(types)) and _find(m, name) is None]
+    for m in targets:
+        spectral_norm(m, name, n_power_iterations, eps)
+    return model
+
+
+def _normalized(model: nn.Module):
+    for mod_name, m in model.named_modules():
+        if parametrize.is_parametrized(m):
+            for tensor_name, plist in m.parametrizations.items():
+                for p in plist:
+                    if isinstance(p, SpectralNorm):
+                        yield (mod_name if tensor_name == "weight" else f"{mod_name}.{tensor_name}"), p
+
+
+def spectral_norms(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Layer name -> sigma of its last forward (0-dim tensor, no computation, no host sync)."""
+    return {name: p._sigma.detach().clone() for name, p in _normalized(model)}
+
+
+@contextlib.contextmanager
+def sn_step(model: nn.Module):
+    """Inside, each normalized layer of `model` computes W / sigma (and updates u, v) once, however
+    often the model is called; every use shares that tensor, so gradients accumulate into the
+    original weight. Leaving the block drops the cached weights."""
+    layers = [p for _, p in _normalized(model)]
+    for p in layers:
+        p._in_step, p._step_cache = True, None
+    try:
+        yield model
+    finally:
+        for p in layers:
+            p._in_step, p._step_cache = False, None

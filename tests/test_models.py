@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from ganfast import models
+
+
+def _check_grads(G, D, latent_dim, n=3):
+    z = torch.randn(n, latent_dim)
+    out = D(G(z))
+    assert out.shape == (n, 1)
+    out.sum().backward()
+    for name, p in list(G.named_parameters()) + list(D.named_parameters()):
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_mlp_shapes_and_grads():
+    G, D, latent = models.build_models("points", (2,), latent_dim=4, width=16)
+    assert latent == 4 and G.latent_dim == 4
+    assert isinstance(G, models.MLPGenerator) and isinstance(D, models.MLPDiscriminator)
+    assert G(torch.randn(5, 4)).shape == (5, 2)
+    _check_grads(G, D, latent)
+    assert models.build_models("points", (2,))[2] == 2  # default latent
+    with pytest.raises(ValueError, match=r"shape \(B, 2\)"):
+        D(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match=r"z of shape \(B, 4\)"):
+        G(torch.zeros(3, 5))
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 16, 16), (3, 32, 32), (2, 64, 64)])
+def test_image_models_shapes(arch, shape):
+    width = 8 if shape[-1] >= 32 else 16
+    G, D, latent = models.build_models("images", shape, latent_dim=10, arch=arch, width=width)
+    assert latent == 10 and G.latent_dim == 10
+    x = G(torch.randn(2, 10))
+    assert x.shape == (2, *shape)
+    assert x.abs().max() <= 1  # tanh output
+    assert D(x).shape == (2, 1)
+    assert D(torch.randn(3, *shape)).shape == (3, 1)
+    assert G(torch.randn(2, 10, 1, 1)).shape == (2, *shape)  # DCGAN-style noise
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_image_models_get_gradients_digits(arch):
+    G, D, latent = models.build_models("images", (1, 8, 8), arch=arch, width=8)
+    _check_grads(G, D, latent)
+
+
+def test_default_sizes_and_no_spectral_norm():
+    G, D, latent = models.build_models("images", (1, 8, 8))
+    assert latent == 64
+    assert models.build_models("images", (3, 32, 32), arch="resnet")[2] == 128
+    for m in list(G.modules()) + list(D.modules()):
+        assert not any("weight_orig" in n or "parametrizations" in n for n, _ in m.named_parameters())
+    # D has no batch norm by default (per-sample penalties need per-sample logits)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules())
+    d_bn = models.DCGANDiscriminator(16, 3, 8, batch_norm=True)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in d_bn.modules())
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="power-of-two resolution"):
+        models.build_models("images", (3, 28, 28))
+    with pytest.raises(ValueError, match="H == W"):
+        models.build_models("images", (3, 16, 32))
+    with pytest.raises(ValueError, match="unknown image architecture 'vit'"):
+        models.build_models("images", (3, 16, 16), arch="vit")
+    with pytest.raises(ValueError, match="for images"):
+        models.build_models("points", (2,), arch="dcgan")
+    with pytest.raises(ValueError, match="kind must be"):
+        models.build_models("audio", (2,))
+    G, D, _ = models.build_models("images", (1, 8, 8), width=4)
+    with pytest.raises(ValueError, match=r"\(B, 1, 8, 8\)"):
+        D(torch.zeros(2, 3, 8, 8))
