@@ -1,6 +1,7 @@
 """ganfast: fast, stable GAN training for PyTorch."""
 from . import ops as _ops  # defines the ganfast:: ops and loads the extension  # noqa: F401
 from . import backends, losses
+from . import penalties  # noqa: F401
 from .backends import BackendUnavailableError, get_backend, set_backend, use_backend
 
 __version__ = "0.1.0"
