@@ -2,6 +2,7 @@
 from . import ops as _ops  # defines the ganfast:: ops and loads the extension  # noqa: F401
 from . import backends, losses
 from . import nn
+from . import penalties  # noqa: F401
 from .backends import BackendUnavailableError, get_backend, set_backend, use_backend
 from .train import Trainer
 

@@ -78,7 +78,7 @@ def _backward_kernel(g_ptr, u_ptr, v_ptr, k_ptr, sigma_ptr, out_ptr, n, H, I, ep
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
     sigma = tl.load(sigma_ptr)
-    k = tl.where(sigma >= eps, tl.load(k_ptr) / sigma, 0.0)
+    k = tl.where(sigma >= eps, tl.load(k_ptr) / tl.maximum(sigma, eps), 0.0)
     inv = 1.0 / tl.maximum(sigma, eps)
     b = offs % I
     p = offs // I

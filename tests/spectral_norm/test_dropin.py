@@ -1,0 +1,215 @@
+"""ganfast.nn.spectral_norm against torch.nn.utils.parametrizations.spectral_norm itself."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations as P
+from torch.nn.utils import spectral_norm as old_spectral_norm
+
+import ganfast
+from ganfast.nn import apply_spectral_norm, remove_spectral_norm, sn_step, spectral_norm, spectral_norms
+
+from sn_helpers import ALL_BACKENDS, need
+
+MAKERS = {
+    "linear": lambda: nn.Linear(13, 7),
+    "conv2d": lambda: nn.Conv2d(3, 5, 3),
+    "convT2d": lambda: nn.ConvTranspose2d(5, 6, 3),  # dim=1
+    "embedding": lambda: nn.Embedding(11, 6),
+}
+INPUTS = {
+    "linear": lambda g: torch.randn(4, 13, generator=g),
+    "conv2d": lambda g: torch.randn(2, 3, 7, 6, generator=g),
+    "convT2d": lambda g: torch.randn(2, 5, 4, 5, generator=g),
+    "embedding": lambda g: torch.randint(0, 11, (9,), generator=g),
+}
+
+
+def pair(kind, **kw):
+    torch.manual_seed(0)
+    ref = P.spectral_norm(MAKERS[kind](), **kw)
+    torch.manual_seed(0)
+    ours = spectral_norm(MAKERS[kind](), **kw)
+    return ref, ours
+
+
+def assert_state_close(ref, ours, atol=2e-6):
+    sa, sb = ref.state_dict(), ours.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], rtol=2e-5, atol=atol, msg=k)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("kind", list(MAKERS))
+def test_training_steps_match_pytorch(kind, backend):
+    need(backend)
+    ref, ours = pair(kind)
+    assert_state_close(ref, ours, atol=0)  # same draws, same 15 initial iterations
+    opt_r = torch.optim.SGD(ref.parameters(), lr=0.1)
+    opt_o = torch.optim.SGD(ours.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    with ganfast.use_backend(backend):
+        for step in range(4):
+            ours.train(step != 2)
+            ref.train(step != 2)  # one eval step: no u/v update
+            x = INPUTS[kind](g)
+            opt_r.zero_grad()
+            opt_o.zero_grad()
+            out_r, out_o = ref(x), ours(x)
+            up = torch.randn(out_r.shape, generator=g)  # a random upstream gradient
+            (out_r * up).sum().backward()
+            (out_o * up).sum().backward()
+            torch.testing.assert_close(out_o, out_r, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(ours.parametrizations.weight.original.grad,
+                                       ref.parametrizations.weight.original.grad, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(ours.weight, ref.weight, rtol=1e-5, atol=1e-6)
+            opt_r.step()
+            opt_o.step()
+            assert_state_close(ref, ours)
+
+
+def test_dim_and_options_match_pytorch():
+    ref, ours = pair("conv2d", dim=1, n_power_iterations=3, eps=1e-6)
+    for _ in range(2):
+        torch.testing.assert_close(ours.weight, ref.weight, rtol=1e-5, atol=1e-6)
+    assert_state_close(ref, ours)
+    assert ours.parametrizations.weight[0].dim == 1
+
+
+def test_vector_weight_is_normalized_like_pytorch():
+    torch.manual_seed(0)
+    m = nn.Module()
+    m.weight = nn.Parameter(torch.randn(9))
+    ref = P.spectral_norm(copy.deepcopy(m))
+    ours = spectral_norm(m)
+    torch.testing.assert_close(ours.weight, ref.weight)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    torch.testing.assert_close(spectral_norms(ours)[""], torch.linalg.vector_norm(m.parametrizations.weight.original))
+
+
+def test_loads_pytorch_state_dicts_both_formats():
+    torch.manual_seed(0)
+    new = P.spectral_norm(nn.Linear(13, 7))
+    old = old_spectral_norm(nn.Linear(13, 7))
+    for _ in range(2):
+        new(torch.randn(2, 13))
+        old(torch.randn(2, 13))
+    for src in (new, old):
+        ours = spectral_norm(nn.Linear(13, 7))
+        ours.load_state_dict(src.state_dict())  # strict
+        ours.eval()
+        src.eval()
+        torch.testing.assert_close(ours.weight, src.weight, rtol=1e-5, atol=1e-6)
+    # nested: the pre-hook renames keys under any prefix
+    model = nn.Sequential(nn.Linear(13, 7))
+    spectral_norm(model[0])
+    model.load_state_dict(nn.Sequential(old).state_dict())
+    torch.testing.assert_close(model[0].parametrizations.weight.original, old.weight_orig)
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match="no parameter or buffer with name 'kernel'"):
+        spectral_norm(nn.Linear(3, 4), name="kernel")
+    m = spectral_norm(nn.Linear(3, 4))
+    with pytest.raises(ValueError, match="already spectral-normalized"):
+        spectral_norm(m)
+    with pytest.raises(ValueError, match="zero dimension"):
+        spectral_norm(nn.Linear(0, 4))
+    with pytest.raises(IndexError, match="Dimension out of range"):
+        spectral_norm(nn.Linear(3, 4), dim=2)
+    with pytest.raises(ValueError, match="n_power_iterations"):
+        spectral_norm(nn.Linear(3, 4), n_power_iterations=0)
+    with pytest.raises(ValueError, match="not spectral-normalized"):
+        remove_spectral_norm(nn.Linear(3, 4))
+
+
+def test_remove_bakes_weight_without_iteration():
+    m = spectral_norm(nn.Linear(13, 7))
+    m(torch.randn(2, 13))
+    m.eval()
+    expected = m.weight.detach().clone()
+    m.train()
+    remove_spectral_norm(m)
+    assert isinstance(m.weight, nn.Parameter) and not hasattr(m, "parametrizations")
+    torch.testing.assert_close(m.weight.detach(), expected)
+    assert set(m.state_dict()) == {"weight", "bias"}
+
+
+def test_apply_and_spectral_norms():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU(), nn.ConvTranspose2d(4, 2, 3), nn.Flatten(),
+                          nn.Linear(2 * 8 * 8, 1))
+    assert apply_spectral_norm(model) is model
+    assert model[2].parametrizations.weight[0].dim == 1
+    apply_spectral_norm(model)  # already normalized layers are skipped
+    assert len(model[0].parametrizations.weight) == 1
+    model(torch.randn(2, 3, 8, 8))
+    sig = spectral_norms(model)
+    assert set(sig) == {"0", "2", "4"}
+    for name, s in sig.items():
+        layer = model[int(name)]
+        p = layer.parametrizations.weight
+        mat = p.original.detach()
+        if p[0].dim:
+            mat = mat.transpose(0, p[0].dim)
+        mat = mat.reshape(mat.shape[0], -1)
+        # sigma of the last forward = u^T M v with the updated u, v
+        torch.testing.assert_close(s, torch.dot(p[0]._u, mat @ p[0]._v), rtol=1e-5, atol=1e-6)
+    # only the selected types
+    m2 = apply_spectral_norm(nn.Sequential(nn.Linear(3, 3), nn.Conv1d(3, 3, 1)), types=(nn.Conv1d,))
+    assert not hasattr(m2[0], "parametrizations") and hasattr(m2[1], "parametrizations")
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_zero_weight_gives_no_nan(backend):
+    need(backend)
+    m = spectral_norm(nn.Linear(5, 3))
+    with torch.no_grad():
+        m.parametrizations.weight.original.zero_()
+    with ganfast.use_backend(backend):
+        w = m.weight
+        w.sum().backward()
+    assert torch.isfinite(w).all() and (w == 0).all()
+    assert torch.isfinite(m.parametrizations.weight.original.grad).all()
+    assert torch.isfinite(m.parametrizations.weight[0]._u).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_weights_keep_fp32_vectors(dtype):
+    m = spectral_norm(nn.Linear(13, 7)).to(dtype)
+    p = m.parametrizations.weight
+    assert p.original.dtype == dtype and p[0]._u.dtype == torch.float32 and p[0]._v.dtype == torch.float32
+    with ganfast.use_backend("cpu" if ganfast.backends.status("cpu").available else "reference"):
+        w = m.weight
+    assert w.dtype == dtype and torch.isfinite(w).all()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_sn_step_matches_unrolled(backend):
+    """Inside sn_step, three calls share one W / sigma; gradients = the same computation by hand."""
+    need(backend)
+    torch.manual_seed(0)
+    model = apply_spectral_norm(nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)))
+    twin = copy.deepcopy(model)
+    xs = [torch.randn(3, 6) for _ in range(3)]
+    with ganfast.use_backend(backend):
+        with sn_step(model):
+            loss = model(xs[0]).sum() - 2 * model(xs[1]).sum() + model(xs[2]).square().sum()
+            loss.backward()
+        # by hand: one power iteration per layer, then the same W / sigma in all three calls
+        ws = [twin[i].weight for i in (0, 2)]  # one forward of each parametrization
+        def f(x):
+            return torch.nn.functional.linear(torch.tanh(torch.nn.functional.linear(x, ws[0], twin[0].bias)), ws[1],
+                                              twin[2].bias)
+        (f(xs[0]).sum() - 2 * f(xs[1]).sum() + f(xs[2]).square().sum()).backward()
+    for i in (0, 2):
+        a, b = model[i].parametrizations.weight, twin[i].parametrizations.weight
+        torch.testing.assert_close(a.original.grad, b.original.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a[0]._u, b[0]._u)  # updated once, not three times
+        torch.testing.assert_close(model[i].bias.grad, twin[i].bias.grad, rtol=1e-5, atol=1e-6)
+    # leaving the block clears the cache: the next access iterates again
+    assert all(p._step_cache is None and not p._in_step for p in model.modules() if hasattr(p, "_step_cache"))
+    u0 = model[0].parametrizations.weight[0]._u.clone()
+    model(xs[0])
+    assert not torch.equal(u0, model[0].parametrizations.weight[0]._u)
