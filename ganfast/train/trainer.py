@@ -242,16 +242,9 @@ class Trainer:
         _params_in(d_optimizer, discriminator, "d_optimizer", "discriminator")
 
         # Lazy regularization (StyleGAN2): the penalty every k-th D step, times k; Adam's lr and betas
-        # see the k/(k+1) effective batch ratio: lr *= c, beta ** c with c = k / (k + 1).
+        # corrected for it: lr *= c, beta ** c with c = k / (k + 1).
         if penalty is not None and penalty_interval > 1:
-            c = penalty_interval / (penalty_interval + 1)
-            for group in d_optimizer.param_groups:
-                if isinstance(group.get("lr"), torch.Tensor):
-                    group["lr"].mul_(c)
-                else:
-                    group["lr"] = group["lr"] * c
-                if "betas" in group:
-                    group["betas"] = tuple(b ** c for b in group["betas"])
+            self._pen.LazyRegularizer(penalty_interval).adjust_optimizer(d_optimizer)
 
         self.ema_g = None
         if ema is not None:
@@ -370,19 +363,21 @@ class Trainer:
 
     def _penalty_value(self, real, fake, real_logits, fake_logits):
         p, w = self._pen, self.penalty_weight
+        # under fp16 the penalties differentiate the scaled output and unscale before the norm
+        sc = self.d_scaler if self.d_scaler.is_enabled() else None
         if self.penalty == "r1":
-            return p.r1_from_logits(real_logits, real, w)
+            return p.r1_from_logits(real_logits, real, w, scaler=sc)
         if self.penalty == "r2":
-            return p.r2_from_logits(fake_logits, fake, w)
+            return p.r2_from_logits(fake_logits, fake, w, scaler=sc)
         b = real.shape[0]
         if fake.shape[0] != b:
             raise ValueError(f"{self.penalty} pairs real and fake samples: batch sizes {b} and {fake.shape[0]}")
         # the penalties' random draws come from the trainer's generator (reproducible, checkpointed)
         alpha = torch.rand(b, generator=self._gen, device=self.device, dtype=real.dtype)
         if self.penalty in ("wgan-gp", "wgan-lp"):
-            return p.wgan_gp(self.D, real, fake, weight=w, one_sided=self.penalty == "wgan-lp", alpha=alpha)
+            return p.wgan_gp(self.D, real, fake, weight=w, one_sided=self.penalty == "wgan-lp", alpha=alpha, scaler=sc)
         noise = torch.rand(real.shape, generator=self._gen, device=self.device, dtype=real.dtype)
-        return p.dragan(self.D, real, weight=w, alpha=alpha, noise=noise)
+        return p.dragan(self.D, real, weight=w, alpha=alpha, noise=noise, scaler=sc)
 
     def _d_update(self, real, fake, want: bool):
         self.d_optimizer.zero_grad(set_to_none=True)
