@@ -14,34 +14,43 @@ struct SpectralNormCall {
   at::Tensor out, u_out, v_out, sigma;
 };
 
-inline void check_sn_weight(const at::Tensor& w, const char* op) {
-  TORCH_CHECK(w.dim() == 3, op, ": weight must be 3-D (outer, h, inner), got ", w.dim(), "-D");
+struct SnDims {
+  int64_t outer, h, inner;
+};
+
+inline SnDims check_sn_weight(const at::Tensor& w, int64_t dim, const char* op) {
+  TORCH_CHECK(w.dim() >= 2, op, ": weight must have at least 2 dimensions, got ", w.dim());
+  TORCH_CHECK(dim >= 0 && dim < w.dim(), op, ": dim ", dim, " out of range for a ", w.dim(), "-D weight");
   TORCH_CHECK(at::isFloatingType(w.scalar_type()), op, ": weight must be floating point, got ", w.scalar_type());
   TORCH_CHECK(w.numel() > 0, op, ": weight is empty (shape ", w.sizes(), ")");
+  SnDims d{1, w.size(dim), 1};
+  for (int64_t i = 0; i < dim; ++i) d.outer *= w.size(i);
+  for (int64_t i = dim + 1; i < w.dim(); ++i) d.inner *= w.size(i);
+  return d;
 }
 
-inline void check_sn_vectors(const at::Tensor& w, const at::Tensor& u, const at::Tensor& v, const char* op) {
-  TORCH_CHECK(u.dim() == 1 && u.size(0) == w.size(1), op, ": u must have shape (", w.size(1), "), got ", u.sizes());
-  TORCH_CHECK(v.dim() == 1 && v.size(0) == w.size(0) * w.size(2), op, ": v must have shape (",
-              w.size(0) * w.size(2), "), got ", v.sizes());
+inline void check_sn_vectors(const at::Tensor& w, SnDims d, const at::Tensor& u, const at::Tensor& v, const char* op) {
+  TORCH_CHECK(u.dim() == 1 && u.size(0) == d.h, op, ": u must have shape (", d.h, "), got ", u.sizes());
+  TORCH_CHECK(v.dim() == 1 && v.size(0) == d.outer * d.inner, op, ": v must have shape (", d.outer * d.inner,
+              "), got ", v.sizes());
   TORCH_CHECK(at::isFloatingType(u.scalar_type()) && at::isFloatingType(v.scalar_type()), op,
               ": u and v must be floating point");
   TORCH_CHECK(u.device() == w.device() && v.device() == w.device(), op, ": weight, u and v must be on one device");
 }
 
 inline SpectralNormCall prepare_spectral_norm(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v,
-                                              int64_t n_iter, double eps) {
+                                              int64_t dim, int64_t n_iter, double eps) {
   const char* op = "ganfast::spectral_norm_fused";
-  check_sn_weight(weight, op);
-  check_sn_vectors(weight, u, v, op);
+  const SnDims d = check_sn_weight(weight, dim, op);
+  check_sn_vectors(weight, d, u, v, op);
   TORCH_CHECK(n_iter >= 0, op, ": n_iter must be >= 0, got ", n_iter);
   TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
   SpectralNormCall c;
   const auto acc = sn_opmath(weight.scalar_type());
   c.w = weight.contiguous();
-  c.outer = c.w.size(0);
-  c.h = c.w.size(1);
-  c.inner = c.w.size(2);
+  c.outer = d.outer;
+  c.h = d.h;
+  c.inner = d.inner;
   // Fresh output vectors, filled from the inputs: the kernels update them in place.
   c.u_out = u.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
   c.v_out = v.to(acc, false, true).contiguous();
@@ -52,19 +61,23 @@ inline SpectralNormCall prepare_spectral_norm(const at::Tensor& weight, const at
 
 struct SpectralNormBackwardCall {
   at::Tensor g, w, u, v, sigma, grad_w;
+  int64_t outer, h, inner;
 };
 
 inline SpectralNormBackwardCall prepare_spectral_norm_backward(const at::Tensor& grad, const at::Tensor& weight,
                                                                const at::Tensor& u, const at::Tensor& v,
-                                                               const at::Tensor& sigma, double eps) {
+                                                               const at::Tensor& sigma, int64_t dim, double eps) {
   const char* op = "ganfast::spectral_norm_backward";
-  check_sn_weight(weight, op);
-  check_sn_vectors(weight, u, v, op);
+  const SnDims d = check_sn_weight(weight, dim, op);
+  check_sn_vectors(weight, d, u, v, op);
   TORCH_CHECK(grad.sizes() == weight.sizes(), op, ": grad has shape ", grad.sizes(), ", weight ", weight.sizes());
   TORCH_CHECK(sigma.numel() == 1, op, ": sigma must have one element");
   TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
   const auto acc = sn_opmath(weight.scalar_type());
   SpectralNormBackwardCall c;
+  c.outer = d.outer;
+  c.h = d.h;
+  c.inner = d.inner;
   c.w = weight.contiguous();
   c.g = grad.to(weight.scalar_type()).contiguous();
   c.u = u.to(acc).contiguous();

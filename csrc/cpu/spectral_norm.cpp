@@ -113,8 +113,8 @@ void spectral_norm_cpu_kernel(SpectralNormCall& c, int64_t n_iter, double eps) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_fused_cpu(
-    const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t n_iter, double eps) {
-  SpectralNormCall c = prepare_spectral_norm(weight, u, v, n_iter, eps);
+    const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t dim, int64_t n_iter, double eps) {
+  SpectralNormCall c = prepare_spectral_norm(weight, u, v, dim, n_iter, eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.w.scalar_type(), "spectral_norm_fused_cpu",
                                   [&] { spectral_norm_cpu_kernel<scalar_t>(c, n_iter, eps); });
   return {c.out, c.u_out, c.v_out, c.sigma};
@@ -123,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_fused_c
 template <typename scalar_t>
 void spectral_norm_backward_cpu_kernel(SpectralNormBackwardCall& c, double eps) {
   using T = opmath_t<scalar_t>;
-  const int64_t O = c.w.size(0), H = c.w.size(1), I = c.w.size(2), n = c.w.numel();
+  const int64_t O = c.outer, H = c.h, I = c.inner, n = c.w.numel();
   const scalar_t* g = c.g.data_ptr<scalar_t>();
   const scalar_t* w = c.w.data_ptr<scalar_t>();
   const T* u = c.u.data_ptr<T>();
@@ -153,8 +153,8 @@ void spectral_norm_backward_cpu_kernel(SpectralNormBackwardCall& c, double eps) 
 }
 
 at::Tensor spectral_norm_backward_cpu(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& u,
-                                      const at::Tensor& v, const at::Tensor& sigma, double eps) {
-  SpectralNormBackwardCall c = prepare_spectral_norm_backward(grad, weight, u, v, sigma, eps);
+                                      const at::Tensor& v, const at::Tensor& sigma, int64_t dim, double eps) {
+  SpectralNormBackwardCall c = prepare_spectral_norm_backward(grad, weight, u, v, sigma, dim, eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.w.scalar_type(), "spectral_norm_backward_cpu",
                                   [&] { spectral_norm_backward_cpu_kernel<scalar_t>(c, eps); });
   return c.grad_w;
@@ -165,6 +165,70 @@ at::Tensor spectral_norm_backward_cpu(const at::Tensor& grad, const at::Tensor& 
 TORCH_LIBRARY_IMPL(ganfast, CPU, m) {
   m.impl("spectral_norm_fused", &spectral_norm_fused_cpu);
   m.impl("spectral_norm_backward", &spectral_norm_backward_cpu);
+}
+
+}  // namespace ganfast
+
+// Multi-tensor ops: every normalized layer of a model in one parallel loop (one layer per task; the
+// per-layer loops run inline inside it). Same math as the single-layer kernels above.
+namespace ganfast {
+namespace {
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+spectral_norm_multi_cpu(at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims,
+                        int64_t n_iter, double eps) {
+  const int64_t L = int64_t(weights.size());
+  TORCH_CHECK(int64_t(us.size()) == L && int64_t(vs.size()) == L && int64_t(dims.size()) == L,
+              "ganfast::spectral_norm_multi: weights, u, v and dims must have the same length");
+  std::vector<at::Tensor> out(L), u_out(L), v_out(L), sigma(L);
+  // Checks and allocation first (outside the parallel region, so that errors surface normally).
+  std::vector<SpectralNormCall> calls;
+  calls.reserve(L);
+  for (int64_t l = 0; l < L; ++l) calls.push_back(prepare_spectral_norm(weights[l], us[l], vs[l], dims[l], n_iter, eps));
+  at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
+    for (int64_t l = l0; l < l1; ++l) {
+      SpectralNormCall& c = calls[l];
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.w.scalar_type(), "spectral_norm_multi_cpu",
+                                      [&] { spectral_norm_cpu_kernel<scalar_t>(c, n_iter, eps); });
+    }
+  });
+  for (int64_t l = 0; l < L; ++l) {
+    out[l] = calls[l].out;
+    u_out[l] = calls[l].u_out;
+    v_out[l] = calls[l].v_out;
+    sigma[l] = calls[l].sigma;
+  }
+  return {out, u_out, v_out, sigma};
+}
+
+std::vector<at::Tensor> spectral_norm_backward_multi_cpu(at::TensorList grads, at::TensorList weights, at::TensorList us,
+                                                         at::TensorList vs, at::TensorList sigmas, at::IntArrayRef dims,
+                                                         double eps) {
+  const int64_t L = int64_t(weights.size());
+  TORCH_CHECK(int64_t(grads.size()) == L && int64_t(us.size()) == L && int64_t(vs.size()) == L &&
+                  int64_t(sigmas.size()) == L && int64_t(dims.size()) == L,
+              "ganfast::spectral_norm_backward_multi: all lists must have the same length");
+  std::vector<SpectralNormBackwardCall> calls;
+  calls.reserve(L);
+  for (int64_t l = 0; l < L; ++l)
+    calls.push_back(prepare_spectral_norm_backward(grads[l], weights[l], us[l], vs[l], sigmas[l], dims[l], eps));
+  at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
+    for (int64_t l = l0; l < l1; ++l) {
+      SpectralNormBackwardCall& c = calls[l];
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.w.scalar_type(), "spectral_norm_backward_multi_cpu",
+                                      [&] { spectral_norm_backward_cpu_kernel<scalar_t>(c, eps); });
+    }
+  });
+  std::vector<at::Tensor> out(L);
+  for (int64_t l = 0; l < L; ++l) out[l] = calls[l].grad_w;
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ganfast, CPU, m) {
+  m.impl("spectral_norm_multi", &spectral_norm_multi_cpu);
+  m.impl("spectral_norm_backward_multi", &spectral_norm_backward_multi_cpu);
 }
 
 }  // namespace ganfast

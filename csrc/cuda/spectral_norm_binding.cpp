@@ -14,9 +14,9 @@ void check_cuda_dtype(const at::Tensor& w) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_fused_cuda(
-    const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t n_iter, double eps) {
+    const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t dim, int64_t n_iter, double eps) {
   check_cuda_dtype(weight);
-  SpectralNormCall c = prepare_spectral_norm(weight, u, v, n_iter, eps);
+  SpectralNormCall c = prepare_spectral_norm(weight, u, v, dim, n_iter, eps);
   const c10::cuda::CUDAGuard guard(c.w.device());
   auto work = at::empty({std::max(c.h, c.outer * c.inner) + 2}, c.w.options().dtype(at::kFloat));
   float* t = work.data_ptr<float>();
@@ -29,12 +29,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_fused_c
 }
 
 at::Tensor spectral_norm_backward_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& u,
-                                       const at::Tensor& v, const at::Tensor& sigma, double eps) {
+                                       const at::Tensor& v, const at::Tensor& sigma, int64_t dim, double eps) {
   check_cuda_dtype(weight);
-  SpectralNormBackwardCall c = prepare_spectral_norm_backward(grad, weight, u, v, sigma, eps);
+  SpectralNormBackwardCall c = prepare_spectral_norm_backward(grad, weight, u, v, sigma, dim, eps);
   const c10::cuda::CUDAGuard guard(c.w.device());
   auto scratch = at::empty({1}, c.w.options().dtype(at::kFloat));
-  cuda::SpectralNormBackwardArgs args{c.g.data_ptr(), c.w.data_ptr(), c.w.size(0), c.w.size(1), c.w.size(2), eps,
+  cuda::SpectralNormBackwardArgs args{c.g.data_ptr(), c.w.data_ptr(), c.outer, c.h, c.inner, eps,
                                       c.u.data_ptr<float>(), c.v.data_ptr<float>(), c.sigma.data_ptr<float>(),
                                       scratch.data_ptr<float>(), c.grad_w.data_ptr()};
   cuda::check_launch(cuda::spectral_norm_backward(args, cuda::dtype_of(c.w), c10::cuda::getCurrentCUDAStream()),

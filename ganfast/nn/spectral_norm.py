@@ -12,8 +12,6 @@ monitoring (`spectral_norms`), and `sn_step(model)` computes each normalized wei
 from __future__ import annotations
 
 import contextlib
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,17 +48,15 @@ class SpectralNorm(nn.Module):
         self._step_cache: torch.Tensor | None = None
         self._in_step = False
         if ndim > 1:
-            # (outer, h, inner): M[r, a * inner + b] = W3[a, r, b]
-            self._shape3 = (math.prod(weight.shape[:self.dim]), weight.shape[self.dim],
-                            math.prod(weight.shape[self.dim + 1:]))
-            h, w = self._shape3[1], self._shape3[0] * self._shape3[2]
+            outer, h, inner = _reference.split_dims(weight.shape, self.dim)
+            w = outer * inner
             # Same draws as PyTorch's (new_empty(h).normal_(), then w), normalized, then 15 iterations.
             u = weight.new_empty(h, dtype=acc).normal_(0, 1)
             v = weight.new_empty(w, dtype=acc).normal_(0, 1)
             self.register_buffer("_u", F.normalize(u, dim=0, eps=eps))
             self.register_buffer("_v", F.normalize(v, dim=0, eps=eps))
             with torch.no_grad():
-                u, v = _reference.power_method(weight.reshape(self._shape3), self._u, self._v, 15, eps)
+                u, v = _reference.power_method(weight, self._u, self._v, self.dim, 15, eps)
                 self._u.copy_(u)
                 self._v.copy_(v)
 
@@ -79,21 +75,18 @@ class SpectralNorm(nn.Module):
             with torch.no_grad():
                 self._sigma.copy_(torch.linalg.vector_norm(weight.detach(), dtype=self._sigma.dtype))
             return out
-        if tuple(weight.shape[self.dim:self.dim + 1]) != (self._shape3[1],) or weight.numel() != math.prod(self._shape3):
-            raise RuntimeError(f"spectral_norm: the weight changed shape to {tuple(weight.shape)} after registration")
-        w3 = weight.reshape(self._shape3)
         n_iter = self.n_power_iterations if self.training else 0
         backend = backends.resolve(weight.device)
         if backend == "reference":
-            out, u, v, sigma = _reference.spectral_norm(w3, self._u, self._v, n_iter, self.eps)
+            out, u, v, sigma = _reference.spectral_norm(weight, self._u, self._v, self.dim, n_iter, self.eps)
         else:
-            out, u, v, sigma = _ops.spectral_norm(w3, self._u, self._v, n_iter, self.eps, backend)
+            out, u, v, sigma = _ops.spectral_norm(weight, self._u, self._v, self.dim, n_iter, self.eps, backend)
         with torch.no_grad():
             if n_iter:
                 self._u.copy_(u)
                 self._v.copy_(v)
             self._sigma.copy_(sigma)
-        return out.view(weight.shape)
+        return out
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self._in_step:  # inside sn_step: once per step, the cached tensor stays in the graph
@@ -178,13 +171,14 @@ def apply_spectral_norm(model: nn.Module, types=DEFAULT_TYPES, name: str = "weig
     return model
 
 
-def _normalized(model: nn.Module):
+def _normalized(model: nn.Module, with_lists: bool = False):
     for mod_name, m in model.named_modules():
         if parametrize.is_parametrized(m):
             for tensor_name, plist in m.parametrizations.items():
                 for p in plist:
                     if isinstance(p, SpectralNorm):
-                        yield (mod_name if tensor_name == "weight" else f"{mod_name}.{tensor_name}"), p
+                        name = mod_name if tensor_name == "weight" else f"{mod_name}.{tensor_name}"
+                        yield (name, p, plist) if with_lists else (name, p)
 
 
 def spectral_norms(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -192,16 +186,47 @@ def spectral_norms(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p._sigma.detach().clone() for name, p in _normalized(model)}
 
 
+def _precompute_multi(entries) -> None:
+    """W / sigma of every layer that the CPU multi-tensor kernel can take, in one call per
+    (n_iter, eps) group; the results become the layers' step caches."""
+    groups: dict[tuple[int, float], list] = {}
+    for p, plist in entries:
+        w = plist.original
+        if (plist[0] is not p or w.ndim < 2 or w.device.type != "cpu"
+                or backends.resolve(w.device) != "cpu"):
+            continue  # computed lazily on first use, one layer at a time
+        groups.setdefault((p.n_power_iterations if p.training else 0, p.eps), []).append((p, w))
+    for (n_iter, eps), items in groups.items():
+        layers = [p for p, _ in items]
+        outs, us, vs, sigmas = _ops.spectral_norm_multi([w for _, w in items], [p._u for p in layers],
+                                                        [p._v for p in layers], [p.dim for p in layers], n_iter, eps)
+        with torch.no_grad():
+            if n_iter:
+                torch._foreach_copy_([p._u for p in layers], us)
+                torch._foreach_copy_([p._v for p in layers], vs)
+            torch._foreach_copy_([p._sigma for p in layers], sigmas)
+        for p, out in zip(layers, outs):
+            p._step_cache = out
+
+
 @contextlib.contextmanager
-def sn_step(model: nn.Module):
+def sn_step(model: nn.Module, multi_tensor: bool = False):
     """Inside, each normalized layer of `model` computes W / sigma (and updates u, v) once, however
     often the model is called; every use shares that tensor, so gradients accumulate into the
-    original weight. Leaving the block drops the cached weights."""
-    layers = [p for _, p in _normalized(model)]
-    for p in layers:
+    original weight. Leaving the block drops the cached weights.
+
+    multi_tensor=True computes every layer on entry in one call of the CPU multi-tensor kernel (one
+    parallel loop over layers, one fused backward); layers on other backends, 1-D weights and
+    stacked parametrizations stay lazy. On entry means layers unused in the step are updated too.
+    As with parametrize.cached(), call backward once per step (sum the losses), or retain_graph=True.
+    """
+    entries = [(p, plist) for _, p, plist in _normalized(model, with_lists=True)]
+    for p, _ in entries:
         p._in_step, p._step_cache = True, None
     try:
+        if multi_tensor:
+            _precompute_multi(entries)
         yield model
     finally:
-        for p in layers:
+        for p, _ in entries:
             p._in_step, p._step_cache = False, None

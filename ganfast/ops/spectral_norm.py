@@ -1,11 +1,11 @@
 """Op boundary of spectral normalization: schemas, fake kernels, Triton impls, autograd, dispatch.
 
-ganfast::spectral_norm_fused(W3, u, v, n_iter, eps) -> (out, u', v', sigma)
-    W3 = weight.reshape(outer, h, inner) (see ganfast/reference/spectral_norm.py); n_iter power
+ganfast::spectral_norm_fused(W, u, v, dim, n_iter, eps) -> (out, u', v', sigma)
+    W of any shape, read in place as M (h x w) with `dim` first (ganfast/reference/spectral_norm.py); n_iter power
     iterations (0 = eval: no update), sigma = ||M^T u'||^2 / max(||M^T u'||, eps), which equals
     u'^T M v' exactly when v' = normalize(M^T u') (so the third matvec disappears), out = W / max(sigma, eps).
     u', v', sigma in fp32 (fp64 for fp64 weights). Differentiable in W only.
-ganfast::spectral_norm_backward(grad, W3, u, v, sigma, eps) -> dW
+ganfast::spectral_norm_backward(grad, W, u, v, sigma, dim, eps) -> dW
     dW = (G - <G, W/sigma> u v^T) / sigma, without forming u v^T.
 The *_triton ops have the same schemas. C++ (csrc/cpu, csrc/cuda) registers the CPU/CUDA kernels.
 """
@@ -16,45 +16,47 @@ import torch
 from ..reference.spectral_norm import opmath_dtype
 from ._library import LIBRARY
 
-_FWD = "(Tensor weight, Tensor u, Tensor v, int n_iter, float eps) -> (Tensor out, Tensor u_out, Tensor v_out, Tensor sigma)"
-_BWD = "(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma, float eps) -> Tensor"
+_FWD = "(Tensor weight, Tensor u, Tensor v, int dim, int n_iter, float eps) -> (Tensor out, Tensor u_out, Tensor v_out, Tensor sigma)"
+_BWD = "(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim, float eps) -> Tensor"
 
 
-def _fake_fwd(weight, u, v, n_iter, eps):
+def _fake_fwd(weight, u, v, dim, n_iter, eps):
     dt = opmath_dtype(weight.dtype)
     return (torch.empty_like(weight, memory_format=torch.contiguous_format), weight.new_empty(u.shape, dtype=dt),
             weight.new_empty(v.shape, dtype=dt), weight.new_empty((), dtype=dt))
 
 
-def _fake_bwd(grad, weight, u, v, sigma, eps):
+def _fake_bwd(grad, weight, u, v, sigma, dim, eps):
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
-def _triton_fwd(weight, u, v, n_iter, eps):
+def _triton_fwd(weight, u, v, dim, n_iter, eps):
     from ..kernels.triton.spectral_norm import spectral_norm_fused
 
-    return spectral_norm_fused(weight, u, v, n_iter, eps)
+    return spectral_norm_fused(weight, u, v, dim, n_iter, eps)
 
 
-def _triton_bwd(grad, weight, u, v, sigma, eps):
+def _triton_bwd(grad, weight, u, v, sigma, dim, eps):
     from ..kernels.triton.spectral_norm import spectral_norm_backward
 
-    return spectral_norm_backward(grad, weight, u, v, sigma, eps)
+    return spectral_norm_backward(grad, weight, u, v, sigma, dim, eps)
 
 
 def _setup_context(ctx, inputs, output):
-    weight, _, _, _, eps = inputs
+    weight, _, _, dim, _, eps = inputs
     _, u_out, v_out, sigma = output
     ctx.save_for_backward(weight, u_out, v_out, sigma)
-    ctx.eps = eps
+    ctx.dim, ctx.eps = dim, eps
+    ctx.set_materialize_grads(False)  # u', v', sigma get no gradient: no zero tensors for them
     ctx.mark_non_differentiable(u_out, v_out, sigma)
 
 
 def _make_backward(bwd_op):
     def backward(ctx, grad_out, _gu, _gv, _gs):
         weight, u, v, sigma = ctx.saved_tensors
-        grad_w = bwd_op(grad_out, weight, u, v, sigma, ctx.eps) if ctx.needs_input_grad[0] else None
-        return grad_w, None, None, None, None
+        if grad_out is None or not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None
+        return bwd_op(grad_out, weight, u, v, sigma, ctx.dim, ctx.eps), None, None, None, None, None
     return backward
 
 
@@ -77,7 +79,59 @@ torch.library.register_autograd("ganfast::spectral_norm_fused_triton", _make_bac
                                 setup_context=_setup_context, lib=LIBRARY)
 
 
-def spectral_norm(w3: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_iter: int, eps: float, backend: str):
+def spectral_norm(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int, n_iter: int, eps: float,
+                  backend: str):
     """(W / sigma, u', v', sigma) from the fused kernel of `backend` ("cpu", "cuda" or "triton")."""
     op = _fwd_triton if backend == "triton" else _fwd
-    return op(w3, u, v, n_iter, eps)
+    return op(weight, u, v, dim, n_iter, eps)
+
+
+# --- multi-tensor (CPU): all normalized layers of a model in one call, one parallel loop ---------
+# ganfast::spectral_norm_multi(weights, u, v, dims, n_iter, eps) -> (outs, u's, v's, sigmas) and
+# ganfast::spectral_norm_backward_multi(grads, weights, u's, v's, sigmas, dims, eps) -> dWs:
+# the single-layer math for each layer (used by ganfast.nn.sn_step(model, multi_tensor=True)).
+LIBRARY.define("spectral_norm_multi(Tensor[] weights, Tensor[] u, Tensor[] v, int[] dims, int n_iter, float eps) "
+               "-> (Tensor[] out, Tensor[] u_out, Tensor[] v_out, Tensor[] sigma)")
+LIBRARY.define("spectral_norm_backward_multi(Tensor[] grads, Tensor[] weights, Tensor[] u, Tensor[] v, "
+               "Tensor[] sigma, int[] dims, float eps) -> Tensor[]")
+
+
+def _fake_multi(weights, us, vs, dims, n_iter, eps):
+    outs = [_fake_fwd(w, u, v, d, n_iter, eps) for w, u, v, d in zip(weights, us, vs, dims)]
+    return tuple([o[i] for o in outs] for i in range(4))
+
+
+def _fake_bwd_multi(grads, weights, us, vs, sigmas, dims, eps):
+    return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+
+
+torch.library.register_fake("ganfast::spectral_norm_multi", _fake_multi, lib=LIBRARY)
+torch.library.register_fake("ganfast::spectral_norm_backward_multi", _fake_bwd_multi, lib=LIBRARY)
+_multi = torch.ops.ganfast.spectral_norm_multi.default
+_bwd_multi = torch.ops.ganfast.spectral_norm_backward_multi.default
+
+
+def _setup_multi(ctx, inputs, output):
+    weights, _, _, dims, _, eps = inputs
+    _, u_out, v_out, sigma = output
+    ctx.n = len(weights)
+    ctx.save_for_backward(*weights, *u_out, *v_out, *sigma)
+    ctx.dims, ctx.eps = list(dims), eps
+    ctx.mark_non_differentiable(*u_out, *v_out, *sigma)
+
+
+def _backward_multi(ctx, grad_outs, _gu, _gv, _gs):
+    n, saved = ctx.n, ctx.saved_tensors
+    weights, us, vs, sigmas = (list(saved[i * n:(i + 1) * n]) for i in range(4))
+    # a layer unused in the step gets a zero upstream gradient
+    grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grad_outs, weights)]
+    none = [None] * n
+    return _bwd_multi(grads, weights, us, vs, sigmas, ctx.dims, ctx.eps), none, none, None, None, None
+
+
+torch.library.register_autograd("ganfast::spectral_norm_multi", _backward_multi, setup_context=_setup_multi, lib=LIBRARY)
+
+
+def spectral_norm_multi(weights, us, vs, dims, n_iter: int, eps: float):
+    """Lists (W / sigma, u', v', sigma) for every layer, from one call of the CPU multi-tensor kernel."""
+    return _multi(list(weights), list(us), list(vs), list(dims), n_iter, eps)

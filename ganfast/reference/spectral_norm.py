@@ -1,8 +1,8 @@
 """Spectral normalization in plain PyTorch: torch.nn.utils.parametrizations.spectral_norm's math.
 
-The weight is viewed as a matrix M (h x w) with `dim` first. Stored as a 3-D tensor
-W3 = weight.reshape(outer, h, inner) (outer = prod of the sizes before `dim`, inner = after), so that
-M[r, a * inner + b] = W3[a, r, b]: a view for any `dim`, no permute copy.
+The weight is viewed as a matrix M (h x w) with `dim` first: M = weight.permute(dim, ...).flatten(1).
+(The kernels read the same matrix in place: with outer = prod of the sizes before `dim`, inner = the
+product after, M[r, a * inner + b] = weight.reshape(outer, h, inner)[a, r, b].)
 
 Power iteration (training mode), n times:  u <- normalize(M v),  v <- normalize(M^T u)
 sigma = u^T M v (u, v constant for the gradient); output W / sigma.
@@ -10,6 +10,8 @@ normalize(x) = x / max(||x||, eps). u, v and sigma are kept in fp32 for fp16/bf1
 fp64), and sigma is clamped at eps so that an all-zero weight gives 0, not NaN.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -19,15 +21,22 @@ def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def as_matrix(w3: torch.Tensor) -> torch.Tensor:
-    """(outer, h, inner) -> M (h, outer * inner), PyTorch's permute(dim, ...).flatten(1)."""
-    return w3.permute(1, 0, 2).reshape(w3.shape[1], -1)
+def split_dims(shape, dim: int) -> tuple[int, int, int]:
+    """(outer, h, inner) of a weight of `shape` normalized along `dim`."""
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:])
+
+
+def as_matrix(weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """PyTorch's _reshape_weight_to_matrix: M (h, w) with `dim` first."""
+    if dim != 0:
+        weight = weight.permute(dim, *(d for d in range(weight.dim()) if d != dim))
+    return weight.flatten(1)
 
 
 @torch.no_grad()
-def power_method(w3: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_iter: int, eps: float):
+def power_method(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int, n_iter: int, eps: float):
     """n_iter power iterations; returns new (u, v) in the opmath dtype (inputs untouched)."""
-    m = as_matrix(w3.detach()).to(opmath_dtype(w3.dtype))
+    m = as_matrix(weight.detach(), dim).to(opmath_dtype(weight.dtype))
     u, v = u.to(m.dtype), v.to(m.dtype)
     for _ in range(n_iter):
         u = F.normalize(torch.mv(m, v), dim=0, eps=eps)
@@ -35,14 +44,14 @@ def power_method(w3: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_iter: int
     return u, v
 
 
-def sigma(w3: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def sigma(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
     """sigma = u^T M v, differentiable in W only (u, v are constants)."""
-    m = as_matrix(w3).to(opmath_dtype(w3.dtype))
+    m = as_matrix(weight, dim).to(opmath_dtype(weight.dtype))
     return torch.vdot(u.to(m.dtype), torch.mv(m, v.to(m.dtype)))
 
 
-def spectral_norm(w3: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_iter: int, eps: float):
+def spectral_norm(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int, n_iter: int, eps: float):
     """(W / sigma, u', v', sigma): the full forward of one normalized weight."""
-    u, v = power_method(w3, u, v, n_iter, eps)
-    s = sigma(w3, u, v)
-    return (w3 / s.clamp_min(eps)).to(w3.dtype), u, v, s.detach()
+    u, v = power_method(weight, u, v, dim, n_iter, eps)
+    s = sigma(weight, u, v, dim)
+    return (weight / s.clamp_min(eps)).to(weight.dtype), u, v, s.detach()

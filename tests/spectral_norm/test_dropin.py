@@ -213,3 +213,39 @@ def test_sn_step_matches_unrolled(backend):
     u0 = model[0].parametrizations.weight[0]._u.clone()
     model(xs[0])
     assert not torch.equal(u0, model[0].parametrizations.weight[0]._u)
+
+
+def test_sn_step_multi_tensor_matches_lazy():
+    """sn_step(multi_tensor=True): all layers in one CPU kernel call; same u, v, sigma and grads."""
+    need("cpu")
+    torch.manual_seed(0)
+    model = apply_spectral_norm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.ConvTranspose2d(4, 2, 3), nn.Flatten(),
+                                              nn.Linear(2 * 7 * 7, 1), nn.Linear(1, 1)))
+    model[5].eval()  # one layer in eval mode: its own (n_iter=0) group
+    twin = copy.deepcopy(model)
+    xs = [torch.randn(2, 3, 7, 7) for _ in range(3)]
+    with ganfast.use_backend("cpu"):
+        for m, multi in ((model, True), (twin, False)):
+            with sn_step(m, multi_tensor=multi):
+                if multi:
+                    assert all(p._step_cache is not None for p in m.modules() if isinstance(p, ganfast.nn.SpectralNorm))
+                loss = m(xs[0]).sum() - m(xs[1]).sum() + m(xs[2]).square().sum()
+                loss.backward()
+    for (k, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=k)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(spectral_norms(model), spectral_norms(twin))
+
+
+def test_multi_tensor_opcheck():
+    need("cpu")
+    from ganfast.ops import spectral_norm as ops
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(5, 3, generator=g, requires_grad=True), torch.randn(2, 3, 4, generator=g, requires_grad=True)]
+    us = [torch.nn.functional.normalize(torch.randn(5, generator=g), dim=0), torch.randn(3, generator=g)]
+    vs = [torch.randn(3, generator=g), torch.randn(8, generator=g)]
+    torch.library.opcheck(ops._multi, (ws, us, vs, [0, 1], 1, 1e-12))
+    outs, u2, v2, s = ops._multi(ws, us, vs, [0, 1], 1, 1e-12)
+    torch.library.opcheck(ops._bwd_multi, ([torch.randn_like(w) for w in ws], [w.detach() for w in ws], u2, v2, s,
+                                           [0, 1], 1e-12))

@@ -1,5 +1,6 @@
 """Triton kernels of ganfast::spectral_norm_fused_triton / spectral_norm_backward_triton.
 
+The weight is read in place as M with `dim` first: W3 = weight.reshape(outer, h, inner),
 W3[a, r, b] = M[r, a * inner + b] (see ganfast/reference/spectral_norm.py), element offset
 (a * h + r) * inner + b. Per power iteration: one launch computes t = M v (programs over row
 blocks), one computes s = M^T u (programs over column blocks); the tiny vector normalizations are
@@ -12,6 +13,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from ...reference.spectral_norm import split_dims
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK_R, BLOCK_C, BLOCK = 16, 128, 1024
@@ -90,26 +93,27 @@ def _backward_kernel(g_ptr, u_ptr, v_ptr, k_ptr, sigma_ptr, out_ptr, n, H, I, ep
     tl.store(out_ptr + offs, ((g - k * u * v) * inv).to(out_ptr.dtype.element_ty), mask=m)
 
 
-def _check(weight: torch.Tensor) -> None:
+def _check(weight: torch.Tensor, dim: int) -> tuple[int, int, int]:
+    """(outer, h, inner) of the weight read as M with `dim` first."""
     if weight.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"triton backend: weights of dtype {weight.dtype} are not supported "
                         f"(supported: float32, float16, bfloat16)")
-    if weight.dim() != 3 or weight.numel() == 0:
-        raise ValueError(f"triton backend: weight must be a non-empty 3-D (outer, h, inner) tensor, "
-                         f"got shape {tuple(weight.shape)}")
+    if weight.dim() < 2 or weight.numel() == 0 or not 0 <= dim < weight.dim():
+        raise ValueError(f"triton backend: weight must be non-empty, at least 2-D, with 0 <= dim < {weight.dim()}; "
+                         f"got shape {tuple(weight.shape)}, dim {dim}")
+    return split_dims(weight.shape, dim)
 
 
 def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     return x / torch.linalg.vector_norm(x).clamp_min(eps)
 
 
-def spectral_norm_fused(weight, u, v, n_iter: int, eps: float):
+def spectral_norm_fused(weight, u, v, dim: int, n_iter: int, eps: float):
     """Launcher: (W / sigma, u', v', sigma) as ganfast::spectral_norm_fused."""
-    _check(weight)
+    O, H, I = _check(weight, dim)
     if n_iter < 0:
         raise ValueError(f"triton backend: n_iter must be >= 0, got {n_iter}")
     w = weight.contiguous()
-    O, H, I = w.shape
     N = O * I
     if u.shape != (H,) or v.shape != (N,):
         raise ValueError(f"triton backend: u must have shape ({H},) and v ({N},), got {tuple(u.shape)}, {tuple(v.shape)}")
@@ -135,12 +139,11 @@ def spectral_norm_fused(weight, u, v, n_iter: int, eps: float):
     return out, u.clone() if n_iter == 0 else u, v.clone() if n_iter == 0 else v, sigma
 
 
-def spectral_norm_backward(grad, weight, u, v, sigma, eps: float):
+def spectral_norm_backward(grad, weight, u, v, sigma, dim: int, eps: float):
     """Launcher: dW as ganfast::spectral_norm_backward."""
-    _check(weight)
+    O, H, I = _check(weight, dim)
     w = weight.contiguous()
     g = grad.to(w.dtype).contiguous()
-    O, H, I = w.shape
     n = w.numel()
     grid = (triton.cdiv(n, BLOCK),)
     part = torch.empty(grid[0], device=w.device, dtype=torch.float32)
