@@ -91,7 +91,7 @@ def check(case: Case, backend: str, dtype: torch.dtype, device: torch.device, se
     return Result(case.family, case.op, backend, DTYPE_NAMES[dtype], err, tol, bool(err <= tol), name)
 
 
-FAMILIES = ("losses",)  # one module of this package each, with a cases() function
+FAMILIES = ("losses", "penalties")  # one module of this package each, with a cases() function
 
 
 def all_cases() -> list[Case]:
