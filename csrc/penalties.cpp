@@ -5,7 +5,6 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "autograd.h"
 
 namespace ganfast {
 namespace {
@@ -36,7 +35,11 @@ struct GradPenaltyFunction : public torch::autograd::Function<GradPenaltyFunctio
                 "ganfast gradient penalties are differentiable once (their backward does not build a graph); "
                 "use backend 'reference' for higher-order gradients");
     const auto saved = ctx->get_saved_variables();
-    return {scale_saved_grad(saved[0], grad_outputs[0]), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    // (not scale_saved_grad of autograd.h: its numel() check fails on symbolic shapes under
+    // torch.compile / opcheck; g is never empty here, the fused op rejects that)
+    at::Tensor grad_g;
+    if (grad_outputs[0].defined()) grad_g = saved[0] * grad_outputs[0].to(saved[0].scalar_type());
+    return {grad_g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

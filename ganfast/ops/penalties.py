@@ -27,7 +27,7 @@ def _opmath(t: torch.Tensor) -> torch.dtype:
 
 def _fake(g, kind, weight, center, inv_scale):
     acc = _opmath(g)
-    return (g.new_empty((), dtype=acc), g.new_empty(g.shape, memory_format=torch.contiguous_format),
+    return (g.new_empty((), dtype=acc), g.new_empty(g.shape),
             g.new_empty((g.shape[0],) if g.dim() else (0,), dtype=acc))
 
 
@@ -61,7 +61,7 @@ LIBRARY.define(f"gp_interpolate_triton{_INTERP_SCHEMA}")
 
 
 def _interp_fake(real, other, alpha, perturb, c):
-    return real.new_empty(real.shape, memory_format=torch.contiguous_format)
+    return real.new_empty(real.shape)
 
 
 def _interp_triton(real, other, alpha, perturb, c):
