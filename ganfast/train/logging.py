@@ -114,10 +114,21 @@ def save_samples(samples, path, real=None) -> bool:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     samples = samples.detach().float().cpu()
     if samples.dim() == 2 and samples.shape[1] == 2:
-        viz.save_scatter(samples, path, real=None if real is None else real.detach().float().cpu())
+        viz.save_scatter(path, samples, real=None if real is None else real.detach().float().cpu())
     elif samples.dim() == 4:
-        viz.save_image_grid(samples, path)
+        viz.save_image_grid(path, samples)
     else:
         log.info("no sample plot for samples of shape %s", tuple(samples.shape))
+        return False
+    return True
+
+
+def save_curves(csv_path, out_path) -> bool:
+    """The training curves of a metrics CSV as one PNG (ganfast.viz), when it is available."""
+    try:
+        from .. import viz
+        viz.plot_training_curves(csv_path, out_path)
+    except Exception as e:  # noqa: BLE001 - plotting must never fail a finished training
+        log.info("no training-curve plot: %s", e)
         return False
     return True

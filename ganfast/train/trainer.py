@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import losses
 from . import checkpoint as ckpt
-from .logging import TrainLogger, save_samples
+from .logging import TrainLogger, save_curves, save_samples
 from .monitor import DivergenceError, StabilityMonitor
 
 log = logging.getLogger("ganfast.train")
@@ -599,7 +599,9 @@ class Trainer:
         batch_size, reshuffled each epoch with the trainer's generator). log_dir gets metrics.csv,
         TensorBoard scalars and samples/; checkpoints go to checkpoint_dir (default log_dir/checkpoints)
         every checkpoint_every steps (default 1000), keeping the last keep_checkpoints. With resume,
-        an existing checkpoint there is loaded first. Returns the stats of the logged steps."""
+        an existing checkpoint there is loaded first. Every sample_every steps, n_samples samples
+        (fixed noise) go to log_dir/samples/ as a scatter over real data (2-D) or an image grid; at
+        the end, log_dir/curves.png. Returns the stats of the logged steps."""
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         if log_every < 1:
@@ -664,4 +666,6 @@ class Trainer:
                                  log_dir / "samples" / f"step-{self.step_count:09d}.png", real=ref_real)
         finally:
             logger.close()
+            if log_dir is not None and (log_dir / "metrics.csv").exists():
+                save_curves(log_dir / "metrics.csv", log_dir / "curves.png")
         return history

@@ -210,3 +210,26 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     resumed, reference = _csv_rows(killed / "metrics.csv"), _csv_rows(full / "metrics.csv")
     assert [int(r[0]) for r in reference] == list(range(1, target + 1))
     assert resumed == reference  # every logged float, exactly
+
+
+def test_fit_saves_samples_and_curves(tmp_path):
+    pytest.importorskip("ganfast.viz")
+    pytest.importorskip("matplotlib")
+    t = _trainer()
+    t.fit(points(64), steps=4, batch_size=16, log_dir=tmp_path, sample_every=2, n_samples=32, progress=False)
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step-000000002.png", "step-000000004.png"]
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    models = pytest.importorskip("ganfast.models")
+    G, D = models.DCGANGenerator(8, 8, 1, 4), models.DCGANDiscriminator(8, 1, 4)
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0)
+    t.fit(torch.rand(8, 1, 8, 8) * 2 - 1, steps=1, batch_size=4, log_dir=tmp_path / "img", sample_every=1,
+          n_samples=4, progress=False)
+    from PIL import Image
+    assert Image.open(tmp_path / "img" / "samples" / "step-000000001.png").size[0] >= 16
+
+
+def test_progress_bar_shows_steps_and_stats(tmp_path, capsys):
+    t = _trainer()
+    t.fit(points(64), steps=3, batch_size=16, progress=True)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "step" in err and "d_loss" in err
