@@ -34,6 +34,14 @@ def checkpoint_name(step: int) -> str:
     return f"ckpt-{step:09d}.pt"
 
 
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step in a rotating checkpoint's name (ckpt-<step>.pt)."""
+    m = _NAME.match(Path(path).name)
+    if not m:
+        raise ValueError(f"{path} is not named like a rotating checkpoint (ckpt-<step>.pt)")
+    return int(m.group(1))
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -616,10 +616,11 @@ class Trainer:
         if sample_every is not None and log_dir is None:
             raise ValueError("sample_every needs log_dir (samples are saved under log_dir/samples)")
         self._ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        resumed_at = None
-        if resume and self._ckpt_dir is not None and ckpt.list_checkpoints(self._ckpt_dir):
+        found = ckpt.list_checkpoints(self._ckpt_dir) if resume and self._ckpt_dir is not None else []
+        if found and ckpt.checkpoint_step(found[-1]) > self.step_count:  # never go back in time
             self.load_checkpoint(self._ckpt_dir)
-            resumed_at = self.step_count
+        # a continuing trainer keeps its CSV rows up to its step (drops those a resumed run redoes)
+        resumed_at = self.step_count if self.step_count > 0 else None
         if isinstance(data, torch.Tensor):
             source = _TensorBatches(data, batch_size, self._gen, self._pending_data_state)
         else:

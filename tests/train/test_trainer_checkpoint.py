@@ -233,3 +233,11 @@ def test_progress_bar_shows_steps_and_stats(tmp_path, capsys):
     t.fit(points(64), steps=3, batch_size=16, progress=True)
     err = capsys.readouterr().err
     assert "3/3" in err and "step" in err and "d_loss" in err
+
+
+def test_fit_twice_continues_the_log(tmp_path):
+    t = _trainer()
+    t.fit(points(64), steps=3, batch_size=16, log_dir=tmp_path, progress=False)  # no checkpoint yet
+    t.fit(points(64), steps=5, batch_size=16, log_dir=tmp_path, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5] and t.step_count == 5
