@@ -317,3 +317,39 @@ def test_missing_penalty_module_or_d_steps_list():
         t.step([points(8)] * 3)
     t.step([points(8), points(8, seed=2)])
     assert t.d_step_count == 2
+
+
+class _ScalarReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ops that copy a tensor's value to the host (`.item()`, `float(t)`, `if t:`; `.tolist()`
+    goes through none of these, which is why the one stats read uses it). Reads of `ignore` (Adam's
+    step counters: CPU tensors even for CUDA parameters, so no device sync) are not counted."""
+
+    SYNCING = ("aten::_local_scalar_dense", "aten::is_nonzero", "aten::equal", "aten::allclose")
+
+    def __init__(self, ignore=()):
+        super().__init__()
+        self.reads, self.ignore = [], {id(t) for t in ignore}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name in self.SYNCING and not (args and id(args[0]) in self.ignore):
+            self.reads.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(penalty="r1", spectral_norm=True, ema=0.9, grad_clip=1.0),
+                                dict(penalty="wgan-gp", d_steps=2, weight_clip=0.5)], ids=["plain", "sn-r1", "gp"])
+def test_step_reads_nothing_from_the_device_without_stats(kw):
+    if "penalty" in kw:
+        pytest.importorskip("ganfast.penalties")
+    if kw.get("spectral_norm"):
+        pytest.importorskip("ganfast.nn")
+    G, D = mlp_pair()
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0, **kw)
+    t.step(points(16))  # the first step checks the models
+    steps = [st["step"] for opt in (t.g_optimizer, t.d_optimizer) for st in opt.state.values()]
+    with _ScalarReads(steps) as mode:
+        assert t.step(points(16), return_stats=False) is None
+    assert mode.reads == []
+    with _ScalarReads(steps) as mode:
+        t.step(points(16))
+    assert mode.reads == []  # the stats come back through one .tolist()
