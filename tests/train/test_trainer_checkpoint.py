@@ -141,14 +141,12 @@ def test_fit_accepts_a_dataloader_and_an_iterable(tmp_path):
 
 
 def test_fit_tensor_data_reshuffles_each_epoch():
-    t = _trainer()
-    src_cls = __import__("ganfast.train.trainer", fromlist=["_TensorBatches"])._TensorBatches
-    src = src_cls(torch.arange(8.0)[:, None], 4, torch.Generator().manual_seed(0), None)
+    from ganfast.train.trainer import _TensorBatches
+    src = _TensorBatches(torch.arange(8.0)[:, None], 4, torch.Generator().manual_seed(0), None)
     epoch1 = torch.cat([next(src), next(src)]).flatten()
     epoch2 = torch.cat([next(src), next(src)]).flatten()
     assert sorted(epoch1.tolist()) == sorted(epoch2.tolist()) == list(range(8))
     assert not torch.equal(epoch1, epoch2)
-    del t
 
 
 # --- resume exactness after SIGKILL ------------------------------------------------------------
