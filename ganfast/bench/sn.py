@@ -66,7 +66,7 @@ def make_d(sn):
     return d
 
 
-def d_step_fn(d, real, fake, use_sn_step, forward=None):
+def d_step_fn(d, real, fake, use_sn_step, forward=None, multi_tensor=False):
     forward = forward or d
     alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
 
@@ -74,7 +74,7 @@ def d_step_fn(d, real, fake, use_sn_step, forward=None):
         d.zero_grad(set_to_none=True)
         x_hat = alpha * real + (1 - alpha) * fake
         if use_sn_step:
-            with sn_step(d):
+            with sn_step(d, multi_tensor=multi_tensor):
                 loss = (nn.functional.softplus(-forward(real)).mean() + nn.functional.softplus(forward(fake)).mean()
                         + forward(x_hat).square().mean())
                 loss.backward()
@@ -121,6 +121,10 @@ def d_step_rows(device, quick):
             rows.append(Row("sn", case, f"ganfast-{name}+sn_step",
                             median_time(d_step_fn(d, real, fake, True), device, rounds=5)))
             counts[f"ganfast-{name} sn_step"] = count_ops(d_step_fn(d, real, fake, True))
+            if name == "cpu":
+                rows.append(Row("sn", case, "ganfast-cpu+multi",
+                                median_time(d_step_fn(d, real, fake, True, multi_tensor=True), device, rounds=5)))
+                counts["ganfast-cpu sn_step multi"] = count_ops(d_step_fn(d, real, fake, True, multi_tensor=True))
     base = counts["no spectral norm"]
     print("aten ops dispatched by one D step: " + ", ".join(
         f"{k}: {v} ({v / base:.2f}x no-sn)" for k, v in counts.items()), flush=True)
