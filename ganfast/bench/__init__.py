@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-SUITES = ("losses",)
+SUITES = ("losses", "gp")
 
 
 def _sync(device: torch.device) -> None:
