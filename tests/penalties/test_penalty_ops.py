@@ -9,10 +9,16 @@ from ganfast.ops import penalties as ops
 from ganfast.reference import penalties as ref
 from ganfast.validate import FLOOR, relative_error
 
-BACKENDS = [b for b in ("cpu", "triton") if backends.status(b).available and "cpu" in backends.status(b).device_types]
-DTYPES = {"cpu": (torch.float64, torch.float32, torch.float16, torch.bfloat16),
-          "triton": (torch.float32, torch.float16)}  # the interpreter has no bf16 arithmetic
-SHAPES = {"cpu": [(1, 1), (7, 3, 5), (123, 7), (3, 2, 33, 33)], "triton": [(1, 1), (7, 3, 5), (5, 1500)]}
+# backend -> the device its tensors live on (CPU for triton under TRITON_INTERPRET=1; CUDA where a GPU is)
+DEVICE = {b: torch.device(backends.status(b).device_types[0]) for b in ("cpu", "cuda", "triton")
+          if backends.status(b).available}
+BACKENDS = list(DEVICE)
+ALL = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+DTYPES = {"cpu": ALL, "cuda": ALL,  # the interpreter has no bf16 arithmetic
+          "triton": (torch.float32, torch.float16, torch.bfloat16) if DEVICE.get("triton", torch.device("cpu")).type == "cuda"
+          else (torch.float32, torch.float16)}
+SHAPES = {"cpu": [(1, 1), (7, 3, 5), (123, 7), (3, 2, 33, 33)], "cuda": [(1, 1), (7, 3, 5), (123, 7), (3, 2, 33, 33)],
+          "triton": [(1, 1), (7, 3, 5), (5, 1500)]}
 KINDS = [(0, 10.0, 1.0), (1, 10.0, 0.8), (2, 5.0, 0.0)]
 
 
@@ -55,7 +61,7 @@ def test_grad_penalty_vs_reference(backend, dtype, shape, kind, w, c):
             return _tail(g64.to(dt), kind, w, c, inv_scale, be)
 
         exact, low = check(run, dtype)
-        g_in = draw(shape, dtype, seed, noncontig)
+        g_in = draw(shape, dtype, seed, noncontig).to(DEVICE[backend])
         if noncontig and min(g_in.shape) > 1:
             assert not g_in.is_contiguous()
         actual = _tail(g_in, kind, w, c, inv_scale, backend)
@@ -90,7 +96,8 @@ def test_interpolate_vs_reference(backend, dtype, shape, perturb):
         return _interp(real64.to(dt), other64.to(dt), alpha64.to(dt), perturb, be)
 
     exact, low = check(run, dtype)
-    actual = run(dtype, backend)
+    actual = _interp(real64.to(DEVICE[backend], dtype), other64.to(DEVICE[backend], dtype),
+                     alpha64.to(DEVICE[backend], dtype), perturb, backend)
     for name in exact:
         assert torch.isfinite(actual[name]).all(), name
         err = relative_error(actual[name], exact[name])
@@ -100,7 +107,7 @@ def test_interpolate_vs_reference(backend, dtype, shape, perturb):
 
 def _op_names():
     names = []
-    if "cpu" in BACKENDS:
+    if "cpu" in BACKENDS or "cuda" in BACKENDS:
         names += ["grad_penalty_fused", "grad_penalty", "gp_interpolate"]
     if "triton" in BACKENDS:
         names += ["grad_penalty_fused_triton", "gp_interpolate_triton"]
@@ -111,19 +118,21 @@ def _op_names():
 def test_opcheck(name):
     op = getattr(torch.ops.ganfast, name).default
     g = torch.Generator().manual_seed(0)
+    dev = DEVICE["triton" if name.endswith("_triton") else ("cpu" if "cpu" in DEVICE else "cuda")]
     if name.startswith("grad_penalty"):
         for kind in (0, 1, 2):
             # the *_fused C++ op has no autograd of its own (ganfast::grad_penalty is its wrapper)
-            x = torch.randn(4, 3, 5, generator=g, requires_grad=name != "grad_penalty_fused")
+            x = torch.randn(4, 3, 5, generator=g).to(dev).requires_grad_(name != "grad_penalty_fused")
             torch.library.opcheck(op, (x, kind, 10.0, 1.0, 0.5))
     else:
         for perturb in (False, True):
-            args = (torch.randn(4, 6, generator=g, requires_grad=True), torch.rand(4, 6, generator=g, requires_grad=True),
-                    torch.rand(4, generator=g, requires_grad=True), perturb, 0.5)
+            args = (torch.randn(4, 6, generator=g).to(dev).requires_grad_(),
+                    torch.rand(4, 6, generator=g).to(dev).requires_grad_(),
+                    torch.rand(4, generator=g).to(dev).requires_grad_(), perturb, 0.5)
             torch.library.opcheck(op, args)
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton is not available on CPU tensors here")
 def test_triton_rejects_fp64():
     with pytest.raises(TypeError, match="float64"):
-        ops.grad_penalty(torch.ones(2, 3, dtype=torch.float64), 0, 1.0, 1.0, 1.0, "triton")
+        ops.grad_penalty(torch.ones(2, 3, dtype=torch.float64, device=DEVICE["triton"]), 0, 1.0, 1.0, 1.0, "triton")
