@@ -26,7 +26,7 @@ __all__ = ["Dataset", "MIXTURES", "Mixture", "DATASETS", "grid25", "load_digits"
 # ----------------------------------------------------------------------------------------------
 # 2-D Gaussian mixtures
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on a tensor field would be ambiguous
 class Mixture:
     """An equal-weight mixture of isotropic Gaussians N(means[k], std^2 I)."""
     name: str

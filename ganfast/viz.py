@@ -2,6 +2,7 @@
 
     save_scatter(path, fake, real=None, mixture=None)            2-D samples over the data
     save_image_grid(path, images, nrow=8)                        images in [-1, 1] -> PNG grid
+    save_samples(path, samples, real=None, mixture=None)         either of the two, by shape
     plot_training_curves(csv_path_or_rows, out_path)             losses, logits, grad norms, sigma, modes
     latent_interpolation_grid(G, latent_dim, path, ...)          G along straight lines between random z
     latent_traversal(G, latent_dim, path, dims=None, ...)        G along single latent dimensions
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["explore", "input_gradients", "latent_interpolation_grid", "latent_traversal",
-           "plot_training_curves", "saliency_maps", "save_image_grid", "save_scatter"]
+           "plot_training_curves", "saliency_maps", "save_image_grid", "save_samples", "save_scatter"]
 
 
 def _figure(figsize):
@@ -78,11 +79,12 @@ def _plane_limits(*clouds, mixture=None, margin: float = 0.25):
 
 
 def _draw_reference(ax, real=None, mixture=None):
-    if real is not None:
-        ax.scatter(real[:, 0], real[:, 1], s=4, c="tab:blue", alpha=0.25, linewidths=0, label="real")
+    # mode means as thin grey crosses underneath, so tight real clusters (ring: std 0.01) stay visible
     if mixture is not None:
         m = _cpu(mixture.means)
-        ax.scatter(m[:, 0], m[:, 1], s=60, marker="x", c="black", linewidths=1.5, label="mode means")
+        ax.scatter(m[:, 0], m[:, 1], s=80, marker="+", c="grey", linewidths=0.8, zorder=1, label="mode means")
+    if real is not None:
+        ax.scatter(real[:, 0], real[:, 1], s=6, c="tab:blue", alpha=0.5, linewidths=0, zorder=2, label="real")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,7 +97,7 @@ def save_scatter(path, fake, real=None, mixture=None, title: str | None = None) 
     fig = _figure((5, 5))
     ax = fig.add_subplot(1, 1, 1)
     _draw_reference(ax, real, mixture)
-    ax.scatter(fake[:, 0], fake[:, 1], s=4, c="tab:orange", alpha=0.6, linewidths=0, label="generated")
+    ax.scatter(fake[:, 0], fake[:, 1], s=4, c="tab:orange", alpha=0.6, linewidths=0, zorder=3, label="generated")
     xl, yl = _plane_limits(fake, real, mixture=mixture)
     ax.set_xlim(*xl), ax.set_ylim(*yl), ax.set_aspect("equal")
     ax.legend(loc="upper right", fontsize=7, markerscale=2)
@@ -142,6 +144,17 @@ def save_image_grid(path, images, nrow: int = 8, padding: int = 2, scale: int | 
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG")
     return path
+
+
+def save_samples(path, samples, real=None, mixture=None, nrow: int = 8, title: str | None = None) -> Path:
+    """Either picture by the samples' shape: (N, 2) points -> save_scatter, (N, C, H, W) images ->
+    save_image_grid (what a trainer writes every N steps)."""
+    x = _cpu(samples)
+    if x.dim() == 2 and x.shape[1] == 2:
+        return save_scatter(path, x, real, mixture, title=title)
+    if x.dim() == 4:
+        return save_image_grid(path, x, nrow=nrow)
+    raise ValueError(f"samples must be points (N, 2) or images (N, C, H, W), got {tuple(x.shape)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,17 +363,14 @@ def _saliency_points(path, D, x, mixture, fake=None, grid_n: int = 40) -> Path:
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="D(x) logit")
     step = max(1, grid_n // 20)  # a sparser arrow field on top of the heat map
     sub = grad.reshape(grid_n, grid_n, 2)[::step, ::step]
-    mag = sub.norm(dim=2).clamp_min(1e-12)
-    ax.quiver(xx[::step, ::step], yy[::step, ::step], sub[..., 0] / mag, sub[..., 1] / mag, mag,
-              cmap="Greys", scale=35, width=0.003)
-    ax.scatter(x[:, 0], x[:, 1], s=4, c="tab:blue", linewidths=0, alpha=0.5, label="real")
+    sub = sub / sub.norm(dim=2).amax().clamp_min(1e-12)  # arrow length ∝ |∇ₓD|, longest = 1
+    ax.quiver(xx[::step, ::step], yy[::step, ::step], sub[..., 0], sub[..., 1], color="black",
+              angles="xy", scale=22, width=0.003, alpha=0.7)
+    _draw_reference(ax, x, mixture)
     if fake is not None:
-        ax.scatter(fake[:, 0], fake[:, 1], s=4, c="tab:orange", linewidths=0, alpha=0.6, label="generated")
-    if mixture is not None:
-        m = _cpu(mixture.means)
-        ax.scatter(m[:, 0], m[:, 1], s=50, marker="x", c="black", linewidths=1.5)
+        ax.scatter(fake[:, 0], fake[:, 1], s=4, c="tab:orange", linewidths=0, alpha=0.6, zorder=3, label="generated")
     ax.set_xlim(*xl), ax.set_ylim(*yl)
-    ax.set_title("D's logit and input-gradient direction (arrows: ∇ₓD, shade: |∇ₓD|)", fontsize=9)
+    ax.set_title("D's logit (colour) and input gradient ∇ₓD (arrows, length ∝ |∇ₓD|)", fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     return _save(fig, path)
 

@@ -134,3 +134,12 @@ def test_explore_writes_all(tmp_path, kind, shape):
         _png(p)
     with pytest.raises(ValueError, match="kind"):
         viz.explore(G, D, latent, "audio", tmp_path, real)
+
+
+def test_save_samples_dispatches_on_shape(tmp_path):
+    _, mode, _ = _png(viz.save_samples(tmp_path / "p.png", torch.randn(30, 2), RING.sample(30), RING))
+    assert mode == "RGBA"  # matplotlib figure
+    _, mode, _ = _png(viz.save_samples(tmp_path / "i.png", torch.zeros(4, 1, 8, 8)))
+    assert mode == "L"     # Pillow grid
+    with pytest.raises(ValueError, match="points .N, 2. or images"):
+        viz.save_samples(tmp_path / "x.png", torch.zeros(4, 3))
