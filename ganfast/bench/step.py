@@ -5,17 +5,19 @@ spectral norm + R1 (the plain way: PyTorch's spectral norm, a separate D(real) f
 
 Variants: "eager" is the plain loop, "trainer" reads the stats every step (one host sync),
 "trainer-nostats" does not. vs eager = plain-loop time / variant time (> 1: the trainer is faster);
-steps/s = 1 / median.
+steps/s = 1 / median. The variants of a case are timed in alternation (this CPU is shared).
 """
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import Row, median_time
+from . import Row, _sync
 
 
 def _mlp_models(hidden: int = 128):
@@ -64,6 +66,30 @@ def plain_step(G, D, g_opt, d_opt, real, latent_shape, r1_gamma=None):
     g_opt.step()
 
 
+def interleaved_medians(fns: dict, device: torch.device, rounds: int = 15, round_time: float = 0.1,
+                        warmup: int = 2) -> dict:
+    """Median seconds per call of each function, timed in alternation (A B C A B C ...) so that load
+    from other processes on a shared machine hits every variant alike."""
+    calls = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        calls[name] = max(1, int(round_time / max(time.perf_counter() - start, 1e-7)))
+    samples = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            _sync(device)
+            samples[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def cases(quick: bool):
     """(case name, models factory, latent shape, batch shape)."""
     yield "MLP 2-D B=256", _mlp_models, (2,), (256, 2)
@@ -89,19 +115,22 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
         real = (torch.rand(shape) * 2 - 1).to(device)
         for reg in regs:
             case = name + (" sn+r1" if reg else "")
+            fns = {}
             # plain PyTorch
             G, D = copy.deepcopy(G0).to(device), copy.deepcopy(D0).to(device)
             if reg:
                 _torch_sn(D)
             g_opt, d_opt = _optims(G, D)
             gamma = 10.0 if reg else None
-            rows.append(Row("step", case, "eager", median_time(
-                lambda: plain_step(G, D, g_opt, d_opt, real, latent, gamma), device, rounds=5, round_time=0.2)))
-            # ganfast.Trainer
+            fns["eager"] = (lambda G=G, D=D, g_opt=g_opt, d_opt=d_opt:
+                            plain_step(G, D, g_opt, d_opt, real, latent, gamma))
+            # ganfast.Trainer, with and without reading the stats
             for variant, stats in (("trainer", True), ("trainer-nostats", False)):
                 G, D = copy.deepcopy(G0).to(device), copy.deepcopy(D0).to(device)
                 t = Trainer(G, D, *_optims(G, D), loss="ns", penalty="r1" if reg else None,
                             spectral_norm=bool(reg), seed=0)
-                rows.append(Row("step", case, variant, median_time(
-                    lambda: t.step(real, return_stats=stats), device, rounds=5, round_time=0.2)))
+                fns[variant] = lambda t=t, stats=stats: t.step(real, return_stats=stats)
+            rounds, round_time = (5, 0.1) if quick else (11, 0.2)
+            for variant, sec in interleaved_medians(fns, device, rounds, round_time).items():
+                rows.append(Row("step", case, variant, sec))
     return rows
