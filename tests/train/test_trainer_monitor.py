@@ -118,3 +118,39 @@ def test_nonfinite_checks_and_state_roundtrip():
     assert m2.state_dict() == m.state_dict() and m2.rollbacks == 1 and m2.lr_scale == 0.5
     with pytest.raises(ValueError, match="lr_factor"):
         StabilityMonitor(lr_factor=0)
+
+
+class _NaNGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * math.nan
+
+
+class NaNGradOnce(nn.Module):
+    """Finite outputs; on call `at` the gradient flowing back through them is NaN."""
+
+    def __init__(self, inner, at):
+        super().__init__()
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.inner(x)
+        return _NaNGrad.apply(out) if self.calls == self.at else out
+
+
+def test_nonfinite_gradient_with_finite_loss_rolls_back():
+    G, D0 = mlp_pair()
+    D = NaNGradOnce(D0, 3 * 2 + 2)  # the D step of step 3
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0, monitor=StabilityMonitor(snapshot_every=1))
+    real = points(16)
+    t.step(real)
+    t.step(real)
+    stats = t.step(real)
+    assert math.isfinite(stats["d_loss"]) and math.isnan(stats["d_grad_norm"])
+    assert t.rolled_back and t.step_count == 2 and "d_grad_norm = nan" in t.monitor.events[-1].message
+    assert all(torch.isfinite(p).all() for p in D.parameters())
