@@ -144,7 +144,19 @@ class _IterableBatches:
 
 
 class Trainer:
-    """See the module docstring and the README. Extra keyword: `monitor`, a StabilityMonitor."""
+    """GAN training with the user's own G, D and optimizers (see the module docstring for the step).
+
+    loss: a kind of ganfast.losses. penalty: None | "r1" | "r2" | "wgan-gp" | "wgan-lp" (one-sided) |
+    "dragan", weighted by penalty_weight (λ or γ), applied every penalty_interval-th D step times the
+    interval (lazy; d_optimizer gets StyleGAN2's Adam correction here). d_steps: D updates per G update.
+    spectral_norm: ganfast.nn.apply_spectral_norm(D) (build d_optimizer before or after: the Parameter
+    objects stay the same). ema: decay of an EMA copy of G (`ema_g`, used by `sample`). amp: None |
+    "bf16" | "fp16" (autocast; fp16 adds GradScalers). grad_clip: max gradient norm, a float or (g, d).
+    weight_clip: clamp D's parameters to [-c, c] after each D update. latent_dim: int or the shape of
+    one z; inferred from G's first Linear / ConvTranspose. device: moves G and D there (default: theirs).
+    seed: of the trainer's noise generator (z, penalty draws, data shuffling), saved in checkpoints.
+    monitor: a StabilityMonitor (checks run on steps whose stats are read).
+    """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, g_optimizer: torch.optim.Optimizer,
                  d_optimizer: torch.optim.Optimizer, loss: str = "ns", penalty: str | None = None,
