@@ -53,6 +53,34 @@ struct SpectralNormBackwardArgs {
   void* grad_w;
 };
 cudaError_t spectral_norm_backward(const SpectralNormBackwardArgs& args, DType dtype, cudaStream_t stream);
+// Gradient penalties (penalties.cu). One block per sample writes its norm, its penalty term and its
+// row of d P/d g; a one-block kernel sums the terms in row order (deterministic).
+struct GradPenaltyArgs {
+  const void* g;  // rows x cols, input dtype
+  int64_t rows, cols;
+  int kind;       // 0 two-sided, 1 one-sided, 2 squared (csrc/common/penalties.h)
+  double weight, center, inv_scale;
+  void* grad;     // rows x cols, input dtype
+  void* norms;    // rows, op-math dtype (float; double for double)
+  void* terms;    // rows, op-math dtype (workspace)
+  void* penalty;  // one element, op-math dtype
+};
+
+cudaError_t grad_penalty(const GradPenaltyArgs& args, DType dtype, cudaStream_t stream);
+
+// x̂ = a·real + (1-a)·other per sample; perturb: real + (1-a)·c·std(real)·other (DRAGAN).
+struct InterpolateArgs {
+  const void* real;
+  const void* other;
+  const void* alpha;  // rows, op-math dtype
+  int64_t rows, cols;
+  bool perturb;
+  double c;
+  void* out;
+  void* workspace;    // one op-math element: c·std(real)
+};
+
+cudaError_t gp_interpolate(const InterpolateArgs& args, DType dtype, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace ganfast

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-SUITES = ("losses", "sn")
+SUITES = ("losses", "sn", "gp", "step")
 
 
 def _sync(device: torch.device) -> None:

@@ -1,0 +1,126 @@
+"""A full discriminator step with a gradient penalty: loss + penalty + backward + Adam step, with
+spectral norm on every layer, for each penalty, on an MLP discriminator (B = 256, 2-D data) and a
+DCGAN-style 32x32 conv discriminator (B = 64).
+
+  eager:    the plain-PyTorch way: torch.nn.utils.parametrizations.spectral_norm, D(real) and
+            D(fake) for the loss, a separate forward for the penalty, a textbook double backward.
+  ganfast (one row per available backend): ganfast.nn.spectral_norm inside sn_step (each W/sigma
+            once per step) when ganfast.nn exists, else PyTorch's spectral norm inside
+            torch.nn.utils.parametrize.cached() (the case name says which); one D forward on
+            cat(real, fake) for the loss (fused d_loss); R1/R2 share that forward (r*_from_logits);
+            WGAN-GP/DRAGAN use the fused interpolation and the fused penalty tail.
+torch.compile is not timed: it does not support the double backward of a gradient penalty.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+from .. import backends, losses, penalties
+from . import Row, median_time
+
+PENALTIES = ("wgan_gp", "r1", "r2", "dragan")
+LOSS_KIND = {"wgan_gp": "wasserstein", "r1": "ns", "r2": "ns", "dragan": "ns"}
+
+
+def ganfast_sn():
+    """(spectral_norm, step context, label): ganfast.nn when it exists, PyTorch's otherwise."""
+    try:
+        from ..nn import sn_step, spectral_norm
+        return spectral_norm, sn_step, "sn=ganfast"
+    except ImportError:  # ganfast.nn is not merged here yet
+        pass
+    return nn.utils.parametrizations.spectral_norm, lambda model: parametrize.cached(), "sn=torch+cached"
+
+
+def mlp_d(sn) -> nn.Module:
+    return nn.Sequential(sn(nn.Linear(2, 512)), nn.LeakyReLU(0.2), sn(nn.Linear(512, 512)), nn.LeakyReLU(0.2),
+                         sn(nn.Linear(512, 512)), nn.LeakyReLU(0.2), sn(nn.Linear(512, 1)))
+
+
+def dcgan_d(sn) -> nn.Module:
+    return nn.Sequential(sn(nn.Conv2d(3, 64, 4, 2, 1)), nn.LeakyReLU(0.2), sn(nn.Conv2d(64, 128, 4, 2, 1)),
+                         nn.LeakyReLU(0.2), sn(nn.Conv2d(128, 256, 4, 2, 1)), nn.LeakyReLU(0.2), nn.Flatten(),
+                         sn(nn.Linear(256 * 4 * 4, 1)))
+
+
+NETS = {"mlp": (mlp_d, 256, (2,)), "dcgan32": (dcgan_d, 64, (3, 32, 32))}
+
+
+def _plain_loss(r, f, kind):
+    if kind == "wasserstein":
+        return f.mean() - r.mean()
+    return F.softplus(-r).mean() + F.softplus(f).mean()
+
+
+def plain_step(D, opt, real, fake, name):
+    """The plain-PyTorch discriminator step (separate forward for the penalty)."""
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = _plain_loss(D(real).flatten(), D(fake).flatten(), LOSS_KIND[name])
+        b = real.shape[0]
+        if name in ("wgan_gp", "dragan"):
+            a = torch.rand((b,) + (1,) * (real.dim() - 1), device=real.device)
+            other = fake if name == "wgan_gp" else real + 0.5 * real.std() * torch.rand_like(real)
+            x = (a * real + (1 - a) * other).requires_grad_(True)
+        else:
+            x = (real if name == "r1" else fake).detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
+        if name in ("r1", "r2"):
+            pen = 5.0 * g.pow(2).flatten(1).sum(1).mean()
+        else:
+            pen = 10.0 * ((g.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+        (loss + pen).backward()
+        opt.step()
+    return step
+
+
+def ganfast_step(D, opt, real, fake, name, sn_ctx):
+    def step():
+        opt.zero_grad(set_to_none=True)
+        b = real.shape[0]
+        with sn_ctx(D):
+            if name in ("r1", "r2"):  # one forward serves the loss and the penalty
+                r = real.detach().requires_grad_(name == "r1")
+                f = fake.detach().requires_grad_(name == "r2")
+                logits = D(torch.cat([r, f])).flatten()
+                loss = losses.d_loss(logits[:b], logits[b:], LOSS_KIND[name])
+                pen = (penalties.r1_from_logits(logits[:b], r) if name == "r1"
+                       else penalties.r2_from_logits(logits[b:], f))
+            else:
+                logits = D(torch.cat([real, fake])).flatten()
+                loss = losses.d_loss(logits[:b], logits[b:], LOSS_KIND[name])
+                pen = penalties.wgan_gp(D, real, fake) if name == "wgan_gp" else penalties.dragan(D, real)
+            (loss + pen).backward()
+        opt.step()
+    return step
+
+
+def run(quick: bool = False, device: torch.device = torch.device("cpu"), nets=None, names=None) -> list[Row]:
+    sn, sn_ctx, label = ganfast_sn()
+    rows = []
+    for net in nets or NETS:
+        make, b, shape = NETS[net]
+        g = torch.Generator().manual_seed(0)
+        real = torch.randn((b,) + shape, generator=g).to(device)
+        fake = torch.randn((b,) + shape, generator=g).to(device)
+        for name in names or (("wgan_gp", "r1") if quick else PENALTIES):
+            torch.manual_seed(0)
+            D_plain = make(nn.utils.parametrizations.spectral_norm).to(device)
+            torch.manual_seed(0)
+            D_fast = make(sn).to(device)
+            case = f"{net} B={b} {name} ({label})"
+            opt = torch.optim.Adam(D_plain.parameters(), lr=1e-4, betas=(0.0, 0.9))
+            rows.append(Row("gp", case, "eager", median_time(plain_step(D_plain, opt, real, fake, name), device)))
+            for backend in backends.available_backends(device.type):
+                D = copy.deepcopy(D_fast)
+                opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.0, 0.9))
+                with backends.use_backend(backend):
+                    rows.append(Row("gp", case, backend,
+                                    median_time(ganfast_step(D, opt, real, fake, name, sn_ctx), device)))
+    return rows

@@ -1,0 +1,136 @@
+"""`ganfast bench step`: one full GAN step (D update + G update) of `ganfast.Trainer` against the
+plain-PyTorch loop with the same models, optimizers and batch. Cases: an MLP on 2-D points (B = 256)
+and DCGAN at 32x32 (B = 64; width 32 and B = 32 with --quick), each without regularization and with
+spectral norm + R1 (the plain way: PyTorch's spectral norm, a separate D(real) forward for R1).
+
+Variants: "eager" is the plain loop, "trainer" reads the stats every step (one host sync),
+"trainer-nostats" does not. vs eager = plain-loop time / variant time (> 1: the trainer is faster);
+steps/s = 1 / median. The variants of a case are timed in alternation (this CPU is shared).
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import Row, _sync
+
+
+def _mlp_models(hidden: int = 128):
+    try:
+        from ..models import MLPDiscriminator, MLPGenerator
+        return MLPGenerator(2, 2, hidden), MLPDiscriminator(2, hidden)
+    except ImportError:  # ganfast.models not there: the same shapes in plain Sequential
+        g = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                          nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+        d = nn.Sequential(nn.Linear(2, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+                          nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+        return g, d
+
+
+def _dcgan_models(width: int):
+    from ..models import DCGANDiscriminator, DCGANGenerator
+    return DCGANGenerator(128, 32, 3, width), DCGANDiscriminator(32, 3, width)
+
+
+def _torch_sn(model: nn.Module) -> nn.Module:
+    for m in list(model.modules()):
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            torch.nn.utils.parametrizations.spectral_norm(m)
+    return model
+
+
+def _optims(G, D):
+    return (torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999)),
+            torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999)))
+
+
+def plain_step(G, D, g_opt, d_opt, real, latent_shape, r1_gamma=None):
+    """The textbook step: ns loss, D on fake.detach(), G on the same fake; R1 with its own forward."""
+    z = torch.randn((real.shape[0],) + latent_shape, device=real.device)
+    fake = G(z)
+    d_opt.zero_grad(set_to_none=True)
+    loss = F.softplus(-D(real)).mean() + F.softplus(D(fake.detach())).mean()
+    if r1_gamma is not None:
+        x = real.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
+        loss = loss + r1_gamma / 2 * g.pow(2).flatten(1).sum(1).mean()
+    loss.backward()
+    d_opt.step()
+    g_opt.zero_grad(set_to_none=True)
+    F.softplus(-D(fake)).mean().backward()
+    g_opt.step()
+
+
+def interleaved_medians(fns: dict, device: torch.device, rounds: int = 15, round_time: float = 0.1,
+                        warmup: int = 2) -> dict:
+    """Median seconds per call of each function, timed in alternation (A B C A B C ...) so that load
+    from other processes on a shared machine hits every variant alike."""
+    calls = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        calls[name] = max(1, int(round_time / max(time.perf_counter() - start, 1e-7)))
+    samples = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            _sync(device)
+            samples[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def cases(quick: bool):
+    """(case name, models factory, latent shape, batch shape)."""
+    yield "MLP 2-D B=256", _mlp_models, (2,), (256, 2)
+    try:
+        from .. import models  # noqa: F401
+    except ImportError:
+        return
+    width, b = (32, 32) if quick else (64, 64)
+    yield f"DCGAN 32x32 w={width} B={b}", lambda: _dcgan_models(width), (128, 1, 1), (b, 3, 32, 32)
+
+
+def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list[Row]:
+    from ..train import Trainer
+    try:
+        from .. import nn as _gnn, penalties as _pen  # noqa: F401
+        regs = [None, "sn+r1"]
+    except ImportError:
+        regs = [None]
+    rows = []
+    for name, factory, latent, shape in cases(quick):
+        torch.manual_seed(0)
+        G0, D0 = factory()
+        real = (torch.rand(shape) * 2 - 1).to(device)
+        for reg in regs:
+            case = name + (" sn+r1" if reg else "")
+            fns = {}
+            # plain PyTorch
+            G, D = copy.deepcopy(G0).to(device), copy.deepcopy(D0).to(device)
+            if reg:
+                _torch_sn(D)
+            g_opt, d_opt = _optims(G, D)
+            gamma = 10.0 if reg else None
+            fns["eager"] = (lambda G=G, D=D, g_opt=g_opt, d_opt=d_opt:
+                            plain_step(G, D, g_opt, d_opt, real, latent, gamma))
+            # ganfast.Trainer, with and without reading the stats
+            for variant, stats in (("trainer", True), ("trainer-nostats", False)):
+                G, D = copy.deepcopy(G0).to(device), copy.deepcopy(D0).to(device)
+                t = Trainer(G, D, *_optims(G, D), loss="ns", penalty="r1" if reg else None,
+                            spectral_norm=bool(reg), seed=0)
+                fns[variant] = lambda t=t, stats=stats: t.step(real, return_stats=stats)
+            rounds, round_time = (5, 0.1) if quick else (11, 0.2)
+            for variant, sec in interleaved_medians(fns, device, rounds, round_time).items():
+                rows.append(Row("step", case, variant, sec))
+    return rows

@@ -1,0 +1,150 @@
+"""Stability monitor: looks at the stats of each step the trainer reads and decides what to do.
+
+It never synchronizes by itself: it sees the plain floats the trainer already read (one `.tolist()`
+per read step). On a step whose losses, gradient norms or sigmas are not finite it asks the trainer to
+roll back (the update is discarded with the state it produced), lowers both learning rates by
+`lr_factor`, and after `max_rollbacks` rollbacks raises DivergenceError saying what diverged and
+when. Exploding gradient norms and a discriminator that wins completely are flagged (logged and kept
+in `events`), not acted on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+log = logging.getLogger("ganfast.train")
+
+
+class DivergenceError(RuntimeError):
+    """Training diverged more often than the monitor allows."""
+
+
+@dataclasses.dataclass
+class Event:
+    step: int
+    kind: str      # "rollback", "exploding_grad", "d_wins", "divergence"
+    message: str
+
+
+class StabilityMonitor:
+    """Configuration and running state of the stability checks.
+
+    max_rollbacks: rollbacks allowed before DivergenceError.
+    lr_factor: both learning rates are multiplied by this on each rollback.
+    snapshot_every: verified steps between in-memory snapshots used for rollback (0: use the newest
+        checkpoint on disk instead).
+    explode_factor: a gradient norm above this times its running average (EMA with explode_beta,
+        after explode_warmup reads) is flagged.
+    d_win_acc / d_win_steps: real_acc and fake_acc both >= d_win_acc for d_win_steps consecutive reads
+        while g_loss rises over that stretch is flagged.
+    """
+
+    def __init__(self, max_rollbacks: int = 3, lr_factor: float = 0.5, snapshot_every: int = 100,
+                 explode_factor: float = 100.0, explode_beta: float = 0.98, explode_warmup: int = 20,
+                 d_win_acc: float = 0.99, d_win_steps: int = 200):
+        if max_rollbacks < 0:
+            raise ValueError(f"max_rollbacks must be >= 0, got {max_rollbacks}")
+        if not 0 < lr_factor <= 1:
+            raise ValueError(f"lr_factor must be in (0, 1], got {lr_factor}")
+        if snapshot_every < 0:
+            raise ValueError(f"snapshot_every must be >= 0, got {snapshot_every}")
+        self.max_rollbacks = max_rollbacks
+        self.lr_factor = lr_factor
+        self.snapshot_every = snapshot_every
+        self.explode_factor = explode_factor
+        self.explode_beta = explode_beta
+        self.explode_warmup = explode_warmup
+        self.d_win_acc = d_win_acc
+        self.d_win_steps = d_win_steps
+        self.reset()
+
+    def reset(self) -> None:
+        self.rollbacks = 0
+        self.lr_scale = 1.0
+        self.events: list[Event] = []
+        self._gn_avg = {"d_grad_norm": 0.0, "g_grad_norm": 0.0}
+        self._gn_reads = 0
+        self._win_streak = 0
+        self._win_g_start = 0.0
+        self._win_flagged = False
+
+    # --- checks -----------------------------------------------------------------------------
+    @staticmethod
+    def nonfinite(stats: dict, check_grads: bool = True) -> list[str]:
+        """Names of the stats that are not finite (grad norms only when check_grads: under fp16 an
+        inf gradient is the GradScaler's business, not divergence)."""
+        keys = ["d_loss", "g_loss", "penalty", "sigma_max", "sigma_min"]
+        if check_grads:
+            keys += ["d_grad_norm", "g_grad_norm"]
+        return [k for k in keys if k in stats and not math.isfinite(stats[k])]
+
+    def observe(self, step: int, stats: dict) -> list[Event]:
+        """Flags for a step whose stats are finite; returns the new events."""
+        new = []
+        self._gn_reads += 1
+        for k in ("d_grad_norm", "g_grad_norm"):
+            v = stats.get(k)
+            if v is None:
+                continue
+            avg = self._gn_avg[k]
+            if self._gn_reads > self.explode_warmup and avg > 0 and v > self.explode_factor * avg:
+                new.append(Event(step, "exploding_grad",
+                                 f"{k} = {v:.4g} at step {step} is {v / avg:.1f}x its running average {avg:.4g}"))
+            # bias-free start: the first read sets the average
+            self._gn_avg[k] = v if self._gn_reads == 1 else self.explode_beta * avg + (1 - self.explode_beta) * v
+        if "real_acc" in stats and stats["real_acc"] >= self.d_win_acc and stats["fake_acc"] >= self.d_win_acc:
+            if self._win_streak == 0:
+                self._win_g_start = stats["g_loss"]
+            self._win_streak += 1
+            if (self._win_streak >= self.d_win_steps and not self._win_flagged
+                    and stats["g_loss"] > self._win_g_start):
+                self._win_flagged = True
+                new.append(Event(step, "d_wins",
+                                 f"the discriminator has classified every sample correctly for {self._win_streak} "
+                                 f"logged steps up to step {step} while g_loss rose from {self._win_g_start:.4g} "
+                                 f"to {stats['g_loss']:.4g} (vanishing generator gradients?)"))
+        else:
+            self._win_streak = 0
+            self._win_flagged = False
+        for e in new:
+            self.events.append(e)
+            log.warning("ganfast monitor: %s", e.message)
+        return new
+
+    def divergence(self, step: int, bad: list[str], stats: dict) -> Event:
+        """Record a non-finite step; raises DivergenceError once rollbacks are used up, else returns
+        the rollback event (the trainer then restores its snapshot and lowers the learning rates)."""
+        what = ", ".join(f"{k} = {stats[k]}" for k in bad)
+        if self.rollbacks >= self.max_rollbacks:
+            msg = (f"training diverged at step {step}: {what} (non-finite) after {self.rollbacks} rollback(s) "
+                   f"(max_rollbacks={self.max_rollbacks}; learning rates already scaled by {self.lr_scale:.4g}); "
+                   f"history: " + "; ".join(e.message for e in self.events if e.kind == "rollback"))
+            self.events.append(Event(step, "divergence", msg))
+            log.error("ganfast monitor: %s", msg)
+            raise DivergenceError(msg)
+        self.rollbacks += 1
+        self.lr_scale *= self.lr_factor
+        e = Event(step, "rollback", f"step {step}: {what} is non-finite; skipped the update, rolled back and "
+                                    f"scaled both learning rates by {self.lr_factor} (now x{self.lr_scale:.4g} "
+                                    f"of the original; rollback {self.rollbacks}/{self.max_rollbacks})")
+        self.events.append(e)
+        log.warning("ganfast monitor: %s", e.message)
+        return e
+
+    # --- checkpointing ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"rollbacks": self.rollbacks, "lr_scale": self.lr_scale,
+                "events": [[e.step, e.kind, e.message] for e in self.events],
+                "gn_avg": dict(self._gn_avg), "gn_reads": self._gn_reads, "win_streak": self._win_streak,
+                "win_g_start": self._win_g_start, "win_flagged": self._win_flagged}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rollbacks = int(state["rollbacks"])
+        self.lr_scale = float(state["lr_scale"])
+        self.events = [Event(int(s), str(k), str(m)) for s, k, m in state["events"]]
+        self._gn_avg = {k: float(v) for k, v in state["gn_avg"].items()}
+        self._gn_reads = int(state["gn_reads"])
+        self._win_streak = int(state["win_streak"])
+        self._win_g_start = float(state["win_g_start"])
+        self._win_flagged = bool(state["win_flagged"])

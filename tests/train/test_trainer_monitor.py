@@ -1,0 +1,156 @@
+"""Stability monitor: rollback on a discriminator that returns NaN once, divergence error after K
+rollbacks (nothing written before is lost), rollback to a checkpoint on disk, and the flags."""
+import csv
+import logging
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import ganfast
+from ganfast.train import DivergenceError, StabilityMonitor, checkpoint as ckpt
+from trainer_models import adam_pair, mlp_pair, points
+
+
+class NaNAfter(nn.Module):
+    """Wraps a discriminator; returns NaN logits on calls first..last (1-based, inclusive)."""
+
+    def __init__(self, inner, first, last=None):
+        super().__init__()
+        self.inner, self.first, self.last, self.calls = inner, first, last or first, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.inner(x)
+        return out * math.nan if self.first <= self.calls <= self.last else out
+
+
+def _setup(first, last=None, **mon):
+    G, D0 = mlp_pair()
+    D = NaNAfter(D0, first, last)
+    g_opt, d_opt = adam_pair(G, D, lr=1e-2)
+    t = ganfast.Trainer(G, D, g_opt, d_opt, seed=0, monitor=StabilityMonitor(**mon))
+    return t, g_opt, d_opt
+
+
+def test_nan_once_rolls_back_lowers_lrs_and_continues(tmp_path, caplog):
+    # call 1 is the input check; each step calls D 3 times: call 14 = the D step of step 5
+    t, g_opt, d_opt = _setup(14, snapshot_every=2, lr_factor=0.25)
+    with caplog.at_level(logging.WARNING, logger="ganfast.train"):
+        hist = t.fit(points(64), steps=8, batch_size=16, log_dir=tmp_path, progress=False)
+    assert t.monitor.rollbacks == 1 and t.step_count == 8
+    assert g_opt.param_groups[0]["lr"] == pytest.approx(0.25e-2)
+    assert d_opt.param_groups[0]["lr"] == pytest.approx(0.25e-2)
+    ev = [e for e in t.monitor.events if e.kind == "rollback"]
+    assert len(ev) == 1 and ev[0].step == 5 and "d_loss = nan" in ev[0].message
+    assert "rolled back" in caplog.text and "d_loss" in caplog.text
+    # the failed step's update was discarded: steps 1..8 each logged once, all finite
+    assert [h["step"] for h in hist] == list(range(1, 9))
+    assert all(math.isfinite(v) for h in hist for v in h.values())
+    assert all(torch.isfinite(p).all() for p in list(t.G.parameters()) + list(t.D.parameters()))
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+
+
+def test_rollback_restores_the_snapshot_exactly():
+    t, *_ = _setup(8, snapshot_every=1)  # calls 8-10 = step 3
+    real = points(16)
+    t.step(real)
+    t.step(real)
+    params = [p.clone() for p in t.D.parameters()]
+    t.step(real)
+    assert t.rolled_back and t.step_count == 2
+    assert all(torch.equal(a, b) for a, b in zip(params, t.D.parameters()))
+
+
+def test_divergence_error_after_k_rollbacks_keeps_what_was_written(tmp_path):
+    t, *_ = _setup(3 * 6 + 2, 10 ** 9, snapshot_every=1, max_rollbacks=2)  # NaN from step 7 on
+    with pytest.raises(DivergenceError, match=r"diverged at step 7: d_loss = nan.*after 2 rollback"):
+        t.fit(points(64), steps=20, batch_size=16, log_dir=tmp_path, checkpoint_every=3, progress=False)
+    assert t.monitor.rollbacks == 2
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [
+        ckpt.checkpoint_name(3), ckpt.checkpoint_name(6)]
+    assert [e.kind for e in t.monitor.events] == ["rollback", "rollback", "divergence"]
+
+
+def test_rollback_from_disk_without_snapshots(tmp_path):
+    t, *_ = _setup(3 * 4 + 2, snapshot_every=0)  # NaN at step 5
+    t.fit(points(64), steps=7, batch_size=16, checkpoint_dir=tmp_path, checkpoint_every=2, progress=False)
+    assert t.monitor.rollbacks == 1 and t.step_count == 7
+    assert all(torch.isfinite(p).all() for p in t.D.parameters())
+
+
+def test_no_snapshot_and_no_checkpoint_is_a_clear_error():
+    t, *_ = _setup(2, snapshot_every=0)
+    with pytest.raises(DivergenceError, match="no snapshot or checkpoint to roll back to"):
+        t.step(points(16))
+
+
+def test_monitor_flags_exploding_grads_and_a_winning_discriminator(caplog):
+    m = StabilityMonitor(explode_factor=10, explode_warmup=5, d_win_steps=4)
+    base = dict(d_loss=0.5, g_loss=1.0, penalty=0.0, real_acc=0.5, fake_acc=0.5, d_grad_norm=1.0, g_grad_norm=1.0)
+    for s in range(10):
+        assert m.observe(s, base) == []
+    with caplog.at_level(logging.WARNING, logger="ganfast.train"):
+        ev = m.observe(10, dict(base, d_grad_norm=50.0))
+    assert [e.kind for e in ev] == ["exploding_grad"] and "d_grad_norm" in ev[0].message
+    assert "running average" in caplog.text
+    kinds = []
+    for i, g in enumerate([2.0, 2.5, 3.0, 3.5, 4.0]):
+        kinds += [e.kind for e in m.observe(20 + i, dict(base, real_acc=1.0, fake_acc=1.0, g_loss=g))]
+    assert kinds == ["d_wins"]  # flagged once, at the 4th winning step
+    # winning but with g_loss falling is not flagged
+    m2 = StabilityMonitor(d_win_steps=3)
+    assert not any(m2.observe(i, dict(base, real_acc=1.0, fake_acc=1.0, g_loss=5.0 - i)) for i in range(6))
+
+
+def test_nonfinite_checks_and_state_roundtrip():
+    stats = dict(d_loss=1.0, g_loss=math.inf, penalty=0.0, d_grad_norm=math.nan, g_grad_norm=1.0, sigma_max=1.0)
+    assert StabilityMonitor.nonfinite(stats) == ["g_loss", "d_grad_norm"]
+    assert StabilityMonitor.nonfinite(stats, check_grads=False) == ["g_loss"]
+    m = StabilityMonitor()
+    m.divergence(3, ["g_loss"], stats)
+    m2 = StabilityMonitor()
+    m2.load_state_dict(m.state_dict())
+    assert m2.state_dict() == m.state_dict() and m2.rollbacks == 1 and m2.lr_scale == 0.5
+    with pytest.raises(ValueError, match="lr_factor"):
+        StabilityMonitor(lr_factor=0)
+
+
+class _NaNGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * math.nan
+
+
+class NaNGradOnce(nn.Module):
+    """Finite outputs; on call `at` the gradient flowing back through them is NaN."""
+
+    def __init__(self, inner, at):
+        super().__init__()
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.inner(x)
+        return _NaNGrad.apply(out) if self.calls == self.at else out
+
+
+def test_nonfinite_gradient_with_finite_loss_rolls_back():
+    G, D0 = mlp_pair()
+    D = NaNGradOnce(D0, 3 * 2 + 2)  # the D step of step 3
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0, monitor=StabilityMonitor(snapshot_every=1))
+    real = points(16)
+    t.step(real)
+    t.step(real)
+    stats = t.step(real)
+    assert math.isfinite(stats["d_loss"]) and math.isnan(stats["d_grad_norm"])
+    assert t.rolled_back and t.step_count == 2 and "d_grad_norm = nan" in t.monitor.events[-1].message
+    assert all(torch.isfinite(p).all() for p in D.parameters())
