@@ -16,7 +16,6 @@ on are often shared, and timing one variant after the other mixes their load int
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
