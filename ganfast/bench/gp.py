@@ -7,13 +7,15 @@ DCGAN-style 32x32 conv discriminator (B = 64).
   ganfast (one row per available backend): ganfast.nn.spectral_norm inside sn_step (each W/sigma
             once per step) when ganfast.nn exists, else PyTorch's spectral norm inside
             torch.nn.utils.parametrize.cached() (the case name says which); one D forward on
-            cat(real, fake) for the loss (fused d_loss); R1/R2 share that forward (r*_from_logits);
+            cat(real, fake) for the loss (fused d_loss), except for R1/R2, whose penalty shares the
+            loss's D(real) / D(fake) forward (r*_from_logits);
             WGAN-GP/DRAGAN use the fused interpolation and the fused penalty tail.
 torch.compile is not timed: it does not support the double backward of a gradient penalty.
+The variants of a case are timed in turn, round by round (see paired_medians): the CPUs these run
+on are often shared, and timing one variant after the other mixes their load into the ratios.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from .. import backends, losses, penalties
-from . import Row, median_time
+from . import Row
 
 PENALTIES = ("wgan_gp", "r1", "r2", "dragan")
 LOSS_KIND = {"wgan_gp": "wasserstein", "r1": "ns", "r2": "ns", "dragan": "ns"}
@@ -85,13 +87,14 @@ def ganfast_step(D, opt, real, fake, name, sn_ctx):
         opt.zero_grad(set_to_none=True)
         b = real.shape[0]
         with sn_ctx(D):
-            if name in ("r1", "r2"):  # one forward serves the loss and the penalty
+            if name in ("r1", "r2"):  # D(real) (D(fake)) serves both the loss and the penalty
+                # (separate forwards, not one on cat(real, fake): the double backward would then
+                # run over both halves of the batch)
                 r = real.detach().requires_grad_(name == "r1")
                 f = fake.detach().requires_grad_(name == "r2")
-                logits = D(torch.cat([r, f])).flatten()
-                loss = losses.d_loss(logits[:b], logits[b:], LOSS_KIND[name])
-                pen = (penalties.r1_from_logits(logits[:b], r) if name == "r1"
-                       else penalties.r2_from_logits(logits[b:], f))
+                rl, fl = D(r).flatten(), D(f).flatten()
+                loss = losses.d_loss(rl, fl, LOSS_KIND[name])
+                pen = penalties.r1_from_logits(rl, r) if name == "r1" else penalties.r2_from_logits(fl, f)
             else:
                 logits = D(torch.cat([real, fake])).flatten()
                 loss = losses.d_loss(logits[:b], logits[b:], LOSS_KIND[name])
@@ -99,6 +102,29 @@ def ganfast_step(D, opt, real, fake, name, sn_ctx):
             (loss + pen).backward()
         opt.step()
     return step
+
+
+def paired_medians(steps: dict, device: torch.device, rounds: int = 7, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of one call of each step, the variants timed in turn within each round (order
+    rotating), so that a busy spell of a shared machine hits every variant alike."""
+    import statistics
+    import time
+
+    names = list(steps)
+    for _ in range(warmup):
+        for n in names:
+            steps[n]()
+    samples = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            steps[n]()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            samples[n].append(time.perf_counter() - start)
+    return {n: statistics.median(v) for n, v in samples.items()}
 
 
 def run(quick: bool = False, device: torch.device = torch.device("cpu"), nets=None, names=None) -> list[Row]:
@@ -116,11 +142,18 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), nets=No
             D_fast = make(sn).to(device)
             case = f"{net} B={b} {name} ({label})"
             opt = torch.optim.Adam(D_plain.parameters(), lr=1e-4, betas=(0.0, 0.9))
-            rows.append(Row("gp", case, "eager", median_time(plain_step(D_plain, opt, real, fake, name), device)))
+            steps = {"eager": plain_step(D_plain, opt, real, fake, name)}
             for backend in backends.available_backends(device.type):
                 D = copy.deepcopy(D_fast)
                 opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.0, 0.9))
-                with backends.use_backend(backend):
-                    rows.append(Row("gp", case, backend,
-                                    median_time(ganfast_step(D, opt, real, fake, name, sn_ctx), device)))
+                steps[backend] = _under(backend, ganfast_step(D, opt, real, fake, name, sn_ctx))
+            for variant, t in paired_medians(steps, device, rounds=5 if quick else 9).items():
+                rows.append(Row("gp", case, variant, t))
     return rows
+
+
+def _under(backend: str, step):
+    def run_step():
+        with backends.use_backend(backend):
+            step()
+    return run_step
