@@ -105,33 +105,6 @@ def test_interpolate_vs_reference(backend, dtype, shape, perturb):
         assert err <= tol, (name, err, tol)
 
 
-def _op_names():
-    names = []
-    if "cpu" in BACKENDS or "cuda" in BACKENDS:
-        names += ["grad_penalty_fused", "grad_penalty", "gp_interpolate"]
-    if "triton" in BACKENDS:
-        names += ["grad_penalty_fused_triton", "gp_interpolate_triton"]
-    return names
-
-
-@pytest.mark.parametrize("name", _op_names())
-def test_opcheck(name):
-    op = getattr(torch.ops.ganfast, name).default
-    g = torch.Generator().manual_seed(0)
-    dev = DEVICE["triton" if name.endswith("_triton") else ("cpu" if "cpu" in DEVICE else "cuda")]
-    if name.startswith("grad_penalty"):
-        for kind in (0, 1, 2):
-            # the *_fused C++ op has no autograd of its own (ganfast::grad_penalty is its wrapper)
-            x = torch.randn(4, 3, 5, generator=g).to(dev).requires_grad_(name != "grad_penalty_fused")
-            torch.library.opcheck(op, (x, kind, 10.0, 1.0, 0.5))
-    else:
-        for perturb in (False, True):
-            args = (torch.randn(4, 6, generator=g).to(dev).requires_grad_(),
-                    torch.rand(4, 6, generator=g).to(dev).requires_grad_(),
-                    torch.rand(4, generator=g).to(dev).requires_grad_(), perturb, 0.5)
-            torch.library.opcheck(op, args)
-
-
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton is not available on CPU tensors here")
 def test_triton_rejects_fp64():
     with pytest.raises(TypeError, match="float64"):
