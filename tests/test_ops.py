@@ -4,7 +4,6 @@ import importlib
 import pytest
 import torch
 
-import ganfast
 from ganfast import backends, losses
 from ganfast.ops import ganfast_ops
 

@@ -7,6 +7,7 @@
 #include <cub/block/block_reduce.cuh>
 
 #include "../common/penalties.h"
+#include "common.cuh"
 #include "kernels.cuh"
 
 namespace ganfast {
@@ -16,24 +17,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kSumThreads = 1024;
 constexpr int kElemThreads = 256;
-
-template <typename T> struct OpMath { using type = float; };
-template <> struct OpMath<double> { using type = double; };
-
-template <typename scalar_t> __device__ __forceinline__ typename OpMath<scalar_t>::type load(const scalar_t* p, int64_t i) {
-  return static_cast<typename OpMath<scalar_t>::type>(p[i]);
-}
-template <> __device__ __forceinline__ float load<__half>(const __half* p, int64_t i) { return __half2float(p[i]); }
-template <> __device__ __forceinline__ float load<__nv_bfloat16>(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(p[i]);
-}
-template <typename scalar_t, typename T> __device__ __forceinline__ void store(scalar_t* p, int64_t i, T v) {
-  p[i] = static_cast<scalar_t>(v);
-}
-template <> __device__ __forceinline__ void store<__half, float>(__half* p, int64_t i, float v) { p[i] = __float2half(v); }
-template <> __device__ __forceinline__ void store<__nv_bfloat16, float>(__nv_bfloat16* p, int64_t i, float v) {
-  p[i] = __float2bfloat16(v);
-}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) gp_rows_kernel(GradPenaltyArgs a) {

@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "common.cuh"
 #include "kernels.cuh"
 
 namespace ganfast {
@@ -14,13 +15,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-template <typename T> __device__ __forceinline__ float to_f(T x) { return float(x); }
-template <> __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-template <> __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T from_f(float x) { return T(x); }
-template <> __device__ __forceinline__ __half from_f(float x) { return __float2half(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f(float x) { return __float2bfloat16(x); }
 
 // t[r] = sum_c M[r, c] v[c]: one warp per row.
 template <typename T>
@@ -33,7 +27,7 @@ __global__ void mv_kernel(const T* __restrict__ w, const float* __restrict__ v, 
   for (int64_t a = 0; a < O; ++a) {
     const T* row = w + (a * H + r) * I;
     const float* vv = v + a * I;
-    for (int64_t b = lane; b < I; b += 32) acc += to_f(row[b]) * vv[b];
+    for (int64_t b = lane; b < I; b += 32) acc += to_opmath(row[b]) * vv[b];
   }
   for (int off = 16; off > 0; off /= 2) acc += __shfl_down_sync(0xffffffffu, acc, off);
   if (lane == 0) t[r] = acc;
@@ -48,7 +42,7 @@ __global__ void mtv_kernel(const T* __restrict__ w, const float* __restrict__ u,
   const int64_t a = c / I, b = c % I;
   const T* col = w + a * H * I + b;
   float acc = 0.f;
-  for (int64_t r = 0; r < H; ++r) acc += to_f(col[r * I]) * u[r];
+  for (int64_t r = 0; r < H; ++r) acc += to_opmath(col[r * I]) * u[r];
   s[c] = acc;
 }
 
@@ -86,7 +80,7 @@ __global__ void scale_kernel(const T* __restrict__ w, const float* __restrict__ 
                              double eps) {
   const float inv = 1.f / fmaxf(*sigma, float(eps));
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = from_f<T>(to_f(w[i]) * inv);
+    out[i] = from_opmath<T>(to_opmath(w[i]) * inv);
 }
 
 template <typename T>
@@ -95,7 +89,7 @@ __global__ void gw_dot_kernel(const T* __restrict__ g, const T* __restrict__ w, 
   __shared__ typename Reduce::TempStorage tmp;
   float acc = 0.f;
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += int64_t(gridDim.x) * kThreads)
-    acc += to_f(g[i]) * to_f(w[i]);
+    acc += to_opmath(g[i]) * to_opmath(w[i]);
   const float total = Reduce(tmp).Sum(acc);
   if (threadIdx.x == 0) atomicAdd(out, total);
 }
@@ -111,7 +105,7 @@ __global__ void backward_kernel(const T* __restrict__ g, const float* __restrict
   const int64_t n = O * H * I;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = i % I, p = i / I, r = p % H, a = p / H;
-    out[i] = from_f<T>((to_f(g[i]) - k * u[r] * v[a * I + b]) * inv);
+    out[i] = from_opmath<T>((to_opmath(g[i]) - k * u[r] * v[a * I + b]) * inv);
   }
 }
 

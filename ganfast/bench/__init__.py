@@ -21,26 +21,36 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_time(fn: Callable[[], object], device: torch.device = torch.device("cpu"), *, rounds: int = 7,
-                round_time: float = 0.05, warmup: int = 3) -> float:
-    """Median over `rounds` of the mean time of one call (seconds); calls per round are calibrated
-    so that a round lasts about `round_time`."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    once = max(time.perf_counter() - start, 1e-7)
-    calls = max(1, int(round_time / once))
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
+def interleaved_medians(fns: dict[str, Callable[[], object]], device: torch.device = torch.device("cpu"), *,
+                        rounds: int = 9, round_time: float = 0.05, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each function. Calls per round are calibrated so that a round of
+    one function lasts about `round_time`; the functions are timed in alternation, the order rotating
+    each round (A B C, B C A, ...), so that load from other processes hits every variant alike."""
+    names = list(fns)
+    calls = {}
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
         _sync(device)
-        samples.append((time.perf_counter() - start) / calls)
-    return statistics.median(samples)
+        start = time.perf_counter()
+        fns[name]()
+        _sync(device)
+        calls[name] = max(1, int(round_time / max(time.perf_counter() - start, 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fns[name]()
+            _sync(device)
+            samples[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def median_time(fn: Callable[[], object], device: torch.device = torch.device("cpu"), **kwargs) -> float:
+    """Median seconds per call of one function (see interleaved_medians)."""
+    return interleaved_medians({"fn": fn}, device, **kwargs)["fn"]
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ DCGAN-style 32x32 conv discriminator (B = 64).
             loss's D(real) / D(fake) forward (r*_from_logits);
             WGAN-GP/DRAGAN use the fused interpolation and the fused penalty tail.
 torch.compile is not timed: it does not support the double backward of a gradient penalty.
-The variants of a case are timed in turn, round by round (see paired_medians): the CPUs these run
+The variants of a case are timed in turn, round by round (see ganfast.bench.interleaved_medians): the CPUs these run
 on are often shared, and timing one variant after the other mixes their load into the ratios.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from .. import backends, losses, penalties
-from . import Row
+from . import Row, interleaved_medians
 
 PENALTIES = ("wgan_gp", "r1", "r2", "dragan")
 LOSS_KIND = {"wgan_gp": "wasserstein", "r1": "ns", "r2": "ns", "dragan": "ns"}
@@ -104,29 +104,6 @@ def ganfast_step(D, opt, real, fake, name, sn_ctx):
     return step
 
 
-def paired_medians(steps: dict, device: torch.device, rounds: int = 7, warmup: int = 2) -> dict[str, float]:
-    """Median seconds of one call of each step, the variants timed in turn within each round (order
-    rotating), so that a busy spell of a shared machine hits every variant alike."""
-    import statistics
-    import time
-
-    names = list(steps)
-    for _ in range(warmup):
-        for n in names:
-            steps[n]()
-    samples = {n: [] for n in names}
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            steps[n]()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            samples[n].append(time.perf_counter() - start)
-    return {n: statistics.median(v) for n, v in samples.items()}
-
-
 def run(quick: bool = False, device: torch.device = torch.device("cpu"), nets=None, names=None) -> list[Row]:
     sn, sn_ctx, label = ganfast_sn()
     rows = []
@@ -147,7 +124,7 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), nets=No
                 D = copy.deepcopy(D_fast)
                 opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.0, 0.9))
                 steps[backend] = _under(backend, ganfast_step(D, opt, real, fake, name, sn_ctx))
-            for variant, t in paired_medians(steps, device, rounds=5 if quick else 9).items():
+            for variant, t in interleaved_medians(steps, device, rounds=5 if quick else 9, round_time=0.0).items():
                 rows.append(Row("gp", case, variant, t))
     return rows
 

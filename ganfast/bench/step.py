@@ -10,14 +10,12 @@ steps/s = 1 / median. The variants of a case are timed in alternation (this CPU 
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import Row, _sync
+from . import Row, interleaved_medians
 
 
 def _mlp_models(hidden: int = 128):
@@ -66,30 +64,6 @@ def plain_step(G, D, g_opt, d_opt, real, latent_shape, r1_gamma=None):
     g_opt.step()
 
 
-def interleaved_medians(fns: dict, device: torch.device, rounds: int = 15, round_time: float = 0.1,
-                        warmup: int = 2) -> dict:
-    """Median seconds per call of each function, timed in alternation (A B C A B C ...) so that load
-    from other processes on a shared machine hits every variant alike."""
-    calls = {}
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        calls[name] = max(1, int(round_time / max(time.perf_counter() - start, 1e-7)))
-    samples = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                fn()
-            _sync(device)
-            samples[name].append((time.perf_counter() - start) / calls[name])
-    return {name: statistics.median(v) for name, v in samples.items()}
-
-
 def cases(quick: bool):
     """(case name, models factory, latent shape, batch shape)."""
     yield "MLP 2-D B=256", _mlp_models, (2,), (256, 2)
@@ -131,6 +105,6 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
                             spectral_norm=bool(reg), seed=0)
                 fns[variant] = lambda t=t, stats=stats: t.step(real, return_stats=stats)
             rounds, round_time = (5, 0.1) if quick else (11, 0.2)
-            for variant, sec in interleaved_medians(fns, device, rounds, round_time).items():
+            for variant, sec in interleaved_medians(fns, device, rounds=rounds, round_time=round_time).items():
                 rows.append(Row("step", case, variant, sec))
     return rows
