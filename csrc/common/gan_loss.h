@@ -54,31 +54,41 @@ GF_HD LossSpec loss_spec(int kind, bool generator) {
   }
 }
 
-// log(1 + e^x) without overflow; NaN propagates (std::max would too, fmax would not).
-template <typename T> GF_HD T softplus(T x) {
-  T pos = x < T(0) ? T(0) : x;
-  return pos + log1p(exp(-fabs(x)));
-}
-// 1 / (1 + e^-x) without overflow.
-template <typename T> GF_HD T sigmoid(T x) {
-  if (x >= T(0)) return T(1) / (T(1) + exp(-x));
-  T e = exp(x);
-  return e / (T(1) + e);
+// softplus(y) = log(1 + e^y) and sigmoid(y) = 1 / (1 + e^-y) from one exp(-|y|), without overflow;
+// `y < 0 ? 0 : y` keeps NaN (fmax would not).
+template <typename T> GF_HD void softplus_sigmoid(T y, T& sp, T& sg) {
+  const T e = exp(-fabs(y));
+  sp = (y < T(0) ? T(0) : y) + log1p(e);
+  sg = y >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
 }
 
-// value and derivative of one term at x. Written as `a < 0 ? 0 : a` so that NaN is never masked.
+// Value and derivative of one term at x, the term fixed at compile time (the CPU kernel's loops).
+template <Term t, typename T> GF_HD void term_eval(T x, T& value, T& deriv) {
+  if constexpr (t == Term::SoftplusNeg) { softplus_sigmoid(-x, value, deriv); deriv = -deriv; }
+  else if constexpr (t == Term::SoftplusPos) { softplus_sigmoid(x, value, deriv); }
+  else if constexpr (t == Term::NegSoftplusPos) { softplus_sigmoid(x, value, deriv); value = -value; deriv = -deriv; }
+  else if constexpr (t == Term::HingeNeg) { T a = T(1) - x; value = a < T(0) ? T(0) : a; deriv = a > T(0) ? T(-1) : T(0); }
+  else if constexpr (t == Term::HingePos) { T a = T(1) + x; value = a < T(0) ? T(0) : a; deriv = a > T(0) ? T(1) : T(0); }
+  else if constexpr (t == Term::Neg) { value = -x; deriv = T(-1); }
+  else if constexpr (t == Term::Pos) { value = x; deriv = T(1); }
+  else if constexpr (t == Term::HalfSqMinus1) { value = T(0.5) * (x - T(1)) * (x - T(1)); deriv = x - T(1); }
+  else if constexpr (t == Term::HalfSq) { value = T(0.5) * x * x; deriv = x; }
+  else { value = T(0); deriv = T(0); }
+}
+
+// The same with the term chosen at run time (the CUDA kernel: the branch is uniform across threads).
 template <typename T> GF_HD void term_eval(Term t, T x, T& value, T& deriv) {
   switch (t) {
-    case Term::SoftplusNeg: value = softplus(-x); deriv = -sigmoid(-x); return;
-    case Term::SoftplusPos: value = softplus(x); deriv = sigmoid(x); return;
-    case Term::NegSoftplusPos: value = -softplus(x); deriv = -sigmoid(x); return;
-    case Term::HingeNeg: { T a = T(1) - x; value = a < T(0) ? T(0) : a; deriv = a > T(0) ? T(-1) : T(0); return; }
-    case Term::HingePos: { T a = T(1) + x; value = a < T(0) ? T(0) : a; deriv = a > T(0) ? T(1) : T(0); return; }
-    case Term::Neg: value = -x; deriv = T(-1); return;
-    case Term::Pos: value = x; deriv = T(1); return;
-    case Term::HalfSqMinus1: value = T(0.5) * (x - T(1)) * (x - T(1)); deriv = x - T(1); return;
-    case Term::HalfSq: value = T(0.5) * x * x; deriv = x; return;
-    default: value = T(0); deriv = T(0); return;
+    case Term::SoftplusNeg: return term_eval<Term::SoftplusNeg>(x, value, deriv);
+    case Term::SoftplusPos: return term_eval<Term::SoftplusPos>(x, value, deriv);
+    case Term::NegSoftplusPos: return term_eval<Term::NegSoftplusPos>(x, value, deriv);
+    case Term::HingeNeg: return term_eval<Term::HingeNeg>(x, value, deriv);
+    case Term::HingePos: return term_eval<Term::HingePos>(x, value, deriv);
+    case Term::Neg: return term_eval<Term::Neg>(x, value, deriv);
+    case Term::Pos: return term_eval<Term::Pos>(x, value, deriv);
+    case Term::HalfSqMinus1: return term_eval<Term::HalfSqMinus1>(x, value, deriv);
+    case Term::HalfSq: return term_eval<Term::HalfSq>(x, value, deriv);
+    default: return term_eval<Term::None>(x, value, deriv);
   }
 }
 

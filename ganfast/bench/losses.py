@@ -6,7 +6,7 @@ import torch
 
 from .. import backends, losses
 from ..reference import losses as reference
-from . import Row, median_time
+from . import Row, interleaved_medians
 
 SIZES = (64, 4096, 57600)
 
@@ -42,12 +42,23 @@ def variants(kind: str, device: torch.device, compile_reference: bool = True):
     return out
 
 
+def _under_backend(variant: str, step):
+    """The step under the backend a ganfast variant names (eager/compiled call the reference directly)."""
+    backend = variant if variant in backends.BACKENDS else "auto"
+
+    def run_step():
+        with backends.use_backend(backend):
+            step()
+    return run_step
+
+
 def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list[Row]:
     kinds = ("ns", "hinge", "rahinge") if quick else losses.KINDS
     sizes = (64, 4096) if quick else SIZES
     rows = []
     for case, kind, real, fake in cases(kinds, sizes, device):
-        for variant, fn in variants(kind, device).items():
-            with backends.use_backend(variant if variant in backends.BACKENDS else "auto"):
-                rows.append(Row("losses", case, variant, median_time(make_step(fn, real, fake), device)))
+        steps = {variant: _under_backend(variant, make_step(fn, real, fake))
+                 for variant, fn in variants(kind, device).items()}
+        for variant, seconds in interleaved_medians(steps, device).items():
+            rows.append(Row("losses", case, variant, seconds))
     return rows
