@@ -35,6 +35,7 @@ with a DistributedError that names that rank's error (not a hang), and it re-rai
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import socket
 from typing import Callable, Iterable
@@ -135,7 +136,9 @@ class Communicator:
                                     timeout=datetime.timedelta(seconds=self.timeout),
                                     **({"device_id": device} if device.type == "cuda" else {}))
             self.owns_group = True
-        self.group = dist.group.WORLD
+        # the default group, looked up at each call: no reference is kept here, so that aborting it
+        # (abort) frees it, which closes gloo's connections and releases the other ranks at once
+        self.group = None
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.backend = dist.get_backend()
         if self.backend == "nccl" and device.type != "cuda":
@@ -193,6 +196,7 @@ class Communicator:
                 dist.destroy_process_group()
             except Exception:  # noqa: BLE001
                 pass
+        gc.collect()  # gloo closes its sockets when the group object is freed
 
     # --- collectives of the trainer ----------------------------------------------------------------
     @torch.no_grad()
