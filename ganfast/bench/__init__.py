@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-SUITES = ("losses", "sn", "gp", "step")
+SUITES = ("losses", "sn", "gp", "step", "dist")
 
 
 def _sync(device: torch.device) -> None:

@@ -27,6 +27,7 @@ from torch import nn
 
 from .. import losses
 from . import checkpoint as ckpt
+from . import distributed as _dist
 from .logging import TrainLogger, save_curves, save_samples
 from .monitor import DivergenceError, StabilityMonitor
 
@@ -96,22 +97,30 @@ def _set_rng_state(state: dict) -> None:
 
 
 class _TensorBatches:
-    """Batches of a tensor of samples, reshuffled every epoch with the trainer's generator."""
+    """Batches of a tensor of samples, reshuffled every epoch with the trainer's generator.
 
-    def __init__(self, data: torch.Tensor, batch_size: int, gen: torch.Generator, state: dict | None):
-        if data.shape[0] < batch_size:
-            raise ValueError(f"the data has {data.shape[0]} samples, fewer than batch_size={batch_size}")
+    With W ranks, every rank draws the same permutation and rank r takes samples [r·B, (r+1)·B) of
+    each global batch of W·B: the ranks' batches concatenated are the single-process batch of W·B."""
+
+    def __init__(self, data: torch.Tensor, batch_size: int, gen: torch.Generator, state: dict | None,
+                 rank: int = 0, world: int = 1):
+        if data.shape[0] < batch_size * world:
+            raise ValueError(f"the data has {data.shape[0]} samples, fewer than batch_size={batch_size}"
+                             + (f" x {world} ranks" if world > 1 else ""))
         self.data, self.batch_size, self.gen = data, batch_size, gen
+        self.rank, self.world = rank, world
         self.perm, self.pos = None, 0
         if state is not None and state.get("kind") == "tensor" and state["perm"].numel() == data.shape[0]:
             self.perm, self.pos = state["perm"].to(data.device), int(state["pos"])
 
     def __next__(self) -> torch.Tensor:
-        if self.perm is None or self.pos + self.batch_size > self.perm.numel():
+        glob = self.batch_size * self.world
+        if self.perm is None or self.pos + glob > self.perm.numel():
             self.perm = torch.randperm(self.data.shape[0], generator=self.gen, device=self.gen.device).to(self.data.device)
             self.pos = 0
-        idx = self.perm[self.pos:self.pos + self.batch_size]
-        self.pos += self.batch_size
+        start = self.pos + self.rank * self.batch_size
+        idx = self.perm[start:start + self.batch_size]
+        self.pos += glob
         return self.data[idx]
 
     def state(self) -> dict | None:
@@ -122,7 +131,14 @@ class _IterableBatches:
     """Batches of a DataLoader / iterable, restarted at each epoch; (x, label, ...) gives x."""
 
     def __init__(self, data):
-        self.data, self.it = data, iter(data)
+        self.data, self.epoch = data, 0
+        self._set_epoch()
+        self.it = iter(data)
+
+    def _set_epoch(self) -> None:
+        sampler = getattr(self.data, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch
+            sampler.set_epoch(self.epoch)
 
     def __next__(self) -> torch.Tensor:
         for attempt in range(2):
@@ -132,6 +148,8 @@ class _IterableBatches:
             except StopIteration:
                 if attempt:
                     raise ValueError("the data iterable yields no batches") from None
+                self.epoch += 1
+                self._set_epoch()
                 self.it = iter(self.data)
         if isinstance(batch, (tuple, list)):
             batch = batch[0]
@@ -156,6 +174,11 @@ class Trainer:
     one z; inferred from G's first Linear / ConvTranspose. device: moves G and D there (default: theirs).
     seed: of the trainer's noise generator (z, penalty draws, data shuffling), saved in checkpoints.
     monitor: a StabilityMonitor (checks run on steps whose stats are read).
+    distributed: None (default) runs data-parallel when launched on several processes (torchrun or
+    ganfast.train.distributed.launch: WORLD_SIZE > 1, or a process group exists), True requires it,
+    False trains this process alone. Then step(real) takes this rank's batch (the same size on every
+    rank) and the update is that of one process on all ranks' batches concatenated (see
+    ganfast/train/distributed.py). dist_timeout: seconds a collective waits for the other ranks.
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, g_optimizer: torch.optim.Optimizer,
@@ -163,7 +186,8 @@ class Trainer:
                  penalty_weight: float = 10.0, penalty_interval: int = 1, d_steps: int = 1,
                  spectral_norm: bool = False, ema: float | None = None, amp: str | None = None,
                  grad_clip=None, weight_clip: float | None = None, latent_dim=None, device=None,
-                 seed: int | None = None, monitor: StabilityMonitor | None = None):
+                 seed: int | None = None, monitor: StabilityMonitor | None = None,
+                 distributed: bool | None = None, dist_timeout: float = _dist.DEFAULT_TIMEOUT):
         # --- configuration checks (all before anything is changed) -------------------------------
         if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
             raise TypeError("generator and discriminator must be torch.nn.Module instances")
@@ -197,6 +221,13 @@ class Trainer:
             raise ValueError(f"grad_clip values must be > 0, got {grad_clip!r}")
         if weight_clip is not None and not weight_clip > 0:
             raise ValueError(f"weight_clip must be > 0, got {weight_clip!r}")
+        if distributed not in (None, True, False):
+            raise ValueError(f"distributed must be None (auto), True or False, got {distributed!r}")
+        if distributed is None:
+            distributed = _dist.launched()
+        elif distributed and not _dist.launched():
+            raise ValueError("distributed=True but this process is alone: launch several with torchrun or "
+                             "ganfast.train.distributed.launch (WORLD_SIZE > 1)")
 
         # --- devices --------------------------------------------------------------------------
         g_dev = {p.device for p in generator.parameters()}
@@ -206,7 +237,8 @@ class Trainer:
         if device is not None:
             device = torch.device(device)
             if device.type == "cuda" and device.index is None:
-                device = torch.device("cuda", torch.cuda.current_device())
+                # one GPU per process under torchrun: cuda:LOCAL_RANK
+                device = _dist.default_device() if distributed else torch.device("cuda", torch.cuda.current_device())
             generator.to(device)  # keeps the Parameter objects, so the optimizers stay valid
             discriminator.to(device)
         else:
@@ -253,6 +285,22 @@ class Trainer:
         _params_in(g_optimizer, generator, "g_optimizer", "generator")
         _params_in(d_optimizer, discriminator, "d_optimizer", "discriminator")
 
+        # --- several processes: every rank starts from rank 0's weights, buffers (SN u, v) and seed
+        self._comm = None
+        self._sync_buffers: list[torch.Tensor] = []
+        if distributed:
+            self._comm = _dist.Communicator(device, dist_timeout)
+            self._comm.broadcast_([t.data for m in (generator, discriminator)
+                                   for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()])
+            sn_bufs = set()
+            if self._nn is not None:
+                sn_bufs = {id(b) for m in discriminator.modules() if isinstance(m, self._nn.SpectralNorm)
+                           for b in m.buffers()}
+            # u, v follow from identical weights; other floating buffers (BatchNorm's running
+            # statistics) see per-rank batches and are averaged over ranks after each step
+            self._sync_buffers = [b for m in (generator, discriminator) for b in m.buffers()
+                                  if b.is_floating_point() and id(b) not in sn_bufs]
+
         # Lazy regularization (StyleGAN2): the penalty every k-th D step, times k; Adam's lr and betas
         # corrected for it: lr *= c, beta ** c with c = k / (k + 1).
         if penalty is not None and penalty_interval > 1:
@@ -271,6 +319,8 @@ class Trainer:
 
         if seed is None:
             seed = random.SystemRandom().randrange(2 ** 62)
+        if self._comm is not None:
+            seed = self._comm.broadcast_int(int(seed))  # one noise stream, sliced per rank
         self.seed = int(seed)
         self._gen = torch.Generator(device=device).manual_seed(self.seed)
         self._sample_gen = torch.Generator(device=device).manual_seed(self.seed + 1)
@@ -288,6 +338,15 @@ class Trainer:
         self._ckpt_dir = None
         self._pending_data_state = None
         self.rolled_back = False  # set by a step that rolled back
+        self._batch_sizes = None  # distributed: the per-rank batch sizes checked on the first step
+
+    @property
+    def rank(self) -> int:
+        return self._comm.rank if self._comm is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        return self._comm.world if self._comm is not None else 1
 
     # --- helpers ----------------------------------------------------------------------------------
     def _autocast(self):
@@ -298,8 +357,30 @@ class Trainer:
     def _sn(self):
         return self._nn.sn_step(self.D) if self._nn is not None else contextlib.nullcontext()
 
-    def _noise(self, n: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    def _noise(self, n: int, gen: torch.Generator | None = None, shard: bool = False) -> torch.Tensor:
+        if shard:  # training noise: this rank's slice of the global batch's draw
+            return self._draw(torch.randn, (n,) + self.latent_shape, self.dtype)
         return torch.randn((n,) + self.latent_shape, generator=gen or self._gen, device=self.device, dtype=self.dtype)
+
+    def _draw(self, fn, shape, dtype) -> torch.Tensor:
+        """fn(shape) from the trainer's generator; with W ranks, rank r's rows [r·n, (r+1)·n) of one
+        draw of W·n rows (the same generator state on every rank): the single-process draw for W·n."""
+        if self._comm is None:
+            return fn(shape, generator=self._gen, device=self.device, dtype=dtype)
+        n, w = shape[0], self._comm.world
+        full = fn((n * w,) + tuple(shape[1:]), generator=self._gen, device=self.device, dtype=dtype)
+        return full[self._comm.rank * n:(self._comm.rank + 1) * n]
+
+    def _gather_logits(self, real_logits, fake_logits):
+        """Relativistic losses average the other side's logits over the batch: with W ranks, compute
+        them on every rank's logits (gathered; the gather's backward sums the gradient over ranks)."""
+        if self._comm is None or self.loss not in losses.RELATIVISTIC:
+            return real_logits, fake_logits
+        if real_logits.shape != fake_logits.shape:
+            raise ValueError(f"relativistic losses pair real and fake logits: shapes {tuple(real_logits.shape)} "
+                             f"and {tuple(fake_logits.shape)}")
+        both = self._comm.gather_cat(torch.stack([real_logits, fake_logits]), dim=1)
+        return both[0], both[1]
 
     def _prepare(self, real) -> torch.Tensor:
         if not isinstance(real, torch.Tensor):
@@ -385,10 +466,15 @@ class Trainer:
         if fake.shape[0] != b:
             raise ValueError(f"{self.penalty} pairs real and fake samples: batch sizes {b} and {fake.shape[0]}")
         # the penalties' random draws come from the trainer's generator (reproducible, checkpointed)
-        alpha = torch.rand(b, generator=self._gen, device=self.device, dtype=real.dtype)
+        alpha = self._draw(torch.rand, (b,), real.dtype)
         if self.penalty in ("wgan-gp", "wgan-lp"):
             return p.wgan_gp(self.D, real, fake, weight=w, one_sided=self.penalty == "wgan-lp", alpha=alpha, scaler=sc)
-        noise = torch.rand(real.shape, generator=self._gen, device=self.device, dtype=real.dtype)
+        noise = self._draw(torch.rand, tuple(real.shape), real.dtype)
+        if self._comm is not None:
+            # DRAGAN's std is over the whole (global) batch: all-reduced here; then x̂ = real + (1 − α)·c·std·u
+            # is WGAN-GP's interpolation between real and real + c·std·u (c = 0.5, dragan's default)
+            std = self._comm.global_std(real.detach())
+            return p.wgan_gp(self.D, real, real.detach() + 0.5 * std * noise, weight=w, alpha=alpha, scaler=sc)
         return p.dragan(self.D, real, weight=w, alpha=alpha, noise=noise, scaler=sc)
 
     def _d_update(self, real, fake, want: bool):
@@ -402,13 +488,15 @@ class Trainer:
                     fake = fake.detach().requires_grad_(True)
                 real_logits = self.D(real)
                 fake_logits = self.D(fake)
-                loss, st = losses.d_loss(real_logits, fake_logits, self.loss, return_stats=True)
+                loss, st = losses.d_loss(*self._gather_logits(real_logits, fake_logits), self.loss, return_stats=True)
                 total = loss
                 if apply_pen:
                     pen = self._penalty_value(real, fake, real_logits, fake_logits)
                     self._last_pen = pen.detach()
                     total = loss + pen * self.penalty_interval if self.penalty_interval > 1 else loss + pen
             self.d_scaler.scale(total).backward()
+        if self._comm is not None:  # the one combined backward's gradients, averaged over ranks
+            self._comm.average_grads_(self._d_params, "D")
         self.d_step_count += 1
         if self.amp == "fp16" and (want or self.grad_clip[1] is not None):
             self.d_scaler.unscale_(self.d_optimizer)
@@ -432,15 +520,21 @@ class Trainer:
                     if self.loss in losses.RELATIVISTIC:
                         with torch.no_grad():
                             real_logits = self.D(real)
+                    if real_logits is not None and self._comm is not None:
+                        real_logits, fake_logits = self._gather_logits(real_logits, fake_logits)
                     loss = losses.g_loss(fake_logits, self.loss, real_logits)
                 self.g_scaler.scale(loss).backward()
         finally:
             self._set_d_grad(True)
+        if self._comm is not None:
+            self._comm.average_grads_(self._g_params, "G")
         if self.amp == "fp16" and (want or self.grad_clip[0] is not None):
             self.g_scaler.unscale_(self.g_optimizer)
         gn = self._grad_norm(self._g_params, self.grad_clip[0], want)
         self.g_scaler.step(self.g_optimizer)
         self.g_scaler.update()
+        if self._sync_buffers:
+            self._comm.average_(self._sync_buffers, "the BatchNorm buffers")
         if self.ema_g is not None:
             ep, gp, eb, gb = self._ema_pairs
             with torch.no_grad():
@@ -452,18 +546,41 @@ class Trainer:
     # --- public API -----------------------------------------------------------------------------
     def step(self, real, return_stats: bool = True) -> dict | None:
         """d_steps D updates and one G update. `real`: a batch (reused by every D step) or a list of
-        d_steps batches. Returns the stats as plain floats (one host sync), or None."""
+        d_steps batches. Returns the stats as plain floats (one host sync), or None.
+
+        Distributed: `real` is this rank's batch; every rank must call step with the same
+        return_stats (the stats are averaged over ranks). An error on one rank aborts the group: the
+        other ranks get a DistributedError naming it, this rank re-raises its own."""
+        if self._comm is None:
+            return self._step(real, return_stats)
+        self._comm.step = self.step_count + 1
+        try:
+            return self._step(real, return_stats)
+        except BaseException as e:
+            self._comm.abort(e)
+            raise
+
+    def _step(self, real, return_stats: bool) -> dict | None:
         reals = list(real) if isinstance(real, (list, tuple)) else [real] * self.d_steps
         if len(reals) != self.d_steps:
             raise ValueError(f"step got {len(reals)} real batches; pass one batch or a list of d_steps={self.d_steps}")
         reals = [self._prepare(r) for r in reals]
+        if self._comm is not None:
+            sizes = [r.shape[0] for r in reals]
+            if self._batch_sizes is None:
+                self._comm.check_batch_sizes(sizes)  # once: the same batch sizes on every rank
+                self._batch_sizes = sizes
+            elif sizes != self._batch_sizes:  # checked locally; this rank's error aborts the others
+                raise ValueError(f"distributed training needs the same batch size on every rank at every step: "
+                                 f"rank {self.rank} got {sizes}, its first step had {self._batch_sizes} (use "
+                                 f"drop_last=True)")
         if self._snapshot is None and self.monitor.snapshot_every:
             self._take_snapshot()
         self.rolled_back = False
         self.G.train()
         self.D.train()
         for i, r in enumerate(reals):
-            z = self._noise(r.shape[0])
+            z = self._noise(r.shape[0], shard=True)
             if i == len(reals) - 1:
                 with self._autocast():
                     fake = self.G(z)  # kept with its graph for the G step
@@ -487,6 +604,8 @@ class Trainer:
                 vals += [sig.max(), sig.min()]
                 names += ["sigma_max", "sigma_min"]
         packed = torch.stack([v.detach().to(self._stat_dtype).reshape(()) for v in vals])
+        if self._comm is not None:  # the global batch's stats (means over equal per-rank batches)
+            self._comm.average_([packed], "the step's stats")
         stats = dict(zip(names, packed.tolist()))  # the one host-device sync of the step
         self._after_read(stats)
         return stats
@@ -613,7 +732,28 @@ class Trainer:
         every checkpoint_every steps (default 1000), keeping the last keep_checkpoints. With resume,
         an existing checkpoint there is loaded first. Every sample_every steps, n_samples samples
         (fixed noise) go to log_dir/samples/ as a scatter over real data (2-D) or an image grid; at
-        the end, log_dir/curves.png. Returns the stats of the logged steps."""
+        the end, log_dir/curves.png. Returns the stats of the logged steps.
+
+        Distributed: batch_size is per rank (a tensor's global batches of W·batch_size are split by
+        rank; a DataLoader should use a DistributedSampler, see distributed.loader); rank 0 alone writes
+        logs, samples and checkpoints (the others wait at a barrier), and every rank resumes from the
+        same checkpoint_dir (shared by all ranks), whatever the number of ranks that wrote it."""
+        if self._comm is None:
+            return self._fit(data, steps, batch_size, log_every=log_every, log_dir=log_dir,
+                             checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                             keep_checkpoints=keep_checkpoints, resume=resume, sample_every=sample_every,
+                             n_samples=n_samples, progress=progress)
+        try:
+            return self._fit(data, steps, batch_size, log_every=log_every, log_dir=log_dir,
+                             checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                             keep_checkpoints=keep_checkpoints, resume=resume, sample_every=sample_every,
+                             n_samples=n_samples, progress=progress)
+        except BaseException as e:
+            self._comm.abort(e)
+            raise
+
+    def _fit(self, data, steps, batch_size, *, log_every, log_dir, checkpoint_dir, checkpoint_every,
+             keep_checkpoints, resume, sample_every, n_samples, progress) -> list[dict]:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         if log_every < 1:
@@ -633,9 +773,14 @@ class Trainer:
             self.load_checkpoint(self._ckpt_dir)
         # a continuing trainer keeps its CSV rows up to its step (drops those a resumed run redoes)
         resumed_at = self.step_count if self.step_count > 0 else None
+        main = self._comm is None or self._comm.is_main
         if isinstance(data, torch.Tensor):
-            source = _TensorBatches(data, batch_size, self._gen, self._pending_data_state)
+            source = _TensorBatches(data, batch_size, self._gen, self._pending_data_state, self.rank, self.world_size)
         else:
+            if self._comm is not None and isinstance(data, torch.utils.data.DataLoader) and \
+                    not isinstance(data.sampler, torch.utils.data.DistributedSampler):
+                log.warning("distributed fit on a DataLoader without a DistributedSampler: the ranks may draw "
+                            "the same samples (use ganfast.train.distributed.loader)")
             source = _IterableBatches(data)
         self._pending_data_state = None
 
@@ -643,8 +788,9 @@ class Trainer:
             b = next(source)
             return b.to(self.device, non_blocking=True) if b.device != self.device else b
 
-        logger = TrainLogger(log_dir / "metrics.csv" if log_dir else None,
-                             log_dir / "tensorboard" if log_dir else None, progress=progress, total=steps,
+        logger = TrainLogger(log_dir / "metrics.csv" if log_dir and main else None,
+                             log_dir / "tensorboard" if log_dir and main else None, progress=progress and main,
+                             total=steps,
                              initial=self.step_count, resume_step=resumed_at)
         history: list[dict] = []
         fixed_z = self._noise(n_samples, torch.Generator(device=self.device).manual_seed(self.seed + 2))
@@ -672,13 +818,16 @@ class Trainer:
                     logger.log(self.step_count, stats)
                     history.append({"step": self.step_count, **stats})
                 if checkpoint_every is not None and self.step_count % checkpoint_every == 0:
-                    ckpt.save_rotating(self.state_dict(source.state()), self._ckpt_dir, self.step_count,
-                                       keep_checkpoints)
-                if sample_every is not None and self.step_count % sample_every == 0:
+                    if main:  # every rank holds the same state: rank 0 writes it
+                        ckpt.save_rotating(self.state_dict(source.state()), self._ckpt_dir, self.step_count,
+                                           keep_checkpoints)
+                    if self._comm is not None:  # nobody reads or rotates checkpoints while it writes
+                        self._comm.barrier(f"barrier after rank 0 wrote checkpoint {self.step_count}")
+                if main and sample_every is not None and self.step_count % sample_every == 0:
                     save_samples(self.sample(n_samples, z=fixed_z),
                                  log_dir / "samples" / f"step-{self.step_count:09d}.png", real=ref_real)
         finally:
             logger.close()
-            if log_dir is not None and (log_dir / "metrics.csv").exists():
+            if main and log_dir is not None and (log_dir / "metrics.csv").exists():
                 save_curves(log_dir / "metrics.csv", log_dir / "curves.png")
         return history
