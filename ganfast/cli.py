@@ -62,9 +62,10 @@ def _cmd_bench(args) -> int:
 def _run_errors():
     from ganfast.backends import BackendUnavailableError
     from ganfast.run import RunError
-    from ganfast.train import CheckpointError
+    from ganfast.train import CheckpointError, DivergenceError
 
-    return (RunError, CheckpointError, BackendUnavailableError, FileNotFoundError, NotADirectoryError, ImportError)
+    return (RunError, CheckpointError, DivergenceError, BackendUnavailableError, FileNotFoundError,
+            NotADirectoryError, ImportError)
 
 
 def _fail(e: Exception) -> int:

@@ -334,11 +334,13 @@ def train(options: dict | None = None, out=None, resume=None, steps: int | None 
     if resume is None and len(dataset) < cfg["batch_size"]:
         raise RunError(f"--batch-size {cfg['batch_size']} is larger than the data set ({len(dataset)} samples)")
     run = _build(cfg, run_dir, dataset)
-    cfg["latent_dim"] = int(run.trainer.latent_shape[0])
+    tr = run.trainer
+    # the schedule's base learning rates: the fresh optimizers' (a checkpoint holds decayed ones)
+    base = [[g["lr"] for g in opt.param_groups] for opt in (tr.g_optimizer, tr.d_optimizer)]
+    cfg["latent_dim"] = int(tr.latent_shape[0])
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg["config_version"] = CONFIG_VERSION
     _write_json(run_dir / "config.json", cfg)
-    tr = run.trainer
     if resume is not None:
         tr.load_checkpoint(run_dir / "checkpoints")
     start_step = tr.step_count
@@ -347,8 +349,6 @@ def train(options: dict | None = None, out=None, resume=None, steps: int | None 
         echo(f"step 0: {format_metrics(m0)}")
     else:
         m0 = None
-
-    base = [[g["lr"] for g in opt.param_groups] for opt in (tr.g_optimizer, tr.d_optimizer)]
 
     def set_lr(step: int) -> float:
         f = lr_factor(step, cfg["steps"], cfg["lr_decay"]) * tr.monitor.lr_scale

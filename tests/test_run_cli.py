@@ -90,6 +90,27 @@ def test_train_eval_sample_explore_resume(tmp_path, capsys):
     assert "already at step 50" in capsys.readouterr().err
 
 
+def test_resume_after_a_kill_keeps_the_lr_schedule(tmp_path):
+    # a run stopped at step 30 of 40 (its newer checkpoint gone) and resumed ends where the
+    # uninterrupted run did: the decaying learning rate continues from the schedule, not from the
+    # checkpoint's already-decayed value
+    run = tmp_path / "run"
+    args = ["train", "--steps", "40", "--seed", "5", "--out", str(run)] + TINY[:-2] + ["--lr-decay", "0.5"]
+    assert main(args) == 0
+    whole = _final_state(run)
+    (run / "checkpoints" / "ckpt-000000040.pt").unlink()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    again = _final_state(run)
+    assert again["step"] == 40
+    for part in ("generator", "discriminator", "ema", "g_optimizer"):
+        a, b = whole[part], again[part]
+        if part == "g_optimizer":
+            assert a["param_groups"][0]["lr"] == b["param_groups"][0]["lr"] == 0.0  # decayed to 0 at the end
+            a, b = {k: v["exp_avg"] for k, v in a["state"].items()}, {k: v["exp_avg"] for k, v in b["state"].items()}
+        for k in a:
+            assert torch.equal(a[k], b[k]), (part, k)
+
+
 def test_short_training_captures_modes(tmp_path):
     # a few hundred steps of a small model: the mode metrics rise from step 0 (where the untrained G
     # puts nothing within 3 std of any mode)
