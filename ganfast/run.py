@@ -39,12 +39,16 @@ __all__ = ["RunError", "Run", "resolve_options", "train", "load_run", "evaluate"
 CONFIG_VERSION = 1
 PENALTY_CHOICES = ("none",) + tuple(p for p in PENALTIES if p is not None)
 
-# The default for the mixtures, measured on the ring (std 0.01, 5+ seeds, 2-core CPU, 1 thread): a
-# plain MLP D (spectral norm made it too smooth to separate modes 0.03 apart), the non-saturating loss
-# with a small R1 (gamma 0.1) for stable local convergence, and precision from the EMA of G plus a
-# linear learning-rate decay to 0 over the second half of training.
+# The default for the mixtures, measured on the ring (std 0.01; seeds 0-5 all 8/8 modes and 94-97%
+# high-quality samples; about a minute on a shared 2-core CPU, one thread): a plain MLP D, the
+# non-saturating loss with a small R1 (gamma 0.1) for local convergence, Adam(lr 2e-3, betas (0.5, 0.9))
+# to find all modes fast, and precision (3 std = 0.03 is tight) from the EMA of G plus a linear
+# learning-rate decay to 0 over the second half. Spectral norm is off: it makes the small MLP D too
+# smooth to hold modes 0.03 wide. Measured alternatives (seed 0, 3000 steps, lr 1e-3, beta2 0.99): the
+# same at 93-95% HQ, latent 8: 90%, width 64: 88%, hinge: 91%, rpgan: 95%, gamma 0.01 / 1.0: 95%;
+# the raw G (no EMA) stays at 10-80% HQ until the lr has decayed.
 RING_DEFAULTS = dict(loss="ns", penalty="r1", penalty_weight=0.1, penalty_interval=1, d_steps=1, sn=False,
-                     steps=3000, batch_size=256, lr=1e-3, beta1=0.5, beta2=0.99, lr_decay=0.5, ema=0.995,
+                     steps=2500, batch_size=256, lr=2e-3, beta1=0.5, beta2=0.9, lr_decay=0.5, ema=0.995,
                      latent_dim=2, width=128, arch=None, image_size=None, channels=None, n_points=20000,
                      threads=1, log_every=10, eval_every=250, sample_every=500, checkpoint_every=1000)
 POINT_DEFAULTS = RING_DEFAULTS
