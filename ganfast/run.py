@@ -52,6 +52,9 @@ RING_DEFAULTS = dict(loss="ns", penalty="r1", penalty_weight=0.1, penalty_interv
                      latent_dim=2, width=128, arch=None, image_size=None, channels=None, n_points=20000,
                      threads=1, log_every=10, eval_every=250, sample_every=500, checkpoint_every=1000)
 POINT_DEFAULTS = RING_DEFAULTS
+# grid25 (25 modes, std 0.05): the same recipe needs twice the steps (seed 0: 2500 steps 24/25 modes,
+# 35% HQ; 5000 steps 25/25, 90% HQ, reverse KL 0.009, 75 s)
+DATA_DEFAULTS = {"grid25": dict(steps=5000)}
 # Images: DCGAN-style models with R1 (the StyleGAN2 / Mescheder et al. recipe), Adam(0, 0.99), EMA of G.
 IMAGE_DEFAULTS = dict(loss="ns", penalty="r1", penalty_weight=1.0, penalty_interval=1, d_steps=1, sn=False,
                       steps=5000, batch_size=64, lr=2e-4, beta1=0.0, beta2=0.99, lr_decay=0.0, ema=0.999,
@@ -82,6 +85,7 @@ def resolve_options(**given) -> dict:
     data = given.get("data") or "ring"
     kind = _data_kind(data)
     cfg = dict(POINT_DEFAULTS if kind == "points" else IMAGE_DEFAULTS)
+    cfg.update(DATA_DEFAULTS.get(_ALIASES.get(str(data).lower(), str(data).lower()), {}))
     for k, v in given.items():
         if v is not None:
             cfg[k] = v
