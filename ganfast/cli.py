@@ -59,6 +59,155 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _run_errors():
+    from ganfast.backends import BackendUnavailableError
+    from ganfast.run import RunError
+    from ganfast.train import CheckpointError, DivergenceError
+    from ganfast.train.distributed import DistributedError
+
+    return (RunError, CheckpointError, DivergenceError, DistributedError, BackendUnavailableError, FileNotFoundError,
+            NotADirectoryError, ImportError)
+
+
+def _fail(e: Exception) -> int:
+    print(f"ganfast: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _cmd_train(args) -> int:
+    from ganfast import run
+
+    options = {k: getattr(args, k) for k in run.RUN_KEYS if k not in ("data",) and hasattr(args, k)}
+    options["data"] = args.data
+    try:
+        if args.resume is not None:
+            given = sorted(f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None and k != "steps")
+            if given or args.out is not None:
+                raise run.RunError(f"--resume continues a run with its own config.json; only --steps, --backend, "
+                                   f"--device and --no-progress can be given with it (got "
+                                   f"{', '.join(given + (['--out'] if args.out else []))})")
+            train_args = (None, None, args.resume, args.steps, args.backend, args.device, not args.no_progress)
+        else:
+            options.update(backend=args.backend, device=args.device)
+            train_args = (options, args.out, None, None, None, None, not args.no_progress)
+        from ganfast.train import distributed
+
+        distributed.launch(args.nproc, run.train, *train_args)  # nproc=1: run.train here
+    except _run_errors() as e:
+        return _fail(e)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    import json
+
+    from ganfast import run
+
+    try:
+        m = run.evaluate(args.run, backend=args.backend, device=args.device)
+    except _run_errors() as e:
+        return _fail(e)
+    if args.json:
+        print(json.dumps(m, sort_keys=True))
+    else:
+        print(f"{m['run']} at step {m['step']}: {run.format_metrics(m)}")
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    from ganfast import run
+
+    try:
+        x = run.sample(args.run, args.n, args.o, seed=args.seed, backend=args.backend, device=args.device)
+    except _run_errors() as e:
+        return _fail(e)
+    print(f"wrote {args.o}: array of shape {tuple(x.shape)}, {x.dtype}")
+    return 0
+
+
+def _cmd_explore(args) -> int:
+    from ganfast import run
+
+    try:
+        paths = run.explore(args.run, args.out, seed=args.seed, backend=args.backend, device=args.device)
+    except _run_errors() as e:
+        return _fail(e)
+    for name, path in paths.items():
+        print(f"{name:<15} {path}")
+    return 0
+
+
+def _add_train(sub) -> None:
+    from ganfast import losses
+    from ganfast.run import PENALTY_CHOICES, RING_DEFAULTS as R
+
+    p = sub.add_parser("train", help="train a GAN (default: the 8-Gaussian ring, about a minute on a CPU)",
+                       description="Train a GAN into a run folder (config.json, checkpoints/, metrics.csv, "
+                                   "samples/, curves.png, summary.json). Options left out take the measured "
+                                   "default for the data's kind; the ring defaults are shown.")
+    p.add_argument("--data", help="ring (default), grid25, digits, or a folder of images")
+    p.add_argument("--loss", choices=losses.KINDS, help=f"GAN loss (default {R['loss']})")
+    p.add_argument("--penalty", choices=PENALTY_CHOICES, help=f"gradient penalty (default {R['penalty']})")
+    p.add_argument("--penalty-weight", type=float, help=f"its weight, λ or γ (default {R['penalty_weight']})")
+    p.add_argument("--penalty-interval", type=int, help="lazy regularization: penalty every k-th D step")
+    p.add_argument("--d-steps", type=int, help="D steps per G step (default 1)")
+    p.add_argument("--sn", action=argparse.BooleanOptionalAction, default=None,
+                   help="spectral norm on D's layers (default off: it over-constrains the small MLP D)")
+    p.add_argument("--steps", type=int, help=f"total training steps (default {R['steps']})")
+    p.add_argument("--batch-size", type=int, help=f"(default {R['batch_size']})")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate of G and D (default {R['lr']})")
+    p.add_argument("--beta1", type=float, help=f"Adam beta1 (default {R['beta1']})")
+    p.add_argument("--beta2", type=float, help=f"Adam beta2 (default {R['beta2']})")
+    p.add_argument("--lr-decay", type=float,
+                   help=f"fraction of the steps at the end over which the lr falls linearly to 0 (default {R['lr_decay']})")
+    p.add_argument("--ema", type=float, help=f"decay of the EMA of G, 0 for none (default {R['ema']})")
+    p.add_argument("--latent-dim", type=int, help=f"size of z (default {R['latent_dim']} for points)")
+    p.add_argument("--width", type=int, help="hidden units (MLP, default 128) or base channels (images, 64)")
+    p.add_argument("--arch", choices=("dcgan", "resnet"), help="image models (default dcgan)")
+    p.add_argument("--image-size", type=int, help="resize images to this (power of two >= 8)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="image channels for a folder (default 3)")
+    p.add_argument("--n-points", type=int, help=f"size of a mixture's training set (default {R['n_points']})")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default 1 for the MLPs)")
+    p.add_argument("--log-every", type=int, help=f"CSV row every N steps (default {R['log_every']})")
+    p.add_argument("--eval-every", type=int, help=f"mode metrics every N steps (default {R['eval_every']})")
+    p.add_argument("--sample-every", type=int, help=f"sample picture every N steps (default {R['sample_every']})")
+    p.add_argument("--checkpoint-every", type=int, help=f"(default {R['checkpoint_every']})")
+    p.add_argument("--backend", help="ganfast backend: auto (default), reference, cpu, cuda, triton")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--seed", type=int, help="seed of data, initialization and noise (default 0)")
+    p.add_argument("--out", help="run folder (default runs/<data>-<date>-<time>)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (to --steps in total)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (torch.distributed; --batch-size is per process)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_run_commands(sub) -> None:
+    def common(p):
+        p.add_argument("run", metavar="RUN", help="a run folder written by `ganfast train`")
+        p.add_argument("--backend", help="ganfast backend (default auto)")
+        p.add_argument("--device", help="cpu or cuda (default: the run's, else cpu)")
+
+    p = sub.add_parser("eval", help="metrics of a run's last checkpoint")
+    common(p)
+    p.add_argument("--json", action="store_true", help="one machine-readable JSON line")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("sample", help="write N samples of a run's generator (EMA copy) as a .npy array")
+    common(p)
+    p.add_argument("-n", type=int, default=2500, help="number of samples (default 2500)")
+    p.add_argument("-o", required=True, metavar="FILE.npy", help="output file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("explore", help="latent interpolation, traversal and D's saliency maps as PNG")
+    common(p)
+    p.add_argument("--out", help="folder for the pictures (default RUN/explore)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent points (default 0)")
+    p.set_defaults(func=_cmd_explore)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ganfast", description="Fast, stable GAN training.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer cases")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_cmd_bench)
+
+    _add_train(sub)
+    _add_run_commands(sub)
     return parser
 
 

@@ -723,7 +723,7 @@ class Trainer:
     def fit(self, data, steps: int, batch_size: int = 64, *, log_every: int = 1, log_dir=None,
             checkpoint_dir=None, checkpoint_every: int | None = None, keep_checkpoints: int = 3,
             resume: bool = True, sample_every: int | None = None, n_samples: int = 64,
-            progress: bool = True) -> list[dict]:
+            progress: bool = True, callback=None) -> list[dict]:
         """Train until `steps` steps in total have run (a resumed trainer continues to the same total).
 
         data: a DataLoader / iterable of batches (x or (x, ...)), or a tensor of samples (batched with
@@ -732,28 +732,28 @@ class Trainer:
         every checkpoint_every steps (default 1000), keeping the last keep_checkpoints. With resume,
         an existing checkpoint there is loaded first. Every sample_every steps, n_samples samples
         (fixed noise) go to log_dir/samples/ as a scatter over real data (2-D) or an image grid; at
-        the end, log_dir/curves.png. Returns the stats of the logged steps.
+        the end, log_dir/curves.png; the last step is always checkpointed and sampled. callback: called
+        as callback(trainer, step, stats) after each completed step (stats None on steps not read); a
+        dict it returns is added to that step's logged stats (e.g. evaluation metrics; on steps that are
+        logged, return the same keys every time so the CSV keeps one header). Returns the stats of the
+        logged steps.
 
         Distributed: batch_size is per rank (a tensor's global batches of W·batch_size are split by
         rank; a DataLoader should use a DistributedSampler, see distributed.loader); rank 0 alone writes
         logs, samples and checkpoints (the others wait at a barrier), and every rank resumes from the
         same checkpoint_dir (shared by all ranks), whatever the number of ranks that wrote it."""
-        if self._comm is None:
-            return self._fit(data, steps, batch_size, log_every=log_every, log_dir=log_dir,
-                             checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                             keep_checkpoints=keep_checkpoints, resume=resume, sample_every=sample_every,
-                             n_samples=n_samples, progress=progress)
         try:
             return self._fit(data, steps, batch_size, log_every=log_every, log_dir=log_dir,
                              checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                              keep_checkpoints=keep_checkpoints, resume=resume, sample_every=sample_every,
-                             n_samples=n_samples, progress=progress)
+                             n_samples=n_samples, progress=progress, callback=callback)
         except BaseException as e:
-            self._comm.abort(e)
+            if self._comm is not None:  # end the other ranks with this error instead of a hang
+                self._comm.abort(e)
             raise
 
     def _fit(self, data, steps, batch_size, *, log_every, log_dir, checkpoint_dir, checkpoint_every,
-             keep_checkpoints, resume, sample_every, n_samples, progress) -> list[dict]:
+             keep_checkpoints, resume, sample_every, n_samples, progress, callback) -> list[dict]:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         if log_every < 1:
@@ -814,16 +814,21 @@ class Trainer:
                         logger.bar.refresh()
                     continue
                 logger.advance()
+                if callback is not None:
+                    extra = callback(self, self.step_count, stats)
+                    if extra and stats is not None:
+                        stats = {**stats, **extra}
                 if stats is not None:
                     logger.log(self.step_count, stats)
                     history.append({"step": self.step_count, **stats})
-                if checkpoint_every is not None and self.step_count % checkpoint_every == 0:
+                last = self.step_count == steps
+                if checkpoint_every is not None and (self.step_count % checkpoint_every == 0 or last):
                     if main:  # every rank holds the same state: rank 0 writes it
                         ckpt.save_rotating(self.state_dict(source.state()), self._ckpt_dir, self.step_count,
                                            keep_checkpoints)
                     if self._comm is not None:  # nobody reads or rotates checkpoints while it writes
                         self._comm.barrier(f"barrier after rank 0 wrote checkpoint {self.step_count}")
-                if main and sample_every is not None and self.step_count % sample_every == 0:
+                if main and sample_every is not None and (self.step_count % sample_every == 0 or last):
                     save_samples(self.sample(n_samples, z=fixed_z),
                                  log_dir / "samples" / f"step-{self.step_count:09d}.png", real=ref_real)
         finally:
