@@ -133,47 +133,48 @@ def _gan_loss_kernel(r_ptr, f_ptr, nr, nf, loss_ptr, gr_ptr, gf_ptr, stats_ptr,
         else:
             shift_r = 0.0
             shift_f = 0.0
-        # Pass 2: terms and the sums of their derivatives.
+        # Pass 2: terms and the sums of their derivatives (plain mode writes the gradient here).
         loss = 0.0
-        dphi = zero
+        sum_dphi = 0.0
+        sum_dpsi = 0.0
         if PHI != 0:
-            acc = zero
-            for start in range(0, nr, BLOCK):
-                m = start + offs < nr
-                x = tl.load(r_ptr + start + offs, mask=m, other=0.0).to(tl.float32) - shift_r
-                v, d = _term(x, PHI)
-                acc += tl.where(m, v, 0.0)
-                dphi += tl.where(m, d, 0.0)
-                if MODE == 0:
-                    tl.store(gr_ptr + start + offs, (d / nrf).to(gr_ptr.dtype.element_ty), mask=m)
-            loss += tl.sum(acc, 0) / nrf
-        dpsi = zero
+            sum_v, sum_dphi = _term_pass(r_ptr, gr_ptr, nr, shift_r, PHI, MODE == 0, BLOCK)
+            loss += sum_v / nrf
         if PSI != 0:
-            acc = zero
-            for start in range(0, nf, BLOCK):
-                m = start + offs < nf
-                x = tl.load(f_ptr + start + offs, mask=m, other=0.0).to(tl.float32) - shift_f
-                v, d = _term(x, PSI)
-                acc += tl.where(m, v, 0.0)
-                dpsi += tl.where(m, d, 0.0)
-                if MODE == 0:
-                    tl.store(gf_ptr + start + offs, (d / nff).to(gf_ptr.dtype.element_ty), mask=m)
-            loss += tl.sum(acc, 0) / nff
+            sum_v, sum_dpsi = _term_pass(f_ptr, gf_ptr, nf, shift_f, PSI, MODE == 0, BLOCK)
+            loss += sum_v / nff
         tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
         if MODE == 1:
             # Pass 3: dL/dr_i = (phi'(x_i) - mean psi') / Nr,  dL/df_j = (psi'(y_j) - mean phi') / Nf.
-            mean_dpsi = tl.sum(dpsi, 0) / nff
-            mean_dphi = tl.sum(dphi, 0) / nrf
-            for start in range(0, nr, BLOCK):
-                m = start + offs < nr
-                x = tl.load(r_ptr + start + offs, mask=m, other=0.0).to(tl.float32) - shift_r
-                v, d = _term(x, PHI)
-                tl.store(gr_ptr + start + offs, ((d - mean_dpsi) / nrf).to(gr_ptr.dtype.element_ty), mask=m)
-            for start in range(0, nf, BLOCK):
-                m = start + offs < nf
-                x = tl.load(f_ptr + start + offs, mask=m, other=0.0).to(tl.float32) - shift_f
-                v, d = _term(x, PSI)
-                tl.store(gf_ptr + start + offs, ((d - mean_dphi) / nff).to(gf_ptr.dtype.element_ty), mask=m)
+            _relavg_grad_pass(r_ptr, gr_ptr, nr, shift_r, sum_dpsi / nff, PHI, BLOCK)
+            _relavg_grad_pass(f_ptr, gf_ptr, nf, shift_f, sum_dphi / nrf, PSI, BLOCK)
+
+
+@triton.jit
+def _term_pass(x_ptr, grad_ptr, n, shift, TERM: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+    """(sum of values, sum of derivatives) of TERM over x_i - shift; with WRITE_GRAD, grad_i = d_i / n."""
+    offs = tl.arange(0, BLOCK)
+    acc_v = tl.zeros([BLOCK], tl.float32)
+    acc_d = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, n, BLOCK):
+        m = start + offs < n
+        v, d = _term(tl.load(x_ptr + start + offs, mask=m, other=0.0).to(tl.float32) - shift, TERM)
+        acc_v += tl.where(m, v, 0.0)
+        acc_d += tl.where(m, d, 0.0)
+        if WRITE_GRAD:
+            tl.store(grad_ptr + start + offs, (d / n.to(tl.float32)).to(grad_ptr.dtype.element_ty), mask=m)
+    return tl.sum(acc_v, 0), tl.sum(acc_d, 0)
+
+
+@triton.jit
+def _relavg_grad_pass(x_ptr, grad_ptr, n, shift, mean_other, TERM: tl.constexpr, BLOCK: tl.constexpr):
+    """grad_i = (d_i - mean_other) / n, d_i the derivative of TERM at x_i - shift."""
+    offs = tl.arange(0, BLOCK)
+    for start in range(0, n, BLOCK):
+        m = start + offs < n
+        v, d = _term(tl.load(x_ptr + start + offs, mask=m, other=0.0).to(tl.float32) - shift, TERM)
+        tl.store(grad_ptr + start + offs, ((d - mean_other) / n.to(tl.float32)).to(grad_ptr.dtype.element_ty),
+                 mask=m)
 
 
 def gan_loss_fused(real: torch.Tensor | None, fake: torch.Tensor, kind: int, generator: bool):
