@@ -421,7 +421,7 @@ def format_summary(s: dict) -> str:
         lines.append(f"  high-quality       {100 * m['hq_fraction']:.1f}%  (within 3 std of a mode)")
         lines.append(f"  reverse KL         {m['reverse_kl']:.4f} nats")
     lines.append(f"  steps/s            {s['steps_per_s']:.1f}")
-    lines.append(f"  wrote              config.json, checkpoints/, metrics.csv, samples/, curves.png, summary.json")
+    lines.append("  wrote              config.json, checkpoints/, metrics.csv, samples/, curves.png, summary.json")
     return "\n".join(lines)
 
 

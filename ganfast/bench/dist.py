@@ -10,7 +10,6 @@ models the gradient all-reduces and the halved threads per process weigh against
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 
