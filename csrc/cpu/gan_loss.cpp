@@ -36,21 +36,38 @@ auto with_term(Term t, F&& f) {
 
 // Sums of a term's values and derivatives over x_i = a[i] - (b ? b[i] : shift). With grad_a, also
 // writes grad_a[i] = d_i * scale (and grad_b[i] = -d_i * scale).
+// The sums run in kLanes independent double accumulators: one chain of dependent adds would bound
+// the loop by the add latency, and lanes keep the order of each sum fixed (deterministic).
+constexpr int kLanes = 8;
+
 template <Term t, typename scalar_t, typename T = opmath_t<scalar_t>>
 std::array<double, 2> term_pass(const scalar_t* a, const scalar_t* b, T shift, int64_t n, scalar_t* grad_a,
                                 scalar_t* grad_b, T scale) {
   return chunked_sum<2>(n, [&](int64_t begin, int64_t end, std::array<double, 2>& acc) {
-    double sum_v = 0, sum_d = 0;  // locals, not acc[]: the stores below could alias it
-    for (int64_t i = begin; i < end; ++i) {
+    double sum_v[kLanes] = {}, sum_d[kLanes] = {};  // locals, not acc[]: the stores below could alias it
+    int64_t i = begin;
+    for (; i + kLanes <= end; i += kLanes) {
+      for (int j = 0; j < kLanes; ++j) {
+        T v, d;
+        term_eval<t>(T(a[i + j]) - (b ? T(b[i + j]) : shift), v, d);
+        sum_v[j] += v;
+        sum_d[j] += d;
+        if (grad_a) grad_a[i + j] = scalar_t(d * scale);
+        if (grad_b) grad_b[i + j] = scalar_t(-d * scale);
+      }
+    }
+    for (int j = 0; i < end; ++i, ++j) {
       T v, d;
       term_eval<t>(T(a[i]) - (b ? T(b[i]) : shift), v, d);
-      sum_v += v;
-      sum_d += d;
+      sum_v[j] += v;
+      sum_d[j] += d;
       if (grad_a) grad_a[i] = scalar_t(d * scale);
       if (grad_b) grad_b[i] = scalar_t(-d * scale);
     }
-    acc[0] += sum_v;
-    acc[1] += sum_d;
+    for (int j = 0; j < kLanes; ++j) {
+      acc[0] += sum_v[j];
+      acc[1] += sum_d[j];
+    }
   });
 }
 
@@ -71,16 +88,27 @@ void gan_loss_cpu_kernel(const scalar_t* r, int64_t nr, const scalar_t* f, int64
                          scalar_t* gr, scalar_t* gf, scalar_t* loss, float* stats) {
   using T = opmath_t<scalar_t>;
   // Pass 1: the statistics (and the means the relativistic kinds need).
-  const auto rs = chunked_sum<2>(nr, [&](int64_t b, int64_t e, std::array<double, 2>& a) {
-    double sum = 0, pos = 0;
-    for (int64_t i = b; i < e; ++i) { T x = T(r[i]); sum += x; pos += x > T(0); }
-    a[0] += sum; a[1] += pos;
-  });
-  const auto fs = chunked_sum<2>(nf, [&](int64_t b, int64_t e, std::array<double, 2>& a) {
-    double sum = 0, neg = 0;
-    for (int64_t i = b; i < e; ++i) { T x = T(f[i]); sum += x; neg += x < T(0); }
-    a[0] += sum; a[1] += neg;
-  });
+  auto moments = [](const scalar_t* x, int64_t n, const bool count_positive) {
+    return chunked_sum<2>(n, [&](int64_t b, int64_t e, std::array<double, 2>& acc) {
+      double sum[kLanes] = {};
+      int64_t hits[kLanes] = {};  // integer counts: adding a bool as a double stalls on the conversion
+      int64_t i = b;
+      for (; i + kLanes <= e; i += kLanes)
+        for (int j = 0; j < kLanes; ++j) {
+          T v = T(x[i + j]);
+          sum[j] += v;
+          hits[j] += count_positive ? v > T(0) : v < T(0);
+        }
+      for (int j = 0; i < e; ++i, ++j) {
+        T v = T(x[i]);
+        sum[j] += v;
+        hits[j] += count_positive ? v > T(0) : v < T(0);
+      }
+      for (int j = 0; j < kLanes; ++j) { acc[0] += sum[j]; acc[1] += double(hits[j]); }
+    });
+  };
+  const auto rs = moments(r, nr, true);   // sum of r, count of r > 0
+  const auto fs = moments(f, nf, false);  // sum of f, count of f < 0
   // Without real logits (a non-relativistic G loss) the real statistics are 0.
   const double mean_r = nr ? rs[0] / nr : 0.0, mean_f = fs[0] / nf;
   stats[kRealMean] = float(mean_r);
