@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "kernels.cuh"
+
 namespace ganfast {
 namespace cuda {
 
@@ -29,6 +31,17 @@ template <typename T> __device__ __forceinline__ typename OpMath<T>::type load(c
 }
 template <typename T, typename V> __device__ __forceinline__ void store(T* p, int64_t i, V v) {
   p[i] = from_opmath<T>(v);
+}
+
+// Calls f(scalar_t{}) for the element type `dtype` names: each launcher's dtype switch.
+template <typename F> cudaError_t dispatch_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::Float32: return f(float{});
+    case DType::Float16: return f(__half{});
+    case DType::BFloat16: return f(__nv_bfloat16{});
+    case DType::Float64: return f(double{});
+  }
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace cuda

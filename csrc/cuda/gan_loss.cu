@@ -111,13 +111,7 @@ cudaError_t launch(const GanLossArgs& args, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t gan_loss(const GanLossArgs& args, DType dtype, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::Float32: return launch<float>(args, stream);
-    case DType::Float16: return launch<__half>(args, stream);
-    case DType::BFloat16: return launch<__nv_bfloat16>(args, stream);
-    case DType::Float64: return launch<double>(args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(dtype, [&](auto tag) { return launch<decltype(tag)>(args, stream); });
 }
 
 }  // namespace cuda

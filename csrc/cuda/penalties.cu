@@ -121,23 +121,11 @@ cudaError_t launch_interp(const InterpolateArgs& args, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t grad_penalty(const GradPenaltyArgs& args, DType dtype, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::Float32: return launch_gp<float>(args, stream);
-    case DType::Float16: return launch_gp<__half>(args, stream);
-    case DType::BFloat16: return launch_gp<__nv_bfloat16>(args, stream);
-    case DType::Float64: return launch_gp<double>(args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(dtype, [&](auto tag) { return launch_gp<decltype(tag)>(args, stream); });
 }
 
 cudaError_t gp_interpolate(const InterpolateArgs& args, DType dtype, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::Float32: return launch_interp<float>(args, stream);
-    case DType::Float16: return launch_interp<__half>(args, stream);
-    case DType::BFloat16: return launch_interp<__nv_bfloat16>(args, stream);
-    case DType::Float64: return launch_interp<double>(args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(dtype, [&](auto tag) { return launch_interp<decltype(tag)>(args, stream); });
 }
 
 }  // namespace cuda
