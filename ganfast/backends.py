@@ -1,10 +1,20 @@
 """Which backends exist here, which one runs an op, and why a missing one is missing.
 
 Backends: ``reference`` (plain PyTorch, always there), ``cpu`` (C++ kernels of ganfast._C),
-``cuda`` (CUDA kernels of ganfast._C) and ``triton``. The default, ``auto``, picks per device:
-CUDA tensors -> cuda, else triton, else reference; CPU tensors -> cpu, else reference. On CUDA the
-C++ kernel goes first: both backends run the same single-launch kernel shape, and the C++ op is
-launched by the dispatcher without the Python launcher Triton needs (see README, "Backends").
+``cuda`` (CUDA kernels of ganfast._C) and ``triton``.
+
+The dispatch rule, one for every op family (losses, penalties, spectral_norm):
+- each backend declares what it takes per family (`TAKES`: device types and dtypes) and optionally
+  a size range per (family, backend, device type) (`SIZE_LIMITS`);
+- ``auto`` walks `AUTO_ORDER` for the input's device type and takes the first backend that is
+  available and takes THIS input (device, dtype, number of elements), ending at the reference; so a
+  dtype one kernel lacks (float64 on triton, complex weights) falls through, it is not an error;
+- an explicitly selected backend that cannot take the input raises, naming the backend, the family
+  and what it does not support.
+`backend_for(family, tensor)` applies the rule. It runs on every op call, so it costs a dict lookup
+for a (selection, family, device type, dtype) seen before.
+On CUDA the C++ kernel goes before Triton: both run the same single-launch kernel shape, and the C++
+op is launched by the dispatcher without the Python launcher Triton needs (see README, "Backends").
 """
 from __future__ import annotations
 
@@ -13,18 +23,44 @@ import dataclasses
 import functools
 import importlib
 import os
+import sys
 import warnings
 
 import torch
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 CHOICES = ("auto",) + BACKENDS
-# Preference order of `auto` for each device type.
+FAMILIES = ("losses", "penalties", "spectral_norm")
+# Preference order of `auto` for each device type (any other device type: the reference).
 AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+
+_REAL = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_NO_FP64 = (torch.float32, torch.float16, torch.bfloat16)
+# What each backend's kernels take, per family: the dtypes of the input (logits, g / the data, or
+# the weight). Device types are the backend's own (`status(name).device_types`). Complex tensors go
+# to the reference only, and only for spectral norm: a GAN loss or a penalty of complex values has
+# no real-valued meaning, so those stay an error in the public functions.
+TAKES: dict[str, dict[str, tuple[torch.dtype, ...]]] = {
+    "reference": {"losses": _REAL, "penalties": _REAL,
+                  "spectral_norm": _REAL + (torch.complex64, torch.complex128)},
+    "cpu": {"losses": _REAL, "penalties": _REAL, "spectral_norm": _REAL},
+    "cuda": {"losses": _REAL, "penalties": _REAL, "spectral_norm": _NO_FP64},  # the SN kernel has no fp64
+    "triton": {"losses": _NO_FP64, "penalties": _NO_FP64, "spectral_norm": _NO_FP64},
+}
+# The per-size hook of `auto`: (family, backend, device type) -> (min numel, max numel), both
+# inclusive. Outside its range a backend is skipped by `auto` (an explicit selection ignores it),
+# for the sizes where a measurement showed the next backend in AUTO_ORDER to be faster. Empty: no
+# kernel has a measured losing range yet (the CPU kernels' thresholds go here, with the benchmark
+# that shows them).
+SIZE_LIMITS: dict[tuple[str, str, str], tuple[int, int]] = {}
 
 
 class BackendUnavailableError(RuntimeError):
     """A backend was asked for by name where it cannot run."""
+
+
+class UnsupportedInputError(BackendUnavailableError, TypeError):
+    """A backend selected by name does not take this input (its dtype or device type)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +99,7 @@ def load_extension() -> None:
         _extension_error = f"extension ganfast._C failed to load: {e}"
         warnings.warn(f"ganfast: {_extension_error}; using the reference/triton backends", stacklevel=2)
     status.cache_clear()
-    _resolved.clear()
+    _routes.clear()
 
 
 def extension_built_with_cuda() -> bool:
@@ -113,7 +149,9 @@ def available_backends(device_type: str | None = None) -> list[str]:
 # --- selection ----------------------------------------------------------------------------------
 
 _selected = "auto"
-_resolved: dict[tuple[str, str], str] = {}
+# (selection, family, device type, dtype) -> a backend name, or for `auto` where SIZE_LIMITS apply,
+# the candidates ((name, min numel, max numel), ...) in preference order, the last one unlimited.
+_routes: dict[tuple, str | tuple[tuple[str, int, int], ...]] = {}
 
 
 def _check_name(name: str) -> str:
@@ -123,7 +161,7 @@ def _check_name(name: str) -> str:
 
 
 def set_backend(name: str) -> None:
-    """Use backend `name` for every ganfast op from now on ("auto" picks per device)."""
+    """Use backend `name` for every ganfast op from now on ("auto" picks per input)."""
     global _selected
     _check_name(name)
     if name != "auto" and not status(name).available:
@@ -147,27 +185,77 @@ def use_backend(name: str):
         set_backend(previous)
 
 
-def resolve(device: torch.device) -> str:
-    """The backend that runs an op on tensors of `device` under the current selection."""
-    key = (_selected, device.type)
-    backend = _resolved.get(key)
-    if backend is None:
-        backend = _resolved[key] = _resolve(_selected, device.type)
-    return backend
+def takes(name: str, family: str) -> tuple[tuple[str, ...], tuple[torch.dtype, ...]]:
+    """(device types, dtypes) that backend `name` takes for `family` here (no device types when the
+    backend is unavailable)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown op family {family!r}; choose one of {', '.join(FAMILIES)}")
+    st = status(name)
+    return (st.device_types if st.available else ()), TAKES[name][family]
 
 
-def _resolve(selected: str, device_type: str) -> str:
-    if selected == "auto":
-        for name in AUTO_ORDER.get(device_type, ("reference",)):
-            if status(name).available and device_type in status(name).device_types:
-                return name
-        return "reference"
-    st = status(selected)
+def _refusal(name: str, family: str, device_type: str, dtype: torch.dtype) -> BackendUnavailableError | None:
+    """The error saying why backend `name` cannot take a `family` input of this device type and dtype
+    (None: it can)."""
+    st = status(name)
     if not st.available:
-        raise BackendUnavailableError(f"backend {selected!r} is not available: {st.reason}")
-    if device_type not in st.device_types:
-        raise BackendUnavailableError(
-            f"backend {selected!r} does not run on {device_type} tensors (it runs on: {', '.join(st.device_types)})")
-    return selected
+        return BackendUnavailableError(f"backend {name!r} is not available: {st.reason}")
+    if device_type not in st.device_types and name != "reference":  # plain PyTorch runs anywhere
+        return BackendUnavailableError(
+            f"backend {name!r} does not run on {device_type} tensors (it runs on: {', '.join(st.device_types)})")
+    dtypes = TAKES[name][family]
+    if dtype not in dtypes:
+        return UnsupportedInputError(
+            f"backend {name!r} does not take {dtype_name(dtype)} tensors for {family} (it takes "
+            f"{', '.join(map(dtype_name, dtypes))}); select 'auto' to fall through to a backend that does")
+    return None
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _route(selected: str, family: str, device_type: str, dtype: torch.dtype):
+    """The `_routes` entry of one key (see there); raises for a selection that cannot take the input."""
+    if selected != "auto":
+        error = _refusal(selected, family, device_type, dtype)
+        if error is not None:
+            raise error
+        return selected
+    candidates = []
+    for name in AUTO_ORDER.get(device_type, ()) + ("reference",):
+        if _refusal(name, family, device_type, dtype) is not None:
+            continue
+        limits = SIZE_LIMITS.get((family, name, device_type))
+        if limits is None or name == "reference":  # the reference takes every size
+            return tuple(candidates) + ((name, 0, sys.maxsize),) if candidates else name
+        candidates.append((name, *limits))
+    raise UnsupportedInputError(f"no backend takes {dtype_name(dtype)} tensors for {family}")
+
+
+def _pick(route, numel: int) -> str:
+    for name, low, high in route:
+        if low <= numel <= high:
+            return name
+    raise AssertionError("unreachable: the last candidate of a route has no size limit")
+
+
+def backend_for(family: str, t: torch.Tensor) -> str:
+    """The backend that runs a `family` op on input `t` under the current selection (the dispatch rule
+    of the module docstring). Raises when an explicitly selected backend cannot take `t`."""
+    key = (_selected, family, t.device.type, t.dtype)
+    route = _routes.get(key)
+    if route is None:
+        route = _routes[key] = _route(*key)
+    return route if route.__class__ is str else _pick(route, t.numel())
+
+
+def resolve(device: torch.device, family: str = "losses", dtype: torch.dtype = torch.float32,
+            numel: int = 1) -> str:
+    """The backend that runs a `family` op on a `dtype` input of `numel` elements on `device` (what
+    `backend_for` picks for such a tensor)."""
+    key = (_selected, family, torch.device(device).type, dtype)
+    route = _routes.get(key)
+    if route is None:
+        route = _routes[key] = _route(*key)
+    return route if route.__class__ is str else _pick(route, numel)

@@ -24,14 +24,36 @@ def _cmd_info(args) -> int:
           f"GPU {'available: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'not available'})")
     print(f"triton  {triton_version} (TRITON_INTERPRET={'1' if backends.triton_interpret() else '0'})")
     print(f"backend selection: {backends.get_backend()}")
-    print("\nbackends:")
+    print("\nbackends (what each takes, per op family where they differ):")
     for name in backends.BACKENDS:
         st = backends.status(name)
         print(f"  {name:<10} {'available' if st.available else 'not available':<14} {st.reason}")
-    print("\nauto picks:")
+        print(f"  {'':<10} takes: {_dtypes_by_family(name)}")
+    print("\nauto picks (the first backend in its order that takes the input; all sizes unless limited below):")
     for device_type in ("cpu", "cuda"):
-        print(f"  {device_type} tensors -> {backends._resolve('auto', device_type)}")
+        picks = {(family, dtype): backends.resolve(torch.device(device_type), family, dtype)
+                 for family in backends.FAMILIES for dtype in backends.TAKES["reference"][family]}
+        usual = picks[("losses", torch.float32)]
+        others = [f"{family} {backends.dtype_name(dtype)} -> {name}" for (family, dtype), name in picks.items()
+                  if name != usual]
+        print(f"  {device_type} tensors -> {usual}" + (f"; except {', '.join(others)}" if others else ""))
+    limits = [f"{family} on {name} ({device_type}): {low}..{high} elements"
+              for (family, name, device_type), (low, high) in backends.SIZE_LIMITS.items()]
+    print(f"  size limits: {'; '.join(limits) if limits else 'none'}")
     return 0
+
+
+def _dtypes_by_family(name: str) -> str:
+    """'float32, float16' when every family takes the same dtypes, else 'losses, penalties: ...; ...'."""
+    from ganfast import backends
+
+    groups: dict[tuple, list[str]] = {}
+    for family in backends.FAMILIES:
+        groups.setdefault(backends.TAKES[name][family], []).append(family)
+    spelled = {dtypes: ", ".join(map(backends.dtype_name, dtypes)) for dtypes in groups}
+    if len(groups) == 1:
+        return next(iter(spelled.values()))
+    return "; ".join(f"{', '.join(families)}: {spelled[dtypes]}" for dtypes, families in groups.items())
 
 
 def _cmd_validate(args) -> int:

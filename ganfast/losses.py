@@ -1,4 +1,5 @@
-"""GAN losses: logits in, mean-reduced scalar out, on the fastest backend for the logits' device.
+"""GAN losses: logits in, mean-reduced scalar out, on the fastest backend that takes the logits
+(device, dtype; ganfast.backends).
 
     d_loss(real_logits, fake_logits, kind="ns", return_stats=False)
     g_loss(fake_logits, kind="ns", real_logits=None)
@@ -11,25 +12,21 @@ from __future__ import annotations
 
 import torch
 
-from . import backends
 from .ops import losses as _ops
-from .reference import losses as _reference
 
 KINDS = tuple(_ops.KIND_IDS)
 RELATIVISTIC = ("rahinge", "rans", "rpgan")
 
 
-def _kind_id(kind: str) -> int:
-    try:
-        return _ops.KIND_IDS[kind]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown loss kind {kind!r}; valid kinds: {', '.join(KINDS)}") from None
+def _check_kind(kind: str) -> None:
+    if not isinstance(kind, str) or kind not in _ops.KIND_IDS:
+        raise ValueError(f"unknown loss kind {kind!r}; valid kinds: {', '.join(KINDS)}")
 
 
 def _check_logits(x, name: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
-    if not x.dtype.is_floating_point:
+    if not x.dtype.is_floating_point:  # complex logits too: a GAN loss of them has no real value
         raise TypeError(f"{name} must be floating point, got {x.dtype}")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
@@ -53,24 +50,17 @@ def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "ns
     """Discriminator loss. With return_stats=True returns (loss, stats): stats maps real_mean,
     fake_mean, real_acc (fraction r > 0) and fake_acc (fraction f < 0) to 0-dim fp32 tensors,
     computed in the same pass (no host sync)."""
-    kind_id = _kind_id(kind)
+    _check_kind(kind)
     _check_logits(real_logits, "real_logits")
     _check_logits(fake_logits, "fake_logits")
     _check_pair(real_logits, fake_logits, kind)
-    backend = backends.resolve(fake_logits.device)
-    if backend == "reference":
-        loss = _reference.d_loss(real_logits, fake_logits, kind)
-        if not return_stats:
-            return loss
-        stats = _reference.d_stats(real_logits, fake_logits)
-    else:
-        loss, stats = _ops.gan_loss(real_logits, fake_logits, kind_id, False, backend)
+    loss, stats = _ops.dispatch_gan_loss(real_logits, fake_logits, kind, False, return_stats)
     return (loss, _stats_dict(stats)) if return_stats else loss
 
 
 def g_loss(fake_logits: torch.Tensor, kind: str = "ns", real_logits: torch.Tensor | None = None) -> torch.Tensor:
     """Generator loss; the relativistic kinds (rahinge, rans, rpgan) need real_logits."""
-    kind_id = _kind_id(kind)
+    _check_kind(kind)
     _check_logits(fake_logits, "fake_logits")
     if kind in RELATIVISTIC:
         if real_logits is None:
@@ -79,7 +69,4 @@ def g_loss(fake_logits: torch.Tensor, kind: str = "ns", real_logits: torch.Tenso
         _check_pair(real_logits, fake_logits, kind)
     else:
         real_logits = None  # unused by the non-relativistic kinds
-    backend = backends.resolve(fake_logits.device)
-    if backend == "reference":
-        return _reference.g_loss(fake_logits, kind, real_logits)
-    return _ops.gan_loss(real_logits, fake_logits, kind_id, True, backend)[0]
+    return _ops.dispatch_gan_loss(real_logits, fake_logits, kind, True, False)[0]

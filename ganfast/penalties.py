@@ -1,4 +1,4 @@
-"""Gradient penalties on the fastest backend for the data's device.
+"""Gradient penalties on the fastest backend that takes the data (device, dtype; ganfast.backends).
 
     wgan_gp(D, real, fake, weight=10.0, center=1.0, one_sided=False, alpha=None)
     r1(D, real, gamma=10.0)            r1_from_logits(real_logits, real, gamma=10.0)
@@ -20,9 +20,7 @@ from typing import Callable
 
 import torch
 
-from . import backends
 from .ops import penalties as _ops
-from .reference import penalties as _reference
 
 __all__ = ["wgan_gp", "r1", "r2", "dragan", "r1_from_logits", "r2_from_logits", "LazyRegularizer"]
 
@@ -97,19 +95,13 @@ def _input_grad(out, x: torch.Tensor, scale: float | None, what: str) -> torch.T
 
 
 def _tail(g: torch.Tensor, kind: int, weight: float, center: float, inv_scale: float):
-    backend = backends.resolve(g.device)
-    if backend == "reference":
-        return _reference.penalty_tail(g, kind, weight, center, inv_scale)
-    return _ops.grad_penalty(g, kind, float(weight), float(center), float(inv_scale), backend)
+    """(penalty, per-sample norms) of g: the fused tail (ganfast.ops.penalties)."""
+    return _ops.dispatch_grad_penalty(g, kind, weight, center, inv_scale)
 
 
 def _interpolate(real, other, alpha, perturb: bool, c: float) -> torch.Tensor:
-    backend = backends.resolve(real.device)
     with torch.no_grad():  # x̂ is a new leaf: the penalty differentiates D, not the data
-        if backend == "reference":
-            x = _reference.interpolate(real, other, alpha, perturb, c)
-        else:
-            x = _ops.interpolate(real, other, alpha, perturb, float(c), backend)
+        x = _ops.dispatch_interpolate(real, other, alpha, perturb, c)
     return x.requires_grad_(True)
 
 

@@ -4,8 +4,10 @@
 
 Same parametrization (torch.nn.utils.parametrize), same state_dict keys
 (parametrizations.weight.original, parametrizations.weight.0._u / ._v), same u/v updates, sigma and
-gradients; the forward runs one fused kernel of the selected backend and the backward one fused
-kernel, dW = (G - <G, W/sigma> u v^T) / sigma. Additions: u, v stay fp32 for fp16/bf16 weights, an
+gradients; the forward runs one fused kernel of the backend that takes the weight (ganfast.backends:
+float64 weights fall through to a kernel that takes them, complex ones to the reference) and the
+backward one fused kernel, dW = (G - <G, W/sigma> u v^T) / sigma. As in PyTorch, spectral norm can be
+registered twice on one parameter (the second normalizes the output of the first). Additions: u, v stay fp32 for fp16/bf16 weights, an
 all-zero weight gives 0 instead of NaN (sigma is clamped at eps), the last sigma is kept for
 monitoring (`spectral_norms`), and `sn_step(model)` computes each normalized weight once per step.
 """
@@ -37,14 +39,14 @@ class SpectralNorm(nn.Module):
             raise ValueError(f"Expected n_power_iterations to be positive, but got n_power_iterations={n_power_iterations}")
         if weight.numel() == 0:
             raise ValueError(f"spectral_norm: the weight has a zero dimension (shape {tuple(weight.shape)})")
-        if not weight.is_floating_point():
-            raise TypeError(f"spectral_norm: the weight must be floating point, got {weight.dtype}")
+        if not (weight.is_floating_point() or weight.is_complex()):
+            raise TypeError(f"spectral_norm: the weight must be floating point or complex, got {weight.dtype}")
         self.dim = dim if dim >= 0 else dim + ndim
         self.eps = eps
         self.n_power_iterations = n_power_iterations
         acc = _reference.opmath_dtype(weight.dtype)
-        # The sigma of the last forward, for spectral_norms() (not in the state_dict).
-        self.register_buffer("_sigma", torch.zeros((), dtype=acc, device=weight.device), persistent=False)
+        # The sigma of the last forward, for spectral_norms() (not in the state_dict; real).
+        self.register_buffer("_sigma", torch.zeros((), dtype=acc.to_real(), device=weight.device), persistent=False)
         self._step_cache: torch.Tensor | None = None
         self._in_step = False
         if ndim > 1:
@@ -73,14 +75,12 @@ class SpectralNorm(nn.Module):
         if weight.ndim == 1:  # a vector: its norm is its spectral norm, nothing to approximate
             out = F.normalize(weight, dim=0, eps=self.eps)
             with torch.no_grad():
-                self._sigma.copy_(torch.linalg.vector_norm(weight.detach(), dtype=self._sigma.dtype))
+                w = weight.detach()
+                self._sigma.copy_(torch.linalg.vector_norm(w) if w.is_complex()
+                                  else torch.linalg.vector_norm(w, dtype=self._sigma.dtype))
             return out
         n_iter = self.n_power_iterations if self.training else 0
-        backend = backends.resolve(weight.device)
-        if backend == "reference":
-            out, u, v, sigma = _reference.spectral_norm(weight, self._u, self._v, self.dim, n_iter, self.eps)
-        else:
-            out, u, v, sigma = _ops.spectral_norm(weight, self._u, self._v, self.dim, n_iter, self.eps, backend)
+        out, u, v, sigma = _ops.dispatch_spectral_norm(weight, self._u, self._v, self.dim, n_iter, self.eps)
         with torch.no_grad():
             if n_iter:
                 self._u.copy_(u)
@@ -112,10 +112,12 @@ def _find(module: nn.Module, name: str) -> SpectralNorm | None:
 
 
 def _load_old_format_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-    """Renames the keys of torch.nn.utils.spectral_norm (weight_orig, weight_u, weight_v) to ours."""
+    """Renames the keys of torch.nn.utils.spectral_norm (weight_orig, weight_u, weight_v) to ours.
+    A tensor whose ganfast parametrization is gone (removed with torch's remove_parametrizations,
+    say) is left alone: load_state_dict then reports the keys missing/unexpected, as torch does."""
     for name in getattr(module, "_ganfast_sn_names", ()):
         old = prefix + name + "_orig"
-        if old not in state_dict:
+        if old not in state_dict or _find(module, name) is None:
             continue
         new = f"{prefix}parametrizations.{name}."
         idx = next(i for i, p in enumerate(module.parametrizations[name]) if isinstance(p, SpectralNorm))
@@ -135,30 +137,35 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
     weight = getattr(module, name, None)
     if not isinstance(weight, torch.Tensor):
         raise ValueError(f"Module '{type(module).__name__}' has no parameter or buffer with name '{name}'")
-    if _find(module, name) is not None or hasattr(module, name + "_orig"):
-        raise ValueError(f"'{name}' of {type(module).__name__} is already spectral-normalized")
+    if hasattr(module, name + "_orig"):
+        raise ValueError(f"'{name}' of {type(module).__name__} is already spectral-normalized by "
+                         f"torch.nn.utils.spectral_norm (the old hook-based one); remove that one first")
     if dim is None:
         dim = 1 if isinstance(module, CONV_TRANSPOSE) else 0
+    # Registered on a normalized weight, this stacks a second normalization, as PyTorch's does.
     parametrize.register_parametrization(module, name, SpectralNorm(weight, n_power_iterations, dim, eps))
     if not hasattr(module, "_ganfast_sn_names"):
         module._ganfast_sn_names = []
         module._register_load_state_dict_pre_hook(_load_old_format_hook, with_module=True)
-    module._ganfast_sn_names.append(name)
+    if name not in module._ganfast_sn_names:
+        module._ganfast_sn_names.append(name)
     return module
 
 
 def remove_spectral_norm(module: nn.Module, name: str = "weight") -> nn.Module:
-    """Bake W / sigma into a plain parameter (with the stored u, v: no power iteration)."""
-    sn = _find(module, name)
-    if sn is None:
+    """Bake W / sigma into a plain parameter (with the stored u, v: no power iteration). Removes every
+    parametrization of `name`, stacked ones included, as torch's remove_parametrizations does."""
+    if _find(module, name) is None:
         raise ValueError(f"'{name}' of {type(module).__name__} is not spectral-normalized by ganfast")
-    training = sn.training
-    sn.eval()
+    layers = [p for p in module.parametrizations[name] if isinstance(p, SpectralNorm)]
+    training = [p.training for p in layers]
+    for p in layers:
+        p.eval()
     try:
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     finally:
-        sn.train(training)
-    module._ganfast_sn_names.remove(name)
+        for p, mode in zip(layers, training):
+            p.train(mode)
     return module
 
 
@@ -192,8 +199,7 @@ def _precompute_multi(entries) -> None:
     groups: dict[tuple[int, float], list] = {}
     for p, plist in entries:
         w = plist.original
-        if (plist[0] is not p or w.ndim < 2 or w.device.type != "cpu"
-                or backends.resolve(w.device) != "cpu"):
+        if plist[0] is not p or w.ndim < 2 or backends.backend_for(_ops.FAMILY, w) != "cpu":
             continue  # computed lazily on first use, one layer at a time
         groups.setdefault((p.n_power_iterations if p.training else 0, p.eps), []).append((p, w))
     for (n_iter, eps), items in groups.items():

@@ -1,4 +1,5 @@
-"""Op boundary of the GAN losses: schemas, fake kernel, Triton autograd, and backend dispatch.
+"""Op boundary of the GAN losses: schemas, fake kernel, Triton autograd, and the one place where
+the losses pick their backend (`gan_loss`, by the rule of ganfast.backends).
 
 ganfast::gan_loss_fused(real?, fake, kind, generator) -> (loss, d loss/d real, d loss/d fake, stats)
 computes everything in one pass over the logits; stats = [real_mean, fake_mean, real_acc, fake_acc]
@@ -8,7 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from .. import backends
+from ..reference import losses as _reference
 from ._library import define_fused
+
+FAMILY = "losses"
 
 # Kind ids shared with csrc/common/gan_loss.h and the Triton kernel.
 KIND_IDS = {"ns": 0, "minimax": 1, "hinge": 2, "wasserstein": 3, "ls": 4, "rahinge": 5, "rans": 6, "rpgan": 7}
@@ -48,8 +53,21 @@ _gan_loss_triton = torch.ops.ganfast.gan_loss_fused_triton.default
 
 def gan_loss(real: torch.Tensor | None, fake: torch.Tensor, kind_id: int, generator: bool,
              backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, stats) from the fused kernel of `backend` ("cpu", "cuda" or "triton")."""
+    """(loss, stats) from the fused kernel of `backend` ("cpu", "cuda" or "triton"), unchecked."""
     if backend == "triton":
         loss, _, _, stats = _gan_loss_triton(real, fake, kind_id, generator)
         return loss, stats
     return _gan_loss(real, fake, kind_id, generator)
+
+
+def dispatch_gan_loss(real: torch.Tensor | None, fake: torch.Tensor, kind: str, generator: bool,
+                      with_stats: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(loss, stats) on the backend that `backend_for("losses", fake)` picks: the one place where
+    the losses choose. The kernels compute stats in the same pass; the reference only when
+    with_stats (else None). Inputs are checked by ganfast.losses."""
+    backend = backends.backend_for(FAMILY, fake)
+    if backend != "reference":
+        return gan_loss(real, fake, KIND_IDS[kind], generator, backend)
+    if generator:
+        return _reference.g_loss(fake, kind, real), None
+    return _reference.d_loss(real, fake, kind), (_reference.d_stats(real, fake) if with_stats else None)

@@ -1,4 +1,5 @@
-"""Op boundary of the gradient penalties: schemas, fake kernels, autograd, and backend dispatch.
+"""Op boundary of the gradient penalties: schemas, fake kernels, autograd, and the one place where
+the penalties pick their backend (`dispatch_*`, by the rule of ganfast.backends).
 
 ganfast::grad_penalty_fused(g, kind, weight, center, inv_scale) -> (penalty, d penalty/d g, norms)
   the tail of a gradient penalty in one pass over g (B, ...): per-sample norms of g·inv_scale in
@@ -13,7 +14,11 @@ from __future__ import annotations
 
 import torch
 
+from .. import backends
+from ..reference import penalties as _reference
 from ._library import LIBRARY, define_fused
+
+FAMILY = "penalties"
 
 TWO_SIDED, ONE_SIDED, SQUARED = 0, 1, 2
 
@@ -109,7 +114,7 @@ _interpolate_triton = torch.ops.ganfast.gp_interpolate_triton.default
 
 def grad_penalty(g: torch.Tensor, kind: int, weight: float, center: float, inv_scale: float,
                  backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(penalty, norms) from the fused kernel of `backend` ("cpu", "cuda" or "triton")."""
+    """(penalty, norms) from the fused kernel of `backend` ("cpu", "cuda" or "triton"), unchecked."""
     if backend == "triton":
         penalty, _, norms = _grad_penalty_triton(g, kind, weight, center, inv_scale)
         return penalty, norms
@@ -118,6 +123,25 @@ def grad_penalty(g: torch.Tensor, kind: int, weight: float, center: float, inv_s
 
 def interpolate(real: torch.Tensor, other: torch.Tensor, alpha: torch.Tensor, perturb: bool, c: float,
                 backend: str) -> torch.Tensor:
+    """x̂ from the kernel of `backend` ("cpu", "cuda" or "triton"), unchecked."""
     if backend == "triton":
         return _interpolate_triton(real, other, alpha, perturb, c)
     return _interpolate(real, other, alpha, perturb, c)
+
+
+def dispatch_grad_penalty(g: torch.Tensor, kind: int, weight: float, center: float,
+                          inv_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penalty, norms) on the backend that `backend_for("penalties", g)` picks."""
+    backend = backends.backend_for(FAMILY, g)
+    if backend == "reference":
+        return _reference.penalty_tail(g, kind, weight, center, inv_scale)
+    return grad_penalty(g, kind, float(weight), float(center), float(inv_scale), backend)
+
+
+def dispatch_interpolate(real: torch.Tensor, other: torch.Tensor, alpha: torch.Tensor, perturb: bool,
+                         c: float) -> torch.Tensor:
+    """x̂ on the backend that `backend_for("penalties", real)` picks."""
+    backend = backends.backend_for(FAMILY, real)
+    if backend == "reference":
+        return _reference.interpolate(real, other, alpha, perturb, c)
+    return interpolate(real, other, alpha, perturb, float(c), backend)

@@ -1,4 +1,5 @@
-"""Op boundary of spectral normalization: schemas, fake kernels, Triton impls, autograd, dispatch.
+"""Op boundary of spectral normalization: schemas, fake kernels, Triton impls, autograd, and the one
+place where spectral norm picks its backend (`dispatch_spectral_norm`, by the rule of ganfast.backends).
 
 ganfast::spectral_norm_fused(W, u, v, dim, n_iter, eps) -> (out, u', v', sigma)
     W of any shape, read in place as M (h x w) with `dim` first (ganfast/reference/spectral_norm.py); n_iter power
@@ -13,8 +14,12 @@ from __future__ import annotations
 
 import torch
 
+from .. import backends
+from ..reference import spectral_norm as _reference
 from ..reference.spectral_norm import opmath_dtype
 from ._library import LIBRARY
+
+FAMILY = "spectral_norm"
 
 _FWD = "(Tensor weight, Tensor u, Tensor v, int dim, int n_iter, float eps) -> (Tensor out, Tensor u_out, Tensor v_out, Tensor sigma)"
 _BWD = "(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim, float eps) -> Tensor"
@@ -81,9 +86,18 @@ torch.library.register_autograd("ganfast::spectral_norm_fused_triton", _make_bac
 
 def spectral_norm(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int, n_iter: int, eps: float,
                   backend: str):
-    """(W / sigma, u', v', sigma) from the fused kernel of `backend` ("cpu", "cuda" or "triton")."""
+    """(W / sigma, u', v', sigma) from the fused kernel of `backend` ("cpu", "cuda" or "triton"), unchecked."""
     op = _fwd_triton if backend == "triton" else _fwd
     return op(weight, u, v, dim, n_iter, eps)
+
+
+def dispatch_spectral_norm(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int, n_iter: int,
+                           eps: float):
+    """(W / sigma, u', v', sigma) on the backend that `backend_for("spectral_norm", weight)` picks."""
+    backend = backends.backend_for(FAMILY, weight)
+    if backend == "reference":
+        return _reference.spectral_norm(weight, u, v, dim, n_iter, eps)
+    return spectral_norm(weight, u, v, dim, n_iter, eps, backend)
 
 
 # --- multi-tensor (CPU): all normalized layers of a model in one call, one parallel loop ---------

@@ -18,6 +18,9 @@ import torch.nn.functional as F
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32, or fp64 for fp64 weights; complex weights keep a complex dtype (at least complex64)."""
+    if dtype.is_complex:
+        return torch.complex128 if dtype == torch.complex128 else torch.complex64
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -54,4 +57,6 @@ def spectral_norm(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: i
     """(W / sigma, u', v', sigma): the full forward of one normalized weight."""
     u, v = power_method(weight, u, v, dim, n_iter, eps)
     s = sigma(weight, u, v, dim)
+    if s.is_complex():  # u^H M v with v = normalize(M^H u) is ||M^H u||: real up to rounding
+        s = s.real
     return (weight / s.clamp_min(eps)).to(weight.dtype), u, v, s.detach()
