@@ -24,7 +24,7 @@ def _cmd_info(args) -> int:
           f"GPU {'available: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'not available'})")
     print(f"triton  {triton_version} (TRITON_INTERPRET={'1' if backends.triton_interpret() else '0'})")
     print(f"backend selection: {backends.get_backend()}")
-    print("\nbackends (what each takes, per op family where they differ):")
+    print("\nbackends: (and the dtypes each takes, per op family where they differ)")
     for name in backends.BACKENDS:
         st = backends.status(name)
         print(f"  {name:<10} {'available' if st.available else 'not available':<14} {st.reason}")
