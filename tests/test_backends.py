@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ganfast
-from ganfast import backends, losses
+from ganfast import backends, losses, penalties
 
 
 def test_selection_and_restore():
@@ -50,7 +50,7 @@ def test_import_without_extension_uses_reference():
 import sys
 sys.modules['ganfast._C'] = None
 import torch, ganfast
-from ganfast import backends, losses
+from ganfast import backends, losses, penalties
 st = backends.status('cpu')
 assert not st.available and 'not built' in st.reason, st
 assert backends.resolve(torch.device('cpu')) == 'reference'
@@ -63,3 +63,153 @@ print('ok')
                          env={**os.environ, "TRITON_INTERPRET": "0"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# --- the dispatch rule: declared dtypes, fall-through under auto, clear errors when chosen ---------
+
+needs_cpu_and_triton = pytest.mark.skipif(
+    not (backends.status("cpu").available and "cpu" in backends.status("triton").device_types),
+    reason="needs the cpu backend and triton on CPU tensors (TRITON_INTERPRET=1)")
+
+
+@pytest.fixture
+def fresh_routes():
+    """Routes are cached per (selection, family, device type, dtype): drop them around a test that
+    changes the tables (monkeypatch restores the tables afterwards)."""
+    backends._routes.clear()
+    yield
+    backends._routes.clear()
+
+
+@pytest.fixture
+def triton_first_on_cpu(monkeypatch, fresh_routes):
+    """auto on CPU tensors tries triton (the interpreter) first: the order a GPU has (triton before
+    the reference), with a kernel backend that lacks float64 in front."""
+    monkeypatch.setitem(backends.AUTO_ORDER, "cpu", ("triton", "cpu", "reference"))
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch, fresh_routes):
+    """Every backend available, cuda and triton on CUDA tensors (no GPU needed: routing only)."""
+    real = backends.status
+    devices = {"reference": ("cpu", "cuda"), "cpu": ("cpu",), "cuda": ("cuda",), "triton": ("cuda",)}
+
+    def status(name):
+        return backends.BackendStatus(name, True, real(name).reason, devices[name])
+
+    monkeypatch.setattr(backends, "status", status)
+
+
+@pytest.mark.parametrize("family", backends.FAMILIES)
+def test_every_family_declares_every_backend(family):
+    for name in backends.BACKENDS:
+        device_types, dtypes = backends.takes(name, family)
+        assert dtypes and all(d.is_floating_point or d.is_complex for d in dtypes)
+        assert set(backends.TAKES[name][family]) <= set(backends.TAKES["reference"][family])
+    with pytest.raises(ValueError, match="unknown op family 'gan'"):
+        backends.takes("cpu", "gan")
+
+
+def test_auto_on_a_gpu_takes_the_first_backend_that_takes_the_dtype(fake_gpu):
+    cuda = torch.device("cuda")
+    for family in ("losses", "penalties"):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            assert backends.resolve(cuda, family, dtype) == "cuda"
+    assert backends.resolve(cuda, "spectral_norm", torch.float32) == "cuda"
+    assert backends.resolve(cuda, "spectral_norm", torch.float64) == "reference"  # neither kernel has fp64
+    assert backends.resolve(cuda, "spectral_norm", torch.complex64) == "reference"
+    assert backends.resolve(torch.device("cpu"), "spectral_norm", torch.float64) == "cpu"
+
+
+def test_auto_on_a_gpu_without_the_cuda_kernels(fake_gpu, monkeypatch):
+    monkeypatch.setitem(backends.AUTO_ORDER, "cuda", ("triton", "reference"))
+    cuda = torch.device("cuda")
+    for family in backends.FAMILIES:
+        assert backends.resolve(cuda, family, torch.bfloat16) == "triton"
+        assert backends.resolve(cuda, family, torch.float64) == "reference"
+
+
+def test_explicit_backend_names_what_it_does_not_take(fake_gpu):
+    with ganfast.use_backend("triton"):
+        with pytest.raises(backends.UnsupportedInputError,
+                           match=r"backend 'triton' does not take float64 tensors for losses \(it takes float32, "
+                                 r"float16, bfloat16\); select 'auto'"):
+            backends.resolve(torch.device("cuda"), "losses", torch.float64)
+    with ganfast.use_backend("cuda"):
+        with pytest.raises(TypeError, match="'cuda' does not take float64 tensors for spectral_norm"):
+            backends.resolve(torch.device("cuda"), "spectral_norm", torch.float64)
+        with pytest.raises(ganfast.BackendUnavailableError, match="'cuda' does not run on cpu tensors"):
+            backends.resolve(torch.device("cpu"), "losses", torch.float32)
+
+
+def test_size_limits_route_by_numel_under_auto_only(monkeypatch, fresh_routes):
+    if not backends.status("cpu").available:
+        pytest.skip(backends.status("cpu").reason)
+    monkeypatch.setitem(backends.SIZE_LIMITS, ("losses", "cpu", "cpu"), (100, 10_000))
+    assert backends.backend_for("losses", torch.zeros(99)) == "reference"
+    assert backends.backend_for("losses", torch.zeros(100)) == "cpu"
+    assert backends.backend_for("losses", torch.zeros(10_001)) == "reference"
+    assert backends.backend_for("penalties", torch.zeros(99)) == "cpu"  # per family
+    with ganfast.use_backend("cpu"):  # a backend chosen by name runs every size
+        assert backends.backend_for("losses", torch.zeros(99)) == "cpu"
+    r, f = torch.randn(7, requires_grad=True), torch.randn(5, requires_grad=True)
+    losses.d_loss(r, f, "rans").backward()  # runs on the reference, below the limit
+    assert r.grad is not None and f.grad is not None
+
+
+@needs_cpu_and_triton
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
+def test_losses_fall_through_to_a_backend_that_takes_the_dtype(triton_first_on_cpu, dtype):
+    expected = "cpu" if dtype == torch.float64 else "triton"
+    assert backends.backend_for("losses", torch.zeros(1, dtype=dtype)) == expected
+    g = torch.Generator().manual_seed(0)
+    r64, f64 = torch.randn(33, generator=g, dtype=torch.float64), torch.randn(21, generator=g, dtype=torch.float64)
+    r, f = r64.to(dtype).requires_grad_(), f64.to(dtype).requires_grad_()
+    loss = losses.d_loss(r, f, "rahinge")
+    loss.backward()
+    with ganfast.use_backend("reference"):
+        exact = losses.d_loss(r.detach().double(), f.detach().double(), "rahinge")
+    assert loss.dtype == dtype and r.grad.dtype == dtype
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
+    assert abs(loss.double().item() - exact.item()) <= tol * max(1.0, abs(exact.item()))
+
+
+@needs_cpu_and_triton
+def test_penalties_fall_through_to_a_backend_that_takes_the_dtype(triton_first_on_cpu):
+    D = torch.nn.Linear(6, 1, dtype=torch.float64)
+    real = torch.randn(5, 6, dtype=torch.float64)
+    fake = torch.randn(5, 6, dtype=torch.float64)
+    alpha = torch.rand(5, dtype=torch.float64)
+    got = penalties.wgan_gp(D, real, fake, alpha=alpha)
+    with ganfast.use_backend("reference"):
+        exact = penalties.wgan_gp(D, real, fake, alpha=alpha)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, exact, rtol=1e-12, atol=0)
+    with ganfast.use_backend("triton"):
+        with pytest.raises(backends.UnsupportedInputError, match="'triton' does not take float64 tensors for penalties"):
+            penalties.r1(D, real)
+
+
+@needs_cpu_and_triton
+def test_spectral_norm_falls_through_for_float64_and_complex(triton_first_on_cpu):
+    torch.manual_seed(0)
+    m = ganfast.nn.spectral_norm(torch.nn.Linear(4, 3, dtype=torch.float64))
+    assert backends.backend_for("spectral_norm", m.parametrizations.weight.original) == "cpu"
+    m(torch.randn(2, 4, dtype=torch.float64)).sum().backward()
+    sigma = torch.linalg.matrix_norm(m.weight.detach(), ord=2)
+    assert sigma.item() == pytest.approx(1.0, rel=1e-2)
+    c = ganfast.nn.spectral_norm(torch.nn.Linear(4, 3, dtype=torch.cfloat))
+    assert backends.backend_for("spectral_norm", c.parametrizations.weight.original) == "reference"
+    assert torch.linalg.matrix_norm(c.weight.detach(), ord=2).item() == pytest.approx(1.0, rel=1e-2)
+
+
+@pytest.mark.parametrize("backend", backends.CHOICES)
+def test_complex_logits_stay_an_error(backend):
+    if backend != "auto" and not backends.status(backend).available:
+        pytest.skip(backends.status(backend).reason)
+    z = torch.randn(4, dtype=torch.cfloat)
+    with ganfast.use_backend(backend):
+        with pytest.raises(TypeError, match="real_logits must be floating point, got torch.complex64"):
+            losses.d_loss(z, z)
+        with pytest.raises(TypeError, match="real must be floating point, got torch.complex64"):
+            penalties.r1(torch.nn.Identity(), z)

@@ -7,6 +7,24 @@ An op family defines, for one fused kernel:
   ganfast::<name>               its autograd wrapper, in C++ (csrc/<name>.cpp): backward rescales
                                 the gradients the fused forward saved
   ganfast::<name>_fused_triton  the Triton kernel, same schema; autograd registered here in Python
+
+Which backend runs is decided once per op family, in the `dispatch_*` function of its module
+(ganfast/ops/<family>.py), by the rule of ganfast.backends; the public modules only check inputs.
+
+The autograd rule, the same for every family: the fused forward computes everything its backward
+needs (the loss's or the penalty's gradient w.r.t. its input; spectral norm's u', v' and sigma), and
+the backward is a rescale by grad_output (losses, penalties) or one more fused kernel (spectral
+norm's dW). Where that autograd is written differs, by cost:
+- gan_loss and grad_penalty, C++/CUDA kernels: a C++ autograd wrapper (ganfast::<name>,
+  csrc/<name>.cpp). These ops sit on the per-step hot path at small sizes (B = 64 logits), where only
+  dispatch and autograd are left: the same op with Python autograd (register_autograd) was measured
+  at 172 µs vs 101 µs per d_loss fwd+bwd with the C++ wrapper (issue 11).
+- Triton kernels: Python autograd (register_autograd on *_fused_triton), since their launcher is
+  Python anyway and a C++ wrapper would call back into it.
+- spectral norm (all backends) and gp_interpolate: Python autograd. Spectral norm's fwd+bwd costs
+  milliseconds of matrix-vector work at GAN layer sizes, so Python's ~tens of µs are a few percent;
+  gp_interpolate runs on detached data, off the backward path. Moving spectral norm to a C++
+  wrapper is open; it is worth doing only where a measurement shows it faster.
 """
 from __future__ import annotations
 
