@@ -4,15 +4,17 @@ Backends: ``reference`` (plain PyTorch, always there), ``cpu`` (C++ kernels of g
 ``cuda`` (CUDA kernels of ganfast._C) and ``triton``.
 
 The dispatch rule, one for every op family (losses, penalties, spectral_norm):
-- each backend declares what it takes per family (`TAKES`: device types and dtypes) and optionally
-  a size range per (family, backend, device type) (`SIZE_LIMITS`);
+- each backend declares what it takes per family (`TAKES`: device types and dtypes; the kernels take
+  dense (strided) tensors only) and optionally a size range per (family, backend, device type)
+  (`SIZE_LIMITS`);
 - ``auto`` walks `AUTO_ORDER` for the input's device type and takes the first backend that is
-  available and takes THIS input (device, dtype, number of elements), ending at the reference; so a
-  dtype one kernel lacks (float64 on triton, complex weights) falls through, it is not an error;
+  available and takes THIS input (device, dtype, layout, number of elements), ending at the
+  reference; so a dtype one kernel lacks (float64 on triton, complex weights) falls through, it is
+  not an error;
 - an explicitly selected backend that cannot take the input raises, naming the backend, the family
   and what it does not support.
 `backend_for(family, tensor)` applies the rule. It runs on every op call, so it costs a dict lookup
-for a (selection, family, device type, dtype) seen before.
+for a (selection, family, device type, dtype, layout) seen before.
 On CUDA the C++ kernel goes before Triton: both run the same single-launch kernel shape, and the C++
 op is launched by the dispatcher without the Python launcher Triton needs (see README, "Backends").
 """
@@ -149,7 +151,7 @@ def available_backends(device_type: str | None = None) -> list[str]:
 # --- selection ----------------------------------------------------------------------------------
 
 _selected = "auto"
-# (selection, family, device type, dtype) -> a backend name, or for `auto` where SIZE_LIMITS apply,
+# (selection, family, device type, dtype, layout) -> a backend name, or for `auto` where SIZE_LIMITS apply,
 # the candidates ((name, min numel, max numel), ...) in preference order, the last one unlimited.
 _routes: dict[tuple, str | tuple[tuple[str, int, int], ...]] = {}
 
@@ -194,9 +196,10 @@ def takes(name: str, family: str) -> tuple[tuple[str, ...], tuple[torch.dtype, .
     return (st.device_types if st.available else ()), TAKES[name][family]
 
 
-def _refusal(name: str, family: str, device_type: str, dtype: torch.dtype) -> BackendUnavailableError | None:
-    """The error saying why backend `name` cannot take a `family` input of this device type and dtype
-    (None: it can)."""
+def _refusal(name: str, family: str, device_type: str, dtype: torch.dtype,
+             layout: torch.layout = torch.strided) -> BackendUnavailableError | None:
+    """The error saying why backend `name` cannot take a `family` input of this device type, dtype
+    and layout (None: it can)."""
     st = status(name)
     if not st.available:
         return BackendUnavailableError(f"backend {name!r} is not available: {st.reason}")
@@ -208,6 +211,9 @@ def _refusal(name: str, family: str, device_type: str, dtype: torch.dtype) -> Ba
         return UnsupportedInputError(
             f"backend {name!r} does not take {dtype_name(dtype)} tensors for {family} (it takes "
             f"{', '.join(map(dtype_name, dtypes))}); select 'auto' to fall through to a backend that does")
+    if layout != torch.strided and name != "reference":
+        return UnsupportedInputError(f"backend {name!r} takes dense (strided) tensors only, got {layout}; select "
+                                     f"'auto' to fall through to the reference")
     return None
 
 
@@ -215,16 +221,16 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _route(selected: str, family: str, device_type: str, dtype: torch.dtype):
+def _route(selected: str, family: str, device_type: str, dtype: torch.dtype, layout: torch.layout):
     """The `_routes` entry of one key (see there); raises for a selection that cannot take the input."""
     if selected != "auto":
-        error = _refusal(selected, family, device_type, dtype)
+        error = _refusal(selected, family, device_type, dtype, layout)
         if error is not None:
             raise error
         return selected
     candidates = []
     for name in AUTO_ORDER.get(device_type, ()) + ("reference",):
-        if _refusal(name, family, device_type, dtype) is not None:
+        if _refusal(name, family, device_type, dtype, layout) is not None:
             continue
         limits = SIZE_LIMITS.get((family, name, device_type))
         if limits is None or name == "reference":  # the reference takes every size
@@ -243,7 +249,7 @@ def _pick(route, numel: int) -> str:
 def backend_for(family: str, t: torch.Tensor) -> str:
     """The backend that runs a `family` op on input `t` under the current selection (the dispatch rule
     of the module docstring). Raises when an explicitly selected backend cannot take `t`."""
-    key = (_selected, family, t.device.type, t.dtype)
+    key = (_selected, family, t.device.type, t.dtype, t.layout)
     route = _routes.get(key)
     if route is None:
         route = _routes[key] = _route(*key)
@@ -252,9 +258,9 @@ def backend_for(family: str, t: torch.Tensor) -> str:
 
 def resolve(device: torch.device, family: str = "losses", dtype: torch.dtype = torch.float32,
             numel: int = 1) -> str:
-    """The backend that runs a `family` op on a `dtype` input of `numel` elements on `device` (what
-    `backend_for` picks for such a tensor)."""
-    key = (_selected, family, torch.device(device).type, dtype)
+    """The backend that runs a `family` op on a dense `dtype` input of `numel` elements on `device`
+    (what `backend_for` picks for such a tensor)."""
+    key = (_selected, family, torch.device(device).type, dtype, torch.strided)
     route = _routes.get(key)
     if route is None:
         route = _routes[key] = _route(*key)

@@ -213,3 +213,12 @@ def test_complex_logits_stay_an_error(backend):
             losses.d_loss(z, z)
         with pytest.raises(TypeError, match="real must be floating point, got torch.complex64"):
             penalties.r1(torch.nn.Identity(), z)
+
+
+def test_sparse_input_goes_to_the_reference(fresh_routes):
+    sparse = torch.randn(3, 4).to_sparse()
+    assert backends.backend_for("spectral_norm", sparse) == "reference"
+    if backends.status("cpu").available:
+        with ganfast.use_backend("cpu"):
+            with pytest.raises(backends.UnsupportedInputError, match="'cpu' takes dense \\(strided\\) tensors only"):
+                backends.backend_for("losses", sparse)
