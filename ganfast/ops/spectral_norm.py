@@ -16,7 +16,6 @@ import torch
 
 from .. import backends
 from ..reference import spectral_norm as _reference
-from ..reference.spectral_norm import opmath_dtype
 from ._library import LIBRARY
 
 FAMILY = "spectral_norm"
@@ -26,7 +25,7 @@ _BWD = "(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim, 
 
 
 def _fake_fwd(weight, u, v, dim, n_iter, eps):
-    dt = opmath_dtype(weight.dtype)
+    dt = _reference.opmath_dtype(weight.dtype)
     return (torch.empty_like(weight, memory_format=torch.contiguous_format), weight.new_empty(u.shape, dtype=dt),
             weight.new_empty(v.shape, dtype=dt), weight.new_empty((), dtype=dt))
 
