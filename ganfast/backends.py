@@ -50,7 +50,8 @@ TAKES: dict[str, dict[str, tuple[torch.dtype, ...]]] = {
     "triton": {"losses": _NO_FP64, "penalties": _NO_FP64, "spectral_norm": _NO_FP64},
 }
 # The per-size hook of `auto`: (family, backend, device type) -> (min numel, max numel), both
-# inclusive. Outside its range a backend is skipped by `auto` (an explicit selection ignores it),
+# inclusive, counted on the op's main input (the fake logits; g, or the data for the interpolation;
+# the weight). Outside its range a backend is skipped by `auto` (an explicit selection ignores it),
 # for the sizes where a measurement showed the next backend in AUTO_ORDER to be faster. Empty: no
 # kernel has a measured losing range yet (the CPU kernels' thresholds go here, with the benchmark
 # that shows them).

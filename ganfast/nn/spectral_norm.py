@@ -6,10 +6,11 @@ Same parametrization (torch.nn.utils.parametrize), same state_dict keys
 (parametrizations.weight.original, parametrizations.weight.0._u / ._v), same u/v updates, sigma and
 gradients; the forward runs one fused kernel of the backend that takes the weight (ganfast.backends:
 float64 weights fall through to a kernel that takes them, complex ones to the reference) and the
-backward one fused kernel, dW = (G - <G, W/sigma> u v^T) / sigma. As in PyTorch, spectral norm can be
-registered twice on one parameter (the second normalizes the output of the first). Additions: u, v stay fp32 for fp16/bf16 weights, an
-all-zero weight gives 0 instead of NaN (sigma is clamped at eps), the last sigma is kept for
-monitoring (`spectral_norms`), and `sn_step(model)` computes each normalized weight once per step.
+backward one fused kernel, dW = (G - <G, W/sigma> u v^T) / sigma. As in PyTorch, spectral norm can
+be registered twice on one parameter (the second normalizes the output of the first). Additions:
+u, v stay fp32 for fp16/bf16 weights, an all-zero weight gives 0 instead of NaN (sigma is clamped
+at eps), the last sigma is kept for monitoring (`spectral_norms`), and `sn_step(model)` computes
+each normalized weight once per step.
 """
 from __future__ import annotations
 

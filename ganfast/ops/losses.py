@@ -1,5 +1,5 @@
 """Op boundary of the GAN losses: schemas, fake kernel, Triton autograd, and the one place where
-the losses pick their backend (`gan_loss`, by the rule of ganfast.backends).
+the losses pick their backend (`dispatch_gan_loss`, by the rule of ganfast.backends).
 
 ganfast::gan_loss_fused(real?, fake, kind, generator) -> (loss, d loss/d real, d loss/d fake, stats)
 computes everything in one pass over the logits; stats = [real_mean, fake_mean, real_acc, fake_acc]
