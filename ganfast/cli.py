@@ -161,10 +161,10 @@ def _add_train(sub) -> None:
     from ganfast import losses
     from ganfast.run import PENALTY_CHOICES, RING_DEFAULTS as R
 
-    p = sub.add_parser("train", help="train a GAN (default: the 8-Gaussian ring, about a minute on a CPU)",
+    p = sub.add_parser("train", help="train a GAN (default: the 8-Gaussian ring, under a minute on 2 CPU cores)",
                        description="Train a GAN into a run folder (config.json, checkpoints/, metrics.csv, "
-                                   "samples/, curves.png, summary.json). Options left out take the measured "
-                                   "default for the data's kind; the ring defaults are shown.")
+                                   "samples/, curves.png, summary.json) that is new or empty. Options left out take "
+                                   "the measured default for the data's kind; the ring defaults are shown.")
     p.add_argument("--data", help="ring (default), grid25, digits, or a folder of images")
     p.add_argument("--loss", choices=losses.KINDS, help=f"GAN loss (default {R['loss']})")
     p.add_argument("--penalty", choices=PENALTY_CHOICES, help=f"gradient penalty (default {R['penalty']})")
@@ -187,7 +187,7 @@ def _add_train(sub) -> None:
     p.add_argument("--image-size", type=int, help="resize images to this (power of two >= 8)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="image channels for a folder (default 3)")
     p.add_argument("--n-points", type=int, help=f"size of a mixture's training set (default {R['n_points']})")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default 1 for the MLPs)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default 1 for the 2-D MLPs, half the cores for images)")
     p.add_argument("--log-every", type=int, help=f"CSV row every N steps (default {R['log_every']})")
     p.add_argument("--eval-every", type=int, help=f"mode metrics every N steps (default {R['eval_every']})")
     p.add_argument("--sample-every", type=int, help=f"sample picture every N steps (default {R['sample_every']})")
