@@ -85,6 +85,9 @@ def _fail(e: Exception) -> int:
         message = e.strerror + (f": {e.filename}" if e.filename else "")
     else:
         message = str(e)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) > 1:  # a rank's traceback (--nproc N): what failed, and the error it ended in
+        message = f"{lines[0]} {lines[-1]}"
     print(f"ganfast: error: {message}", file=sys.stderr)
     return 2
 

@@ -324,3 +324,15 @@ def test_bench_prints_a_progress_line_per_case(capsys, monkeypatch):
     progress = [line for line in out.err.splitlines() if line.startswith("bench fake: timing")]
     assert len(progress) == 3 and "timing 3 done" in progress[-1] and "eager" in progress[0]
     assert "fake" in out.out and "vs eager" in out.out  # the table itself
+
+
+def test_a_rank_traceback_becomes_one_line(capsys):
+    from ganfast.cli import _fail
+    from ganfast.train.distributed import DistributedError
+
+    text = ("distributed run failed: rank 1 raised:\n\n-- Process 1 terminated with the following error:\n"
+            "Traceback (most recent call last):\n  File \"x.py\", line 3, in f\n    g()\n"
+            "ganfast.run.RunError: the disk is full: run r stopped\n")
+    assert _fail(DistributedError(text)) == 2
+    line = _one_error(capsys, "rank 1", "the disk is full")
+    assert "Traceback" not in line
