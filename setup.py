@@ -19,16 +19,34 @@ def _flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _loud(text):
+    bar = "!" * 100
+    print(f"\n{bar}\n{text}\n{bar}\n", file=sys.stderr, flush=True)
+
+
+# commands that build or install the package (pip runs bdist_wheel / editable_wheel); sdist and
+# metadata queries do not need torch
+_BUILDS = {"bdist_wheel", "build", "build_ext", "install", "develop", "editable_wheel"}
+
+
 def extensions():
     if _flag("GANFAST_NO_EXT"):
-        print("ganfast: GANFAST_NO_EXT is set, building without ganfast._C", file=sys.stderr)
+        _loud("ganfast: GANFAST_NO_EXT is set: building WITHOUT the C++ extension ganfast._C; ganfast will run "
+              "its slower reference (and Triton) backends only")
         return [], {}
     try:
         import torch
         from torch.utils import cpp_extension
     except ImportError:
-        print("ganfast: torch is not importable at build time, building without ganfast._C "
-              "(install torch first and use --no-build-isolation)", file=sys.stderr)
+        # Failing is the only message pip shows: a warning of a successful build stays hidden, and a
+        # silent build without the kernels trains several times slower.
+        text = ("ganfast: torch is not importable in this build environment, so the C++ extension ganfast._C "
+                "cannot be built.\nInstall torch first, then install ganfast with `pip install "
+                "--no-build-isolation .` (pip's default isolated build cannot see your torch),\nor set "
+                "GANFAST_NO_EXT=1 to install it without the C++ kernels (slower).")
+        if _BUILDS & set(sys.argv[1:]):
+            _loud(text)
+            sys.exit(text.splitlines()[0] + " Use `pip install --no-build-isolation .` (see above).")
         return [], {}
 
     csrc = os.path.join(ROOT, "csrc")

@@ -96,13 +96,27 @@ def load_extension() -> None:
         _extension = importlib.import_module("ganfast._C")
         _extension_error = None
     except ModuleNotFoundError:
-        _extension_error = ("extension ganfast._C is not built (installed with GANFAST_NO_EXT=1, or without "
-                            "torch at build time); reinstall with `pip install --no-build-isolation .`")
+        _extension_error = _not_built_reason()
     except (ImportError, OSError) as e:  # built against another torch, missing symbols...
         _extension_error = f"extension ganfast._C failed to load: {e}"
         warnings.warn(f"ganfast: {_extension_error}; using the reference/triton backends", stacklevel=2)
     status.cache_clear()
     _routes.clear()
+
+
+def _not_built_reason() -> str:
+    """Why ganfast._C is missing: a source tree imported in place of the installed package (python run
+    from the clone's folder), or a package installed without it."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(package)
+    if os.path.isfile(os.path.join(root, "setup.py")) and os.path.isdir(os.path.join(root, "csrc")):
+        return (f"extension ganfast._C is not built in the source tree {root}, which is the ganfast Python "
+                f"imported here (run from inside a clone, Python takes its ganfast/ folder over an installed "
+                f"one): run ganfast from another folder, or build it in place with `pip install "
+                f"--no-build-isolation -e .`")
+    return ("extension ganfast._C is not built: ganfast was installed with GANFAST_NO_EXT=1 or without torch "
+            "at build time (pip install without --no-build-isolation); reinstall with `pip install "
+            "--no-build-isolation .`")
 
 
 def extension_built_with_cuda() -> bool:

@@ -58,8 +58,13 @@ def _dtypes_by_family(name: str) -> str:
 
 def _cmd_validate(args) -> int:
     from ganfast import validate
+    from ganfast.backends import BackendUnavailableError
 
-    results = validate.run_validation(seed=args.seed, families=args.family or None, backend_names=args.backend or None)
+    try:
+        results = validate.run_validation(seed=args.seed, families=args.family or None,
+                                          backend_names=args.backend or None)
+    except (ValueError, BackendUnavailableError) as e:
+        return _fail(e)
     if not results:
         print("no kernel backend available to validate (only the reference runs here); see `ganfast info`")
         return 0
@@ -77,7 +82,13 @@ def _cmd_validate(args) -> int:
 def _cmd_bench(args) -> int:
     from ganfast import bench
 
-    bench.run(args.suite or None, quick=args.quick, device=args.device)
+    unknown = [s for s in args.suite if s not in bench.SUITES]
+    if unknown:
+        return _fail(ValueError(f"unknown benchmark suite {unknown[0]!r}; choose from {', '.join(bench.SUITES)}"))
+    try:
+        bench.run(args.suite or None, quick=args.quick, device=args.device, progress=True)
+    except _run_errors() as e:
+        return _fail(e)
     return 0
 
 
@@ -87,33 +98,45 @@ def _run_errors():
     from ganfast.train import CheckpointError, DivergenceError
     from ganfast.train.distributed import DistributedError
 
-    return (RunError, CheckpointError, DivergenceError, DistributedError, BackendUnavailableError, FileNotFoundError,
-            NotADirectoryError, ImportError)
+    return (RunError, CheckpointError, DivergenceError, DistributedError, BackendUnavailableError, OSError,
+            ImportError)
 
 
 def _fail(e: Exception) -> int:
-    print(f"ganfast: error: {e}", file=sys.stderr)
+    if isinstance(e, OSError) and e.strerror:  # "[Errno 30] Read-only file system: 'x'" -> the words and the file
+        message = e.strerror + (f": {e.filename}" if e.filename else "")
+    else:
+        message = str(e)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) > 1:  # a rank's traceback (--nproc N): what failed, and the error it ended in
+        message = f"{lines[0]} {lines[-1]}"
+    print(f"ganfast: error: {message}", file=sys.stderr)
     return 2
 
 
 def _cmd_train(args) -> int:
     from ganfast import run
+    from ganfast.train import distributed
 
     options = {k: getattr(args, k) for k in run.RUN_KEYS if k not in ("data",) and hasattr(args, k)}
     options["data"] = args.data
+    progress = not args.no_progress
     try:
+        if isinstance(args.nproc, bool) or args.nproc < 1:
+            raise run.RunError(f"--nproc must be a positive integer (processes on this machine), got {args.nproc}")
         if args.resume is not None:
             given = sorted(f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None and k != "steps")
             if given or args.out is not None:
                 raise run.RunError(f"--resume continues a run with its own config.json; only --steps, --backend, "
                                    f"--device and --no-progress can be given with it (got "
                                    f"{', '.join(given + (['--out'] if args.out else []))})")
-            train_args = (None, None, args.resume, args.steps, args.backend, args.device, not args.no_progress)
+            run.prepare(resume=args.resume, steps=args.steps, backend=args.backend, device=args.device)
+            train_args = (None, None, args.resume, args.steps, args.backend, args.device, progress)
         else:
             options.update(backend=args.backend, device=args.device)
-            train_args = (options, args.out, None, None, None, None, not args.no_progress)
-        from ganfast.train import distributed
-
+            # checked here, before any process starts; every process gets the same folder
+            _, out = run.prepare(options, args.out)
+            train_args = (options, str(out), None, None, None, None, progress)
         distributed.launch(args.nproc, run.train, *train_args)  # nproc=1: run.train here
     except _run_errors() as e:
         return _fail(e)
@@ -163,10 +186,10 @@ def _add_train(sub) -> None:
     from ganfast import losses
     from ganfast.run import PENALTY_CHOICES, RING_DEFAULTS as R
 
-    p = sub.add_parser("train", help="train a GAN (default: the 8-Gaussian ring, about a minute on a CPU)",
+    p = sub.add_parser("train", help="train a GAN (default: the 8-Gaussian ring, under a minute on 2 CPU cores)",
                        description="Train a GAN into a run folder (config.json, checkpoints/, metrics.csv, "
-                                   "samples/, curves.png, summary.json). Options left out take the measured "
-                                   "default for the data's kind; the ring defaults are shown.")
+                                   "samples/, curves.png, summary.json) that is new or empty. Options left out take "
+                                   "the measured default for the data's kind; the ring defaults are shown.")
     p.add_argument("--data", help="ring (default), grid25, digits, or a folder of images")
     p.add_argument("--loss", choices=losses.KINDS, help=f"GAN loss (default {R['loss']})")
     p.add_argument("--penalty", choices=PENALTY_CHOICES, help=f"gradient penalty (default {R['penalty']})")
@@ -189,7 +212,7 @@ def _add_train(sub) -> None:
     p.add_argument("--image-size", type=int, help="resize images to this (power of two >= 8)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="image channels for a folder (default 3)")
     p.add_argument("--n-points", type=int, help=f"size of a mixture's training set (default {R['n_points']})")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default 1 for the MLPs)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default 1 for the 2-D MLPs, half the cores for images)")
     p.add_argument("--log-every", type=int, help=f"CSV row every N steps (default {R['log_every']})")
     p.add_argument("--eval-every", type=int, help=f"mode metrics every N steps (default {R['eval_every']})")
     p.add_argument("--sample-every", type=int, help=f"sample picture every N steps (default {R['sample_every']})")
@@ -254,8 +277,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _attach_negative_numbers(argv: list[str]) -> list[str]:
+    """`--lr -1e-3` -> `--lr=-1e-3`: argparse takes a value that starts with "-" and is not a plain
+    decimal (-1e-3, -inf) for an option, and then says the option lacks its argument. Attached, the
+    value reaches the option's own check ("must be positive")."""
+    out: list[str] = []
+    for token in argv:
+        prev = out[-1] if out else ""
+        if token.startswith("-") and _is_number(token) and prev.startswith("-") and "=" not in prev \
+                and not _is_number(prev):
+            out[-1] = f"{prev}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(_attach_negative_numbers(argv))
     return args.func(args)
 
 

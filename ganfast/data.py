@@ -88,8 +88,7 @@ def load_digits() -> torch.Tensor:
     try:
         from sklearn.datasets import load_digits as _sk_load_digits
     except ImportError as e:
-        raise ImportError("the 'digits' data set needs scikit-learn: pip install scikit-learn "
-                          "(or pip install 'ganfast[digits]')") from e
+        raise ImportError("the 'digits' data set needs scikit-learn: pip install scikit-learn") from e
     images = torch.as_tensor(_sk_load_digits().images, dtype=torch.float32)  # (N, 8, 8) in [0, 16]
     return (images / 8.0 - 1.0).unsqueeze(1).contiguous()
 

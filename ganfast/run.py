@@ -15,10 +15,14 @@ The 2-D default (the 8-Gaussian ring, std 0.01) was chosen by measurement: see R
 """
 from __future__ import annotations
 
+import errno
+import importlib
 import json
 import math
 import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +38,7 @@ from .train import checkpoint as ckpt
 from .train import distributed
 from .train.trainer import PENALTIES
 
-__all__ = ["RunError", "Run", "resolve_options", "train", "load_run", "evaluate", "sample", "explore",
+__all__ = ["RunError", "Run", "resolve_options", "prepare", "train", "load_run", "evaluate", "sample", "explore",
            "RING_DEFAULTS", "POINT_DEFAULTS", "IMAGE_DEFAULTS"]
 
 CONFIG_VERSION = 1
@@ -61,6 +65,13 @@ IMAGE_DEFAULTS = dict(loss="ns", penalty="r1", penalty_weight=1.0, penalty_inter
                       steps=5000, batch_size=64, lr=2e-4, beta1=0.0, beta2=0.99, lr_decay=0.0, ema=0.999,
                       latent_dim=None, width=None, arch="dcgan", image_size=None, channels=3, n_points=None,
                       threads=None, log_every=10, eval_every=500, sample_every=500, checkpoint_every=1000)
+
+
+def default_image_threads() -> int:
+    """torch threads of an image run when --threads is not given: half the cores, at least 1. torch's
+    threads meet at the end of every op, so a core taken by another process stalls all of them: digits
+    training with one busy background process ran at 4.6 steps/s on all cores and 15 on one thread."""
+    return max(1, (os.cpu_count() or 1) // 2)
 # options that describe the run itself (a resumed run keeps them); the others only say how to execute it
 RUN_KEYS = tuple(RING_DEFAULTS) + ("data", "seed")
 EXEC_KEYS = ("backend", "device", "progress")
@@ -70,8 +81,12 @@ class RunError(ValueError):
     """A bad option or an unusable run folder; the message says which and why."""
 
 
+def _data_key(data: str) -> str:
+    return _ALIASES.get(str(data).lower(), str(data).lower())
+
+
 def _data_kind(data: str) -> str:
-    key = _ALIASES.get(str(data).lower(), str(data).lower())
+    key = _data_key(data)
     if key in MIXTURES:
         return "points"
     if key == "digits" or os.path.isdir(str(data)):
@@ -86,12 +101,14 @@ def resolve_options(**given) -> dict:
     data = given.get("data") or "ring"
     kind = _data_kind(data)
     cfg = dict(POINT_DEFAULTS if kind == "points" else IMAGE_DEFAULTS)
-    cfg.update(DATA_DEFAULTS.get(_ALIASES.get(str(data).lower(), str(data).lower()), {}))
+    cfg.update(DATA_DEFAULTS.get(_data_key(data), {}))
     for k, v in given.items():
         if v is not None:
             cfg[k] = v
     cfg["data"] = data
     cfg["kind"] = kind
+    if kind == "images" and cfg.get("threads") is None:
+        cfg["threads"] = default_image_threads()
     cfg.setdefault("seed", 0)
     if cfg["seed"] is None:
         cfg["seed"] = 0
@@ -110,6 +127,7 @@ def _check(cfg: dict) -> None:
         raise RunError(f"unknown penalty {pen!r}; valid penalties: {', '.join(PENALTY_CHOICES)}")
     if cfg["backend"] not in backends.CHOICES:
         raise RunError(f"unknown backend {cfg['backend']!r}; choose one of {', '.join(backends.CHOICES)}")
+    _check_device(cfg["device"])
     for k in ("steps", "batch_size", "d_steps", "penalty_interval", "log_every", "eval_every", "sample_every",
               "checkpoint_every"):
         v = cfg[k]
@@ -131,6 +149,8 @@ def _check(cfg: dict) -> None:
         raise RunError(f"--ema must be in [0, 1) (0 turns it off), got {cfg['ema']!r}")
     if not (cfg["penalty_weight"] >= 0 and math.isfinite(cfg["penalty_weight"])):
         raise RunError(f"--penalty-weight must be a finite number >= 0, got {cfg['penalty_weight']!r}")
+    if cfg["kind"] == "points" and cfg["eval_every"] % cfg["log_every"]:  # metrics go on logged steps only
+        raise RunError(f"--eval-every ({cfg['eval_every']}) must be a multiple of --log-every ({cfg['log_every']})")
     if cfg["kind"] == "points" and cfg.get("arch") not in (None, "mlp"):
         raise RunError(f"--arch {cfg['arch']} is for images; the 2-D mixtures use an MLP")
     if cfg["kind"] == "images":
@@ -141,6 +161,26 @@ def _check(cfg: dict) -> None:
         s = cfg.get("image_size")
         if s is not None and (s < 8 or s & (s - 1)):
             raise RunError(f"--image-size must be a power of two >= 8 (8, 16, 32, 64, ...), got {s}")
+
+
+def _check_device(device: str) -> None:
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RunError(f"--device {device!r} is not a device: give cpu, cuda or cuda:N") from None
+    if d.type == "cpu":
+        return
+    if d.type != "cuda":
+        raise RunError(f"--device {device!r}: ganfast trains on cpu or cuda (cuda:N)")
+    if torch.version.cuda is None:
+        raise RunError(f"--device {device}: this torch ({torch.__version__}) is a CPU-only build; use --device cpu, "
+                       f"or install a CUDA build of torch and reinstall ganfast with `pip install "
+                       f"--no-build-isolation .`")
+    if not torch.cuda.is_available():
+        raise RunError(f"--device {device}: torch sees no CUDA device here; use --device cpu")
+    if d.index is not None and d.index >= torch.cuda.device_count():
+        raise RunError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices (cuda:0 to "
+                       f"cuda:{torch.cuda.device_count() - 1})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,55 +348,154 @@ def _say(text: str, progress: bool) -> None:
         print(text, flush=True)
 
 
-def train(options: dict | None = None, out=None, resume=None, steps: int | None = None, backend: str | None = None,
-          device: str | None = None, progress: bool = True, echo=print) -> dict:
-    """Train a new run (options: see resolve_options; out: its folder) or continue one (resume: its
-    folder; steps: a new total). Returns the summary (also RUN/summary.json). Under torch.distributed
-    (`ganfast train --nproc N`) every rank trains; rank 0 alone prints and writes the run's files."""
-    main = distributed.is_main()
-    if not main:
-        echo, progress = (lambda *a, **k: None), False
+def warn(text: str) -> None:
+    """A warning for the person at the terminal: one line on stderr (no source line, no traceback)."""
+    print(f"ganfast: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _missing_packages(cfg: dict) -> list[tuple[str, str]]:
+    """(package, what needs it) for each optional package this run needs and cannot import."""
+    need = [("matplotlib", "matplotlib", "sample pictures and curves.png")]
+    if cfg["kind"] == "images":
+        need.append(("PIL", "pillow", "image grids" + ("" if _data_key(cfg["data"]) == "digits" else
+                                                       " and reading the image folder")))
+    if _data_key(cfg["data"]) == "digits":
+        need.append(("sklearn", "scikit-learn", "the digits data set"))
+    missing = []
+    for module, package, why in need:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append((package, why))
+    return missing
+
+
+def check_optional_dependencies(cfg: dict) -> None:
+    """Before any work is done: RunError naming the optional packages this run needs and lacks."""
+    missing = _missing_packages(cfg)
+    if missing:
+        raise RunError(f"this run needs {', '.join(f'{p} ({why})' for p, why in missing)}, not installed here: "
+                       f"pip install {' '.join(p for p, _ in missing)}")
+
+
+def check_new_out(run_dir: Path) -> None:
+    """A new run goes into a new or empty folder (an existing run is continued with --resume), and
+    one that can be written."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--out {str(run_dir)!r} exists and is not a folder")
+    if (run_dir / "config.json").exists():
+        raise RunError(f"{str(run_dir)!r} already holds a run; continue it with --resume {run_dir} or "
+                       f"choose another --out")
+    if run_dir.is_dir():
+        entries = sorted(p.name for p in run_dir.iterdir())
+        if entries:
+            more = f" and {len(entries) - 1} more" if len(entries) > 1 else ""
+            raise RunError(f"--out {str(run_dir)!r} already holds other files ({entries[0]!r}{more}) and is not a "
+                           f"ganfast run: give a new or empty folder, such as --out {run_dir / 'run'}")
+    existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise RunError(f"cannot write the run folder {run_dir}: {existing} is not writable (read-only or not "
+                       f"yours); choose another --out")
+
+
+def _os_error(e: OSError, run_dir: Path) -> OSError | RunError:
+    """The one-line RunError of a failed write to the run folder (a full disk says which checkpoint
+    is left and how to go on); other OSErrors unchanged."""
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        done = ckpt.list_checkpoints(run_dir / "checkpoints")
+        left = (f"its newest checkpoint is step {ckpt.checkpoint_step(done[-1])} ({done[-1]})" if done else
+                "it has no checkpoint yet")
+        return RunError(f"the disk is full{where}: run {run_dir} stopped and {left}; free some space, then "
+                        f"continue it with `ganfast train --resume {run_dir}`")
+    in_run = e.filename is None or Path(os.path.abspath(e.filename)).is_relative_to(run_dir.absolute())
+    if in_run and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return RunError(f"cannot write the run folder {run_dir}: {e.strerror}{where}")
+    return e
+
+
+def _warn_if_no_kernels(cfg: dict) -> None:
+    device = torch.device(cfg["device"])
+    if cfg["backend"] == "auto" and backends.resolve(device) == "reference":
+        native = "cuda" if device.type == "cuda" else "cpu"
+        warn(f"no ganfast kernels for {device.type} tensors here, so this run uses the slower plain-PyTorch "
+             f"reference: {backends.status(native).reason}")
+
+
+def prepare(options: dict | None = None, out=None, resume=None, steps: int | None = None,
+            backend: str | None = None, device: str | None = None, check_out: bool = True) -> tuple[dict, Path]:
+    """The configuration and folder of a run to train, after every check that can be made before the
+    first step: options, device, backend, the --out folder (check_out), optional packages."""
     if resume is not None:
         run_dir = Path(resume)
-        probe = load_run(run_dir, need_checkpoint=False, backend=backend, device=device)  # checks the folder
-        cfg = probe.config
+        cfg = load_run(run_dir, need_checkpoint=False, backend=backend, device=device).config  # checks the folder
         if steps is not None:
             if steps < 1:
                 raise RunError(f"--steps must be a positive integer, got {steps}")
             cfg["steps"] = steps
-        done = ckpt.list_checkpoints(run_dir / "checkpoints")
-        at = ckpt.checkpoint_step(done[-1]) if done else 0
-        if at >= cfg["steps"]:
-            raise RunError(f"run {str(run_dir)!r} is already at step {at} of {cfg['steps']}: pass a larger "
-                           f"--steps to train it further")
-        echo(f"resuming {run_dir} from step {at} to step {cfg['steps']}")
     else:
         cfg = resolve_options(**(options or {}))
         run_dir = Path(out) if out is not None else default_out(cfg["data"])
-        if main and (run_dir / "config.json").exists():  # other ranks may see rank 0's config.json
-            raise RunError(f"{str(run_dir)!r} already holds a run; continue it with --resume {run_dir} or "
-                           f"choose another --out")
-        if run_dir.exists() and not run_dir.is_dir():
-            raise RunError(f"--out {str(run_dir)!r} exists and is not a folder")
+        if check_out:
+            check_new_out(run_dir)
+    check_optional_dependencies(cfg)
+    return cfg, run_dir
+
+
+def train(options: dict | None = None, out=None, resume=None, steps: int | None = None, backend: str | None = None,
+          device: str | None = None, progress: bool = True, echo=print) -> dict:
+    """Train a new run (options: see resolve_options; out: its folder) or continue one (resume: its
+    folder; steps: a new total; a run stopped before its first checkpoint starts again from step 0).
+    Returns the summary (also RUN/summary.json). Under torch.distributed (`ganfast train --nproc N`)
+    every rank trains; rank 0 alone prints and writes the run's files."""
+    main = distributed.is_main()
+    if not main:
+        echo, progress = (lambda *a, **k: None), False
+    # the other ranks may already see rank 0's files in --out
+    cfg, run_dir = prepare(options, out, resume, steps, backend, device, check_out=main)
+    try:
+        return _train(cfg, run_dir, resume is not None, progress, echo, main)
+    except OSError as e:
+        err = _os_error(e, run_dir)
+        if err is e:
+            raise
+        raise err from e
+
+
+def _train(cfg: dict, run_dir: Path, resuming: bool, progress: bool, echo, main: bool) -> dict:
     _setup(cfg)
+    if main:
+        _warn_if_no_kernels(cfg)
     dataset = _load_data(cfg)
     cfg["data_name"] = dataset.name
     cfg["data_shape"] = list(dataset.shape)
     if cfg["kind"] == "points":
         cfg["latent_dim"] = cfg.get("latent_dim") or 2
-    if resume is None and len(dataset) < cfg["batch_size"]:
+    if not resuming and len(dataset) < cfg["batch_size"]:
         raise RunError(f"--batch-size {cfg['batch_size']} is larger than the data set ({len(dataset)} samples)")
     run = _build(cfg, run_dir, dataset)
     tr = run.trainer
     # the schedule's base learning rates: the fresh optimizers' (a checkpoint holds decayed ones)
     base = [[g["lr"] for g in opt.param_groups] for opt in (tr.g_optimizer, tr.d_optimizer)]
+    if resuming and ckpt.list_checkpoints(run_dir / "checkpoints"):
+        with warnings.catch_warnings(record=True) as caught:  # a broken newest checkpoint: said once, below
+            warnings.simplefilter("always")
+            tr.load_checkpoint(run_dir / "checkpoints")
+        for message in dict.fromkeys(str(w.message) for w in caught):
+            if main:
+                warn(message)
+        if tr.step_count >= cfg["steps"]:
+            raise RunError(f"run {str(run_dir)!r} is already at step {tr.step_count} of {cfg['steps']}: pass a "
+                           f"larger --steps to train it further")
+        echo(f"resuming {run_dir} from step {tr.step_count} to step {cfg['steps']}")
+    elif resuming:
+        echo(f"{run_dir} stopped before its first checkpoint: training it from step 0 to step {cfg['steps']} "
+             f"with its config.json")
     cfg["latent_dim"] = int(tr.latent_shape[0])
     cfg["config_version"] = CONFIG_VERSION
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "config.json", cfg)
-    if resume is not None:
-        tr.load_checkpoint(run_dir / "checkpoints")
     start_step = tr.step_count
     if cfg["kind"] == "points" and start_step == 0:
         m0 = metrics_of(run)
@@ -392,12 +531,10 @@ def train(options: dict | None = None, out=None, resume=None, steps: int | None 
     set_lr(start_step)
     data = dataset.samples.to(tr.device)
     log_every = cfg["log_every"]
-    eval_every = cfg["eval_every"]
-    if points and eval_every % log_every:  # metrics are logged on logged steps only
-        raise RunError(f"--eval-every ({eval_every}) must be a multiple of --log-every ({log_every})")
     t0 = time.perf_counter()
+    # resume=False: the checkpoint, if any, was loaded above (fit would load a broken newest one again)
     tr.fit(data, steps=cfg["steps"], batch_size=cfg["batch_size"], log_every=log_every, log_dir=run_dir,
-           checkpoint_every=cfg["checkpoint_every"], sample_every=cfg["sample_every"],
+           checkpoint_every=cfg["checkpoint_every"], sample_every=cfg["sample_every"], resume=False,
            n_samples=1000 if points else 64, progress=progress, callback=callback)
     wall = time.perf_counter() - t0
     done_steps = tr.step_count - start_step

@@ -29,7 +29,7 @@ def _figure(figsize):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise ImportError("plots need matplotlib: pip install matplotlib (or pip install 'ganfast[viz]')") from e
+        raise ImportError("plots need matplotlib: pip install matplotlib") from e
     fig = Figure(figsize=figsize, dpi=100)
     FigureCanvasAgg(fig)
     return fig

@@ -8,12 +8,16 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import statistics
+import sys
 import time
 from typing import Callable
 
 import torch
 
 SUITES = ("losses", "sn", "gp", "step", "dist")
+# while `run(progress=True)` runs a suite: [suite name, cases timed so far]; each case (one call of
+# interleaved_medians) then prints a progress line on stderr
+_progress: list | None = None
 
 
 def _sync(device: torch.device) -> None:
@@ -45,7 +49,12 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device: torch.devi
                 fns[name]()
             _sync(device)
             samples[name].append((time.perf_counter() - start) / calls[name])
-    return {name: statistics.median(v) for name, v in samples.items()}
+    medians = {name: statistics.median(v) for name, v in samples.items()}
+    if _progress is not None:
+        _progress[1] += 1
+        timed = ", ".join(f"{name} {t * 1e6:,.1f} us" for name, t in medians.items()).removeprefix("fn ")
+        print(f"bench {_progress[0]}: timing {_progress[1]} done ({timed})", file=sys.stderr, flush=True)
+    return medians
 
 
 def median_time(fn: Callable[[], object], device: torch.device = torch.device("cpu"), **kwargs) -> float:
@@ -89,14 +98,24 @@ def format_rows(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def run(suites: list[str] | None = None, quick: bool = False, device: str | None = None) -> list[Row]:
+def run(suites: list[str] | None = None, quick: bool = False, device: str | None = None,
+        progress: bool = False) -> list[Row]:
+    """Run the suites (default all) and print each one's table; progress: a line on stderr per case."""
+    global _progress
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    rows: list[Row] = []
-    for name in suites or SUITES:
+    for name in suites or ():
         if name not in SUITES:
             raise ValueError(f"unknown benchmark suite {name!r}; choose from {', '.join(SUITES)}")
+    rows: list[Row] = []
+    for name in suites or SUITES:
         module = importlib.import_module(f"{__name__}.{name}")
-        suite_rows = add_ratios(module.run(quick=quick, device=dev))
+        _progress = [name, 0] if progress else None
+        if progress:
+            print(f"bench {name}: started (a line per timing)", file=sys.stderr, flush=True)
+        try:
+            suite_rows = add_ratios(module.run(quick=quick, device=dev))
+        finally:
+            _progress = None
         print(format_rows(suite_rows), flush=True)
         rows.extend(suite_rows)
     return rows

@@ -13,23 +13,27 @@ B, SHAPE = 7, (3, 7)
 NAMES = ("wgan_gp", "wgan_gp_one_sided", "r1", "r2", "dragan")
 
 
-def _draw(dtype, device, seed):
-    """D's weights and the data, drawn in float64 from `seed`, then cast."""
+def _draw(dtype, device, seed, rounded_to=None):
+    """D's weights and the data, drawn in float64 from `seed`, rounded to `rounded_to` (default:
+    dtype), then cast to dtype."""
     g = torch.Generator().manual_seed(seed)
 
+    def cast(x):
+        return x.to(rounded_to or dtype).to(device, dtype)
+
     def rnd(*shape, scale=1.0):
-        return (scale * torch.randn(shape, generator=g, dtype=torch.float64)).to(device, dtype)
+        return cast(scale * torch.randn(shape, generator=g, dtype=torch.float64))
 
     w1 = rnd(21, 16, scale=0.4).requires_grad_()
     w2 = rnd(16, scale=0.5).requires_grad_()
     real, fake = rnd(B, *SHAPE), rnd(B, *SHAPE)
-    alpha = torch.rand(B, generator=g, dtype=torch.float64).to(device, dtype)
-    noise = torch.rand((B,) + SHAPE, generator=g, dtype=torch.float64).to(device, dtype)
+    alpha = cast(torch.rand(B, generator=g, dtype=torch.float64))
+    noise = cast(torch.rand((B,) + SHAPE, generator=g, dtype=torch.float64))
     return w1, w2, real, fake, alpha, noise
 
 
-def _run(name: str, dtype, device, seed):
-    w1, w2, real, fake, alpha, noise = _draw(dtype, device, seed)
+def _run(name: str, dtype, device, seed, rounded_to=None):
+    w1, w2, real, fake, alpha, noise = _draw(dtype, device, seed, rounded_to)
 
     def D(x):
         return torch.tanh(x.flatten(1) @ w1) @ w2

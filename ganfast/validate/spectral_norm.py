@@ -18,16 +18,16 @@ LAYERS = {
 }
 
 
-def _run(layer: str, training: bool, dtype, device, seed):
+def _run(layer: str, training: bool, dtype, device, seed, rounded_to=None):
     torch.manual_seed(seed)  # same weights and u, v draws in every precision (drawn in fp64, then cast)
     with backends.use_backend("reference"):  # registration runs one forward: in fp64 here
         m = spectral_norm(LAYERS[layer]().double())
-    m = m.to(device, dtype)
+    m = m.to(device, rounded_to or dtype).to(dtype)  # the same rounded weights, u and v as a run at rounded_to
     m.train(training)
     p = m.parametrizations.weight
     w = m.weight
     g = torch.Generator().manual_seed(seed + 1)
-    up = torch.randn(w.shape, generator=g, dtype=torch.float64).to(device, dtype)
+    up = torch.randn(w.shape, generator=g, dtype=torch.float64).to(rounded_to or dtype).to(device, dtype)
     (w * up).sum().backward()
     return {"weight": w, "u": p[0]._u, "v": p[0]._v, "sigma": spectral_norms(m)[""], "grad": p.original.grad}
 
