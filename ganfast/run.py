@@ -32,7 +32,7 @@ from .models import ARCHS, build_models
 from .train import Trainer
 from .train import checkpoint as ckpt
 from .train import distributed
-from .train.trainer import PENALTIES
+from .train.config import PENALTIES
 
 __all__ = ["RunError", "Run", "resolve_options", "train", "load_run", "evaluate", "sample", "explore",
            "RING_DEFAULTS", "POINT_DEFAULTS", "IMAGE_DEFAULTS"]
