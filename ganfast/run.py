@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from . import backends, losses
+from . import backends
 from .data import DATASETS, MIXTURES, Dataset, make_dataset, _ALIASES
 from .metrics import N_EVAL_SAMPLES, mode_metrics
 from .models import ARCHS, build_models
