@@ -239,10 +239,12 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="one machine-readable JSON line")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("sample", help="write N samples of a run's generator (EMA copy) as a .npy array")
+    p = sub.add_parser("sample", help="write N samples of a run's generator (EMA copy): an array, a picture or "
+                                      "one PNG per image")
     common(p)
     p.add_argument("-n", type=int, default=2500, help="number of samples (default 2500)")
-    p.add_argument("-o", required=True, metavar="FILE.npy", help="output file")
+    p.add_argument("-o", required=True, metavar="OUT", help="FILE.npy (a NumPy array), FILE.png (an image grid, "
+                                                          "or a scatter of points) or DIR/ (one PNG per image)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     p.set_defaults(func=_cmd_sample)
 

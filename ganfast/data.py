@@ -4,8 +4,13 @@
     grid25(n, std=0.05, generator=None)     25 modes at {-4, -2, 0, 2, 4}^2
     MIXTURES["ring" | "grid25"]             the Mixture behind each (means, std) for the metrics
     load_digits()                           (1797, 1, 8, 8) in [-1, 1]   (needs scikit-learn)
-    load_image_folder(path, size, channels) (N, C, size, size) in [-1, 1] (needs Pillow)
-    make_dataset(name_or_path, ...)         a Dataset: samples + kind ("points" | "images") + mixture
+    load_image_folder(path, size, channels) (N, C, size, size) in [-1, 1] (needs Pillow), all in memory
+    ImageFolder(path, size, channels, flip) a torch Dataset reading one image at a time from disk
+    image_dataset(path, size, channels, flip)  torchvision's ImageFolder + transforms where torchvision
+                                            is installed and the folder has one subfolder per class,
+                                            else ImageFolder
+    make_dataset(name_or_path, ...)         a Dataset: samples + kind ("points" | "images") + mixture;
+                                            a folder is streamed (`stream`), samples holds its first images
 
 Every image tensor is float32 in [-1, 1] (pixel p in [0, 255] -> p / 127.5 - 1), the range of a
 tanh generator.
@@ -14,13 +19,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["Dataset", "MIXTURES", "Mixture", "DATASETS", "grid25", "load_digits", "load_image_folder",
-           "make_dataset", "ring8"]
+__all__ = ["Dataset", "ImageFolder", "MIXTURES", "Mixture", "DATASETS", "grid25", "image_dataset", "load_digits",
+           "load_image_folder", "make_dataset", "ring8"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,11 +117,7 @@ def _center_square(img):
     return img.crop((left, top, left + s, top + s))
 
 
-def load_image_folder(path, size: int, channels: int = 3, max_images: int | None = None) -> torch.Tensor:
-    """Every image under `path` (recursively, in sorted order) as (N, channels, size, size) float32
-    in [-1, 1]: converted to grayscale (channels=1) or RGB (channels=3), center-cropped to a
-    square and resized with bicubic filtering. Files Pillow cannot read are skipped."""
-    Image, UnidentifiedImageError = _require_pil()
+def _check_folder(path, size, channels) -> Path:
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
     if channels not in _MODES:
@@ -125,51 +127,171 @@ def load_image_folder(path, size: int, channels: int = 3, max_images: int | None
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
     if not root.is_dir():
         raise NotADirectoryError(f"{str(root)!r} is not a folder of images")
+    return root
 
-    arrays, skipped = [], 0
+
+def _files(root: Path):
+    """Every non-hidden file under root, recursively, in sorted order."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fname in sorted(filenames):
-            if fname.startswith("."):
-                continue
-            try:
-                with Image.open(os.path.join(dirpath, fname)) as img:
-                    img = img.convert(_MODES[channels])
-                    img = _center_square(img).resize((size, size), Image.Resampling.BICUBIC)
-                    data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-                skipped += 1  # not an image (or a broken one): ImageFolder-like loaders skip these
-                continue
-            arrays.append(data.view(size, size, channels).permute(2, 0, 1))
-            if max_images is not None and len(arrays) >= max_images:
-                break
+            if not fname.startswith("."):
+                yield Path(dirpath) / fname
+
+
+def _say_skipped(root: Path, skipped: list) -> None:
+    if skipped:
+        names = ", ".join(str(p.relative_to(root)) for p in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        warnings.warn(f"{len(skipped)} file(s) under {str(root)!r} are not readable images and were skipped: "
+                      f"{names}", stacklevel=3)
+
+
+def _no_images(root: Path, skipped: list) -> ValueError:
+    what = f"{len(skipped)} other file{'s' if len(skipped) != 1 else ''} skipped" if skipped else "it is empty"
+    return ValueError(f"no readable images found under {str(root)!r} ({what})")
+
+
+def _decode(path: Path, size: int, channels: int) -> torch.Tensor:
+    """One image as (channels, size, size) uint8: converted, center-cropped to a square, resized
+    with bicubic filtering. Raises what Pillow raises for a file it cannot read."""
+    Image, _ = _require_pil()
+    with Image.open(path) as img:
+        img = img.convert(_MODES[channels])
+        img = _center_square(img).resize((size, size), Image.Resampling.BICUBIC)
+        data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    return data.view(size, size, channels).permute(2, 0, 1)
+
+
+_UNREADABLE = (OSError, ValueError, SyntaxError)  # Pillow's UnidentifiedImageError is an OSError
+
+
+def load_image_folder(path, size: int, channels: int = 3, max_images: int | None = None) -> torch.Tensor:
+    """Every image under `path` (recursively, in sorted order) as (N, channels, size, size) float32
+    in [-1, 1]: converted to grayscale (channels=1) or RGB (channels=3), center-cropped to a
+    square and resized with bicubic filtering. Files Pillow cannot read are skipped and named in a
+    warning."""
+    _require_pil()
+    root = _check_folder(path, size, channels)
+    arrays, skipped = [], []
+    for f in _files(root):
+        try:
+            arrays.append(_decode(f, size, channels))
+        except _UNREADABLE:
+            skipped.append(f)
+            continue
         if max_images is not None and len(arrays) >= max_images:
             break
+    _say_skipped(root, skipped)
     if not arrays:
-        raise ValueError(f"no readable images found under {str(root)!r} "
-                         f"({skipped} other file{'s' if skipped != 1 else ''} skipped)")
+        raise _no_images(root, skipped)
     return torch.stack(arrays).float().div_(127.5).sub_(1.0)
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """The images under `root` (recursively, sorted), decoded from disk when indexed, so memory holds
+    only the batches being loaded: (channels, size, size) float32 in [-1, 1], prepared as
+    load_image_folder does, mirrored left-right with probability 1/2 when `flip` (drawn from torch's
+    RNG: the global one, which checkpoints save, or the DataLoader worker's). Files whose header
+    Pillow cannot read are skipped at construction and named in a warning; a file that fails later to
+    decode raises an error naming it."""
+
+    def __init__(self, root, size: int = 32, channels: int = 3, flip: bool = False, max_images: int | None = None):
+        Image, _ = _require_pil()
+        self.root = _check_folder(root, size, channels)
+        self.size, self.channels, self.flip = size, channels, bool(flip)
+        self.files, skipped = [], []
+        for f in _files(self.root):
+            try:
+                with Image.open(f):  # reads the header only
+                    pass
+            except _UNREADABLE:
+                skipped.append(f)
+                continue
+            self.files.append(f)
+            if max_images is not None and len(self.files) >= max_images:
+                break
+        _say_skipped(self.root, skipped)
+        if not self.files:
+            raise _no_images(self.root, skipped)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        try:
+            x = _decode(self.files[i], self.size, self.channels)
+        except _UNREADABLE as e:
+            raise ValueError(f"image {str(self.files[i])!r} cannot be decoded ({e}); remove it from the folder") from e
+        x = x.float().div_(127.5).sub_(1.0)
+        if self.flip and bool(torch.rand(()) < 0.5):
+            x = x.flip(-1)
+        return x
+
+
+def image_dataset(root, size: int = 32, channels: int = 3, flip: bool = False):
+    """torchvision's ImageFolder with the same preparation (resize the short side, center crop,
+    [-1, 1], optional RandomHorizontalFlip) where torchvision is installed and `root` holds one
+    subfolder per class and no images of its own; ganfast's ImageFolder otherwise. Items are x or
+    (x, class): the trainer takes x."""
+    root = _check_folder(root, size, channels)
+    try:
+        from torchvision import datasets, transforms
+    except ImportError:
+        return ImageFolder(root, size, channels, flip)
+    if not any(p.is_dir() for p in root.iterdir()) or any(p.is_file() for p in root.iterdir()):
+        return ImageFolder(root, size, channels, flip)
+    Image, _ = _require_pil()
+    steps = [transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(size)]
+    steps += [transforms.RandomHorizontalFlip()] if flip else []
+    steps += [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
+    return datasets.ImageFolder(str(root), transform=transforms.Compose(steps),
+                                loader=lambda p: Image.open(p).convert(_MODES[channels]))
 
 
 # ----------------------------------------------------------------------------------------------
 # One entry point for the CLI
 # ----------------------------------------------------------------------------------------------
-@dataclass
+PREVIEW = 256  # images of a streamed folder kept in memory (the metrics' real samples, explore's pictures)
+
+
 class Dataset:
-    """What `ganfast train` trains on. samples: (N, 2) points or (N, C, H, W) images in [-1, 1]."""
-    name: str
-    samples: torch.Tensor
-    kind: str  # "points" | "images"
-    mixture: Mixture | None = None
-    info: dict = field(default_factory=dict)
+    """What `ganfast train` trains on. samples: (N, 2) points or (N, C, H, W) images in [-1, 1];
+    for a folder streamed from disk (`stream`, a torch Dataset), its first PREVIEW images, read on
+    first use."""
+
+    def __init__(self, name: str, samples: torch.Tensor | None, kind: str, mixture: Mixture | None = None,
+                 info: dict | None = None, stream=None):
+        self.name, self.kind, self.mixture, self.info, self.stream = name, kind, mixture, info or {}, stream
+        self._samples = samples
+
+    @property
+    def samples(self) -> torch.Tensor:
+        if self._samples is None:
+            self._samples = torch.stack([_item(self.stream[i]) for i in range(min(PREVIEW, len(self.stream)))])
+        return self._samples
 
     @property
     def shape(self) -> tuple[int, ...]:
         """The shape of one sample: (2,) or (C, H, W)."""
-        return tuple(self.samples.shape[1:])
+        return tuple(self._samples.shape[1:]) if self._samples is not None else tuple(_item(self.stream[0]).shape)
 
     def __len__(self) -> int:
-        return self.samples.shape[0]
+        return len(self.stream) if self.stream is not None else self.samples.shape[0]
+
+    def training_data(self, batch_size: int, device: torch.device, seed: int = 0):
+        """What Trainer.fit takes: the samples tensor, or a DataLoader streaming the folder (shuffled,
+        full batches, pinned memory for a GPU, worker processes where there are cores to spare)."""
+        if self.stream is None:
+            return self.samples
+        workers = 0 if (os.cpu_count() or 1) <= 2 else min(4, (os.cpu_count() or 1) // 2)
+        return torch.utils.data.DataLoader(self.stream, batch_size=batch_size, shuffle=True, drop_last=True,
+                                           num_workers=workers, persistent_workers=workers > 0,
+                                           pin_memory=torch.device(device).type == "cuda",
+                                           generator=torch.Generator().manual_seed(seed))
+
+
+def _item(item) -> torch.Tensor:
+    return item[0] if isinstance(item, (tuple, list)) else item
 
 
 DATASETS = ("ring", "grid25", "digits")
@@ -177,10 +299,12 @@ _ALIASES = {"ring8": "ring", "8gaussians": "ring", "grid": "grid25"}
 
 
 def make_dataset(name_or_path, n_points: int = 20000, image_size: int | None = None, channels: int = 3,
-                 generator: torch.Generator | None = None, max_images: int | None = None) -> Dataset:
+                 generator: torch.Generator | None = None, max_images: int | None = None,
+                 flip: bool = False) -> Dataset:
     """`ring` / `grid25`: n_points samples of the mixture (seeded by `generator`); `digits`: the 8x8
     digits (resized when image_size is given and not 8); anything else must be a folder of images,
-    loaded at image_size (default 32) with `channels` channels."""
+    streamed from disk at image_size (default 32) with `channels` channels (flip: random horizontal
+    flips)."""
     name = str(name_or_path)
     key = _ALIASES.get(name.lower(), name.lower())
     if key in MIXTURES:
@@ -193,8 +317,10 @@ def make_dataset(name_or_path, n_points: int = 20000, image_size: int | None = N
                                                 align_corners=False).clamp_(-1, 1)
         return Dataset("digits", x, "images")
     if os.path.isdir(name):
-        x = load_image_folder(name, 32 if image_size is None else image_size, channels, max_images)
-        return Dataset(os.path.basename(os.path.normpath(name)) or name, x, "images",
-                       info={"path": os.path.abspath(name)})
+        size = 32 if image_size is None else image_size
+        stream = ImageFolder(name, size, channels, flip, max_images) if max_images is not None else \
+            image_dataset(name, size, channels, flip)
+        return Dataset(os.path.basename(os.path.normpath(name)) or name, None, "images",
+                       info={"path": os.path.abspath(name)}, stream=stream)
     raise ValueError(f"unknown data {name!r}: give one of {', '.join(DATASETS)} or the path of an "
                      f"existing folder of images")

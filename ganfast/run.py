@@ -29,14 +29,14 @@ from pathlib import Path
 
 import torch
 
-from . import backends, losses
+from . import backends
 from .data import DATASETS, MIXTURES, Dataset, make_dataset, _ALIASES
 from .metrics import N_EVAL_SAMPLES, mode_metrics
 from .models import ARCHS, build_models
 from .train import Trainer
 from .train import checkpoint as ckpt
 from .train import distributed
-from .train.trainer import PENALTIES
+from .train.config import PENALTIES, StepConfig, cli_name
 
 __all__ = ["RunError", "Run", "resolve_options", "prepare", "train", "load_run", "evaluate", "sample", "explore",
            "RING_DEFAULTS", "POINT_DEFAULTS", "IMAGE_DEFAULTS"]
@@ -119,17 +119,25 @@ def resolve_options(**given) -> dict:
     return cfg
 
 
+def step_config(cfg: dict) -> StepConfig:
+    """The trainer's step options of a run configuration."""
+    pen = None if cfg["penalty"] in (None, "none") else cfg["penalty"]
+    return StepConfig(loss=cfg["loss"], penalty=pen, penalty_weight=cfg["penalty_weight"],
+                      penalty_interval=cfg["penalty_interval"], d_steps=cfg["d_steps"], spectral_norm=cfg["sn"],
+                      ema=cfg["ema"] or None)
+
+
 def _check(cfg: dict) -> None:
-    if cfg["loss"] not in losses.KINDS:
-        raise RunError(f"unknown loss {cfg['loss']!r}; valid losses: {', '.join(losses.KINDS)}")
-    pen = cfg["penalty"]
-    if pen is not None and pen not in PENALTY_CHOICES:
-        raise RunError(f"unknown penalty {pen!r}; valid penalties: {', '.join(PENALTY_CHOICES)}")
+    if cfg["penalty"] not in (None, "none") + PENALTIES:
+        raise RunError(f"unknown penalty {cfg['penalty']!r}; valid penalties: {', '.join(PENALTY_CHOICES)}")
+    try:  # the step's options, checked where the trainer checks them
+        step_config(cfg).checked(cli_name)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     if cfg["backend"] not in backends.CHOICES:
         raise RunError(f"unknown backend {cfg['backend']!r}; choose one of {', '.join(backends.CHOICES)}")
     _check_device(cfg["device"])
-    for k in ("steps", "batch_size", "d_steps", "penalty_interval", "log_every", "eval_every", "sample_every",
-              "checkpoint_every"):
+    for k in ("steps", "batch_size", "log_every", "eval_every", "sample_every", "checkpoint_every"):
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise RunError(f"--{k.replace('_', '-')} must be a positive integer, got {v!r}")
@@ -145,10 +153,6 @@ def _check(cfg: dict) -> None:
     if not 0 <= cfg["lr_decay"] <= 1:
         raise RunError(f"--lr-decay (the final fraction of steps over which the learning rate falls to 0) "
                        f"must be in [0, 1], got {cfg['lr_decay']!r}")
-    if cfg["ema"] is not None and not 0 <= cfg["ema"] < 1:
-        raise RunError(f"--ema must be in [0, 1) (0 turns it off), got {cfg['ema']!r}")
-    if not (cfg["penalty_weight"] >= 0 and math.isfinite(cfg["penalty_weight"])):
-        raise RunError(f"--penalty-weight must be a finite number >= 0, got {cfg['penalty_weight']!r}")
     if cfg["kind"] == "points" and cfg["eval_every"] % cfg["log_every"]:  # metrics go on logged steps only
         raise RunError(f"--eval-every ({cfg['eval_every']}) must be a multiple of --log-every ({cfg['log_every']})")
     if cfg["kind"] == "points" and cfg.get("arch") not in (None, "mlp"):
@@ -205,9 +209,12 @@ class Run:
 
 def _load_data(cfg: dict) -> Dataset:
     g = torch.Generator().manual_seed(cfg["seed"])
-    if cfg["kind"] == "points":
-        return make_dataset(cfg["data"], n_points=cfg["n_points"], generator=g)
-    return make_dataset(cfg["data"], image_size=cfg.get("image_size"), channels=cfg["channels"], generator=g)
+    try:
+        if cfg["kind"] == "points":
+            return make_dataset(cfg["data"], n_points=cfg["n_points"], generator=g)
+        return make_dataset(cfg["data"], image_size=cfg.get("image_size"), channels=cfg["channels"], generator=g)
+    except ValueError as e:  # an empty folder, no readable image
+        raise RunError(str(e)) from None
 
 
 def _setup(cfg: dict) -> None:
@@ -224,10 +231,8 @@ def _build(cfg: dict, run_dir: Path, dataset: Dataset | None) -> Run:
     betas = (cfg["beta1"], cfg["beta2"])
     g_opt = torch.optim.Adam(G.parameters(), lr=cfg["lr"], betas=betas)
     d_opt = torch.optim.Adam(D.parameters(), lr=cfg["lr"], betas=betas)
-    pen = None if cfg["penalty"] in (None, "none") else cfg["penalty"]
-    trainer = Trainer(G, D, g_opt, d_opt, loss=cfg["loss"], penalty=pen, penalty_weight=float(cfg["penalty_weight"]),
-                      penalty_interval=cfg["penalty_interval"], d_steps=cfg["d_steps"], spectral_norm=cfg["sn"],
-                      ema=cfg["ema"] or None, latent_dim=latent_dim, device=cfg["device"], seed=cfg["seed"])
+    trainer = Trainer(G, D, g_opt, d_opt, config=step_config(cfg), latent_dim=latent_dim, device=cfg["device"],
+                      seed=cfg["seed"])
     return Run(Path(run_dir), cfg, trainer, dataset)
 
 
@@ -529,7 +534,7 @@ def _train(cfg: dict, run_dir: Path, resuming: bool, progress: bool, echo, main:
         return extra
 
     set_lr(start_step)
-    data = dataset.samples.to(tr.device)
+    data = dataset.training_data(cfg["batch_size"], tr.device, cfg["seed"])  # a folder streams from disk
     log_every = cfg["log_every"]
     t0 = time.perf_counter()
     # resume=False: the checkpoint, if any, was loaded above (fit would load a broken newest one again)
@@ -572,21 +577,34 @@ def evaluate(run_dir, backend: str | None = None, device: str | None = None) -> 
 
 
 def sample(run_dir, n: int, out_path, seed: int = 0, backend: str | None = None, device: str | None = None):
-    """n samples of the run's (EMA) generator, saved with numpy.save at out_path. Returns the array."""
+    """n samples of the run's (EMA) generator, written by the form of out_path: FILE.npy a NumPy array,
+    FILE.png one picture (an image grid, or a scatter of 2-D points), DIR/ (or an existing folder) one
+    PNG per image. Returns the array."""
     import numpy as np
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise RunError(f"-n must be a positive integer, got {n!r}")
+    to_dir = str(out_path).endswith(("/", os.sep)) or Path(out_path).is_dir()
     out_path = Path(out_path)
-    if out_path.suffix != ".npy":
-        raise RunError(f"-o must name a .npy file, got {str(out_path)!r}")
+    if not to_dir and out_path.suffix.lower() not in (".npy", ".png"):
+        raise RunError(f"-o must name a .npy file, a .png file or a folder (ending in /), got {str(out_path)!r}")
     run = load_run(run_dir, backend=backend, device=device)
+    if to_dir and run.config["kind"] != "images":
+        raise RunError("-o DIR/ writes one PNG per image; this run's samples are 2-D points: use FILE.png or FILE.npy")
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((n,) + tuple(run.trainer.latent_shape), generator=g).to(run.trainer.device, run.trainer.dtype)
-    x = _generate(run, z).numpy()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out_path, x)
-    return x
+    x = _generate(run, z)
+    if to_dir:
+        from .viz import save_image_grid
+        for i, img in enumerate(x):
+            save_image_grid(out_path / f"sample-{i:06d}.png", img[None], nrow=1, padding=0, scale=1)
+    elif out_path.suffix.lower() == ".png":
+        from .viz import save_samples
+        save_samples(out_path, x, mixture=run.mixture)
+    else:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out_path, x.numpy())
+    return x.numpy()
 
 
 def explore(run_dir, out_dir=None, seed: int = 0, backend: str | None = None, device: str | None = None) -> dict:

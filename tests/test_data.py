@@ -1,5 +1,7 @@
 import math
+import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,3 +116,95 @@ def test_make_dataset_digits():
     ds = data.make_dataset("digits")
     assert ds.kind == "images" and ds.shape == (1, 8, 8)
     assert data.make_dataset("digits", image_size=16).shape == (1, 16, 16)
+
+
+# --- folders streamed from disk -----------------------------------------------------------------
+
+def test_image_folder_streams_the_same_images(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (9 + i, 11, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    whole = data.load_image_folder(tmp_path, size=8)
+    ds = data.ImageFolder(tmp_path, size=8)
+    assert len(ds) == 5 and torch.equal(torch.stack([ds[i] for i in range(5)]), whole)
+    flipped = data.ImageFolder(tmp_path, size=8, flip=True)
+    torch.manual_seed(0)
+    got = [flipped[0] for _ in range(20)]
+    n_flipped = sum(torch.equal(g, whole[0].flip(-1)) for g in got)
+    assert all(torch.equal(g, whole[0]) or torch.equal(g, whole[0].flip(-1)) for g in got) and 3 <= n_flipped <= 17
+    torch.manual_seed(0)
+    assert all(torch.equal(flipped[0], g) for g in got)  # drawn from torch's RNG: reproducible
+    loader = data.make_dataset(str(tmp_path), image_size=8).training_data(2, "cpu")
+    assert isinstance(loader, torch.utils.data.DataLoader) and len(loader) == 2
+
+
+def test_unreadable_files_are_named_and_an_empty_folder_is_an_error(tmp_path):
+    _write_png(tmp_path / "ok.png", (8, 8), (10, 20, 30))
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    for make in (lambda: data.ImageFolder(tmp_path, 8), lambda: data.load_image_folder(tmp_path, 8)):
+        with pytest.warns(UserWarning, match=r"2 file\(s\) under .* are not readable images and were skipped: "
+                                             r"broken.png, notes.txt"):
+            assert len(make()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"no readable images found under .*empty.*\(it is empty\)"):
+        data.ImageFolder(empty, 8)
+    # a PNG whose header reads but whose pixels do not: named when it is loaded
+    from PIL import Image
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "c.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "c.png").read_bytes()[:5000])
+    with pytest.warns(UserWarning):
+        ds = data.ImageFolder(tmp_path, 8)
+    i = [p.name for p in ds.files].index("cut.png")
+    with pytest.raises(ValueError, match="cut.png.*cannot be decoded"):
+        ds[i]
+
+
+STREAM_SCRIPT = """
+import resource, sys, torch
+torch.set_num_threads(1)
+from torch import nn
+import ganfast
+from ganfast import data
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+folder, size, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+n = 3 * size * size
+G = nn.Sequential(nn.Linear(8, n), nn.Tanh(), nn.Unflatten(1, (3, size, size)))
+D = nn.Sequential(nn.Flatten(), nn.Linear(n, 1))
+ds = data.make_dataset(folder, image_size=size)
+t = ganfast.Trainer(G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()), seed=0)
+t.fit(ds.training_data(16, "cpu"), steps=4, progress=False)  # warm up: allocator, kernels
+before = peak_mb()
+t.fit(ds.training_data(16, "cpu"), steps=4 + steps, progress=False)
+print(len(ds), before, peak_mb())
+"""
+
+
+def test_a_streamed_folder_trains_in_bounded_memory(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    from PIL import Image
+
+    import ganfast
+    rng = np.random.default_rng(0)
+    folder, size, n = tmp_path / "imgs", 96, 240
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    whole_mb = n * 3 * size * size * 4 / 2 ** 20  # the folder as one float32 tensor: 25 MiB
+    script = tmp_path / "stream.py"
+    script.write_text(STREAM_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(Path(ganfast.__file__).parent.parent))
+    out = subprocess.run([sys.executable, str(script), str(folder), str(size), str(2 * n // 16)], env=env,
+                         capture_output=True, text=True, timeout=300, check=True).stdout.split()
+    count, before, after = int(out[0]), float(out[1]), float(out[2])
+    assert count == n
+    # two epochs over the folder grow the peak by far less than the folder's size in memory
+    assert after - before < whole_mb / 3, (before, after, whole_mb)

@@ -147,6 +147,7 @@ class Communicator:
         self.device = device
         self.failed = False
         self.step = 0  # for messages
+        self.batch_sizes = None  # the per-rank batch sizes of the first step
 
     @property
     def is_main(self) -> bool:
@@ -210,6 +211,15 @@ class Communicator:
             self._call("broadcast of the initial parameters", dist.broadcast, flat, 0, group=self.group)
             torch._foreach_copy_(ts, [c.view_as(t) for c, t in zip(flat.split([t.numel() for t in ts]), ts)])
 
+    def share_models(self, G, D, sn_module) -> list[torch.Tensor]:
+        """Give every rank rank 0's weights and buffers; return the buffers to average after each step.
+        Spectral norm's u, v follow from identical weights; other floating buffers (BatchNorm's
+        running statistics) see per-rank batches."""
+        self.broadcast_([t.data for m in (G, D) for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()])
+        sn_bufs = set() if sn_module is None else {
+            id(b) for m in D.modules() if isinstance(m, sn_module.SpectralNorm) for b in m.buffers()}
+        return [b for m in (G, D) for b in m.buffers() if b.is_floating_point() and id(b) not in sn_bufs]
+
     def broadcast_int(self, value: int) -> int:
         t = torch.tensor([value], dtype=torch.int64, device=self.device)
         self._call("broadcast of the seed", dist.broadcast, t, 0, group=self.group)
@@ -244,6 +254,14 @@ class Communicator:
         """All ranks' x concatenated along dim, differentiable (see _GatherCat)."""
         return _GatherCat.apply(x, dim, self)
 
+    def gather_logits(self, real_logits: torch.Tensor, fake_logits: torch.Tensor):
+        """Every rank's real and fake logits (for the relativistic losses' batch means), one gather."""
+        if real_logits.shape != fake_logits.shape:
+            raise ValueError(f"relativistic losses pair real and fake logits: shapes {tuple(real_logits.shape)} "
+                             f"and {tuple(fake_logits.shape)}")
+        both = self.gather_cat(torch.stack([real_logits, fake_logits]), dim=1)
+        return both[0], both[1]
+
     @torch.no_grad()
     def global_std(self, x: torch.Tensor) -> torch.Tensor:
         """Unbiased std of the elements of every rank's x (equal sizes), as torch.std of the
@@ -258,7 +276,14 @@ class Communicator:
 
     def check_batch_sizes(self, sizes: list[int]) -> None:
         """Every rank must pass batches of the same sizes (the mean over ranks of per-rank means is the
-        global mean only then). One all-gather, on the first step."""
+        global mean only then): one all-gather on the first step, then each rank checks its own."""
+        if self.batch_sizes is not None:
+            if sizes != self.batch_sizes:  # this rank's error aborts the others
+                raise ValueError(f"distributed training needs the same batch size on every rank at every step: "
+                                 f"rank {self.rank} got {sizes}, its first step had {self.batch_sizes} (use "
+                                 f"drop_last=True)")
+            return
+        self.batch_sizes = sizes
         mine = torch.tensor(sizes, dtype=torch.int64, device=self.device)
         n = torch.tensor([mine.numel()], dtype=torch.int64, device=self.device)
         counts = [torch.empty_like(n) for _ in range(self.world)]
@@ -277,6 +302,54 @@ class Communicator:
 
     def barrier(self, what: str) -> None:
         self._call(what, dist.barrier, group=self.group)
+
+
+def wanted(distributed: bool | None) -> bool:
+    """Whether a trainer runs distributed: None (auto) when launched on several processes."""
+    if distributed not in (None, True, False):
+        raise ValueError(f"distributed must be None (auto), True or False, got {distributed!r}")
+    if distributed and not launched():
+        raise ValueError("distributed=True but this process is alone: launch several with torchrun or "
+                         "ganfast.train.distributed.launch (WORLD_SIZE > 1)")
+    return launched() if distributed is None else distributed
+
+
+def communicator(distributed: bool, device: torch.device, timeout: float = DEFAULT_TIMEOUT):
+    return Communicator(device, timeout) if distributed else LocalCommunicator()
+
+
+class LocalCommunicator:
+    """The communicator of a trainer that runs alone: rank 0 of 1, and every collective is the
+    identity, so the step is written once for both cases."""
+    rank, world, is_main, failed, step = 0, 1, True, False, 0
+
+    def abort(self, exc: BaseException | None) -> None:
+        pass
+
+    def share_models(self, G, D, sn_module) -> list[torch.Tensor]:
+        return []
+
+    def broadcast_int(self, value: int) -> int:
+        return value
+
+    def average_grads_(self, params, what: str) -> None:
+        pass
+
+    def average_(self, tensors, what: str) -> None:
+        pass
+
+    def gather_logits(self, real_logits: torch.Tensor, fake_logits: torch.Tensor):
+        return real_logits, fake_logits
+
+    @torch.no_grad()
+    def global_std(self, x: torch.Tensor) -> torch.Tensor:
+        return x.std()
+
+    def check_batch_sizes(self, sizes: list[int]) -> None:
+        pass
+
+    def barrier(self, what: str) -> None:
+        pass
 
 
 # --- data ------------------------------------------------------------------------------------------

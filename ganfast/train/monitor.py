@@ -5,13 +5,24 @@ per read step). On a step whose losses, gradient norms or sigmas are not finite 
 roll back (the update is discarded with the state it produced), lowers both learning rates by
 `lr_factor`, and after `max_rollbacks` rollbacks raises DivergenceError saying what diverged and
 when. Exploding gradient norms and a discriminator that wins completely are flagged (logged and kept
-in `events`), not acted on.
+in `events`), not acted on. When the real batch itself holds NaN or inf, rolling back cannot help:
+that is an error naming the data as the cause.
+
+Rollback returns to an in-memory snapshot of the trainer's state taken every `snapshot_every` verified
+steps (or, with snapshot_every=0, to the newest checkpoint on disk) and composes the learning-rate cut
+with whatever set the rates since (a scheduler, a callback): the restored rates times the ratio of
+the cut now to the cut then.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
+
+import torch
+
+from . import checkpoint as ckpt
 
 log = logging.getLogger("ganfast.train")
 
@@ -60,6 +71,7 @@ class StabilityMonitor:
         self.reset()
 
     def reset(self) -> None:
+        self.forget_snapshot()
         self.rollbacks = 0
         self.lr_scale = 1.0
         self.events: list[Event] = []
@@ -132,6 +144,55 @@ class StabilityMonitor:
         log.warning("ganfast monitor: %s", e.message)
         return e
 
+    # --- acting on a read step -------------------------------------------------------------------
+    def after_read(self, trainer, stats: dict, checkpoint_dir=None) -> bool:
+        """Check a read step: roll the trainer back (True) when a stat is not finite, else flag and
+        snapshot. Raises ValueError when the step's real data is not finite, DivergenceError once the
+        rollbacks are used up."""
+        bad = self.nonfinite(stats, check_grads=trainer.config.amp != "fp16")
+        if not bad:
+            self.observe(trainer.step_count, stats)
+            if self.snapshot_every and trainer.step_count - self._snapshot_step >= self.snapshot_every:
+                self.take_snapshot(trainer)
+            return False
+        for i, real in enumerate(trainer.last_reals):
+            n_bad = int((~torch.isfinite(real)).sum())
+            if n_bad:
+                raise ValueError(f"the real data of step {trainer.step_count} is not finite: its batch "
+                                 f"{i + 1} holds {n_bad} NaN or inf value(s) of {real.numel()}. The data is the "
+                                 f"cause of the non-finite {', '.join(bad)}, not training divergence: clean it "
+                                 f"(drop those samples, or torch.nan_to_num) and train again")
+        self.divergence(trainer.step_count, bad, stats)  # raises once rollbacks are used up
+        self.roll_back(trainer, checkpoint_dir)
+        return True
+
+    def ensure_snapshot(self, trainer) -> None:
+        """A first snapshot, before the first step (when snapshots are on)."""
+        if self._snapshot is None and self.snapshot_every:
+            self.take_snapshot(trainer)
+
+    def forget_snapshot(self) -> None:
+        self._snapshot, self._snapshot_step = None, -1
+
+    def take_snapshot(self, trainer) -> None:
+        self._snapshot = copy.deepcopy(trainer.state_dict(include_monitor=True))
+        self._snapshot_step = trainer.step_count
+
+    def roll_back(self, trainer, checkpoint_dir=None) -> None:
+        if self._snapshot is not None:
+            state, where = copy.deepcopy(self._snapshot), f"the in-memory snapshot of step {self._snapshot_step}"
+        elif checkpoint_dir is not None and ckpt.list_checkpoints(checkpoint_dir):
+            state, path = ckpt.load_latest_valid(checkpoint_dir, map_location="cpu")
+            where = f"checkpoint {path}"
+        else:
+            raise DivergenceError(f"training diverged at step {trainer.step_count} and there is no snapshot or "
+                                  f"checkpoint to roll back to: {self.events[-1].message}")
+        scale_then = float(state["monitor"]["lr_scale"]) if state.get("monitor") else 1.0
+        trainer.load_state(state, restore_monitor=False, force=True)
+        scale_learning_rates(trainer.optimizers, self.lr_scale / scale_then)
+        self.take_snapshot(trainer)
+        log.warning("ganfast monitor: rolled back to %s (step %d)", where, trainer.step_count)
+
     # --- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"rollbacks": self.rollbacks, "lr_scale": self.lr_scale,
@@ -148,3 +209,24 @@ class StabilityMonitor:
         self._win_streak = int(state["win_streak"])
         self._win_g_start = float(state["win_g_start"])
         self._win_flagged = bool(state["win_flagged"])
+
+
+def scale_learning_rates(optimizers, ratio: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].mul_(ratio)
+            else:
+                group["lr"] = group["lr"] * ratio
+
+
+def step_schedulers(schedulers, optimizers, scale: float) -> None:
+    """Each scheduler sees the learning rates it set (the monitor's cut `scale` taken out), then the
+    cut is put back: the two compose instead of the scheduler undoing the cut."""
+    if not any(s is not None for s in schedulers):
+        return
+    scale_learning_rates(optimizers, 1.0 / scale)
+    for s in schedulers:
+        if s is not None:
+            s.step()
+    scale_learning_rates(optimizers, scale)

@@ -141,7 +141,7 @@ def test_fit_accepts_a_dataloader_and_an_iterable(tmp_path):
 
 
 def test_fit_tensor_data_reshuffles_each_epoch():
-    from ganfast.train.trainer import _TensorBatches
+    from ganfast.train.batches import TensorBatches as _TensorBatches
     src = _TensorBatches(torch.arange(8.0)[:, None], 4, torch.Generator().manual_seed(0), None)
     epoch1 = torch.cat([next(src), next(src)]).flatten()
     epoch2 = torch.cat([next(src), next(src)]).flatten()

@@ -222,7 +222,7 @@ def test_amp_runs_and_keeps_fp32_params(amp):
 
 
 def test_latent_dim_inference():
-    from ganfast.train.trainer import infer_latent_shape
+    from ganfast.train.probe import infer_latent_shape
     assert infer_latent_shape(nn.Sequential(nn.Linear(7, 3))) == (7,)
     assert infer_latent_shape(nn.Sequential(nn.ConvTranspose2d(16, 4, 4))) == (16, 1, 1)
     assert infer_latent_shape(nn.Sequential(nn.ConvTranspose2d(16, 4, 4)), 16) == (16, 1, 1)
@@ -308,7 +308,8 @@ def test_input_check_does_not_change_the_models():
     _, D = mlp_pair()
     t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0)
     before = [b.clone() for b in G.buffers()]
-    t._check_models(points(8))
+    from ganfast.train.probe import check_models
+    check_models(t.G, t.D, points(8), t._noise, t.latent_shape, t._autocast)
     assert all(torch.equal(a, b) for a, b in zip(before, G.buffers()))
 
 

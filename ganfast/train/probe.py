@@ -1,0 +1,225 @@
+"""What the trainer learns about the user's models and optimizers before it trains: the latent shape,
+that the optimizers hold the models' parameters, that G's output fits the data and D's output is one
+logit per sample, and a description of all of it that a checkpoint records for resume."""
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import torch
+from torch import nn
+
+from . import distributed as _dist
+
+_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# param-group keys that say how an optimizer runs, not what it computes (or that schedulers add)
+_IMPLEMENTATION_KEYS = {"params", "foreach", "fused", "capturable", "differentiable", "initial_lr", "maximize"}
+
+
+def infer_latent_shape(generator: nn.Module, latent_dim=None) -> tuple[int, ...]:
+    """Shape of one z: (in_features,) for a first Linear, (in_channels, 1, ..., 1) for a first
+    ConvTranspose; `latent_dim` (int or shape) overrides, shaped like the first layer wants."""
+    first = next((m for m in generator.modules() if not list(m.children()) and
+                  any(True for _ in m.parameters(recurse=False))), None)
+    if latent_dim is not None:
+        if isinstance(latent_dim, (tuple, list, torch.Size)):
+            shape = tuple(int(d) for d in latent_dim)
+        else:
+            shape = (int(latent_dim),)
+        if any(d < 1 for d in shape):
+            raise ValueError(f"latent_dim must be positive, got {latent_dim}")
+        if len(shape) == 1 and isinstance(first, _CONV_T) and first.in_channels == shape[0]:
+            shape = shape + (1,) * (first.weight.dim() - 2)
+        return shape
+    if isinstance(first, nn.Linear):
+        return (first.in_features,)
+    if isinstance(first, _CONV_T):
+        return (first.in_channels,) + (1,) * (first.weight.dim() - 2)
+    what = "no layer with parameters" if first is None else f"its first layer is {type(first).__name__}"
+    hint = " (a convolution's input size is not known)" if isinstance(first, _CONV) else ""
+    raise ValueError(f"cannot infer the latent size of the generator: {what}{hint}; pass latent_dim= "
+                     f"(an int, or the shape of one z such as (128, 1, 1))")
+
+
+def spectral_norm_module(D: nn.Module, apply: bool):
+    """ganfast.nn when D carries its spectral norm (applied here when `apply`), else None."""
+    if apply:
+        sn = optional_module("nn", "spectral_norm=True")
+        device = next(D.parameters()).device
+        sn.apply_spectral_norm(D)
+        D.to(device)
+        return sn
+    try:
+        from .. import nn as sn
+        return sn if len(sn.spectral_norms(D)) else None  # the user's D may carry it already
+    except Exception:  # ganfast.nn missing, or D without normalized layers
+        return None
+
+
+def check_real_batch(real, device: torch.device, accumulate: int) -> None:
+    if not isinstance(real, torch.Tensor):
+        raise TypeError(f"a real batch must be a tensor, got {type(real).__name__}")
+    if real.device != device:
+        raise ValueError(f"device mismatch: the real batch is on {real.device} but the models are on "
+                         f"{device}; move it there (fit does this for you)")
+    if not real.is_floating_point():
+        raise TypeError(f"the real batch must be floating point (scaled like the generator's output), "
+                        f"got {real.dtype}")
+    if real.dim() < 2 or real.shape[0] == 0:
+        raise ValueError(f"a real batch must have a batch dimension and at least one feature dimension, "
+                         f"got shape {tuple(real.shape)}")
+    if real.shape[0] % accumulate:
+        raise ValueError(f"accumulate={accumulate} splits each batch into {accumulate} equal micro-batches: the "
+                         f"batch size {real.shape[0]} is not a multiple of {accumulate}")
+
+
+def check_optimizer_holds(opt: torch.optim.Optimizer, module: nn.Module, oname: str, mname: str) -> None:
+    ids = {id(p) for p in module.parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if id(p) not in ids:
+                raise ValueError(f"{oname} optimizes a parameter (shape {tuple(p.shape)}) that is not in the "
+                                 f"{mname}: pass the optimizers in the order (g_optimizer, d_optimizer), built on "
+                                 f"the models' parameters")
+
+
+def _plain(v):
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def describe_optimizer(opt: torch.optim.Optimizer) -> dict:
+    """Type and hyperparameters (per param group) of an optimizer, as plain values."""
+    groups = [{k: _plain(v) for k, v in sorted(g.items()) if k not in _IMPLEMENTATION_KEYS}
+              for g in opt.param_groups]
+    return {"type": type(opt).__name__, **({"hyperparameters": groups[0]} if len(groups) == 1 else
+                                             {f"group {i}": g for i, g in enumerate(groups)})}
+
+
+def parameter_shapes(module: nn.Module) -> dict:
+    return {k: list(v.shape) for k, v in module.state_dict().items()}
+
+
+def describe_run(config, latent_shape, G, D, g_optimizer, d_optimizer) -> dict:
+    """What a checkpoint must match to be resumed: the step's options, the models' parameter shapes
+    and the optimizers' types and hyperparameters (as given, before any lazy-regularization change)."""
+    return {**config.describe(), "latent_shape": list(latent_shape), "generator_shapes": parameter_shapes(G),
+            "discriminator_shapes": parameter_shapes(D), "g_optimizer": describe_optimizer(g_optimizer),
+            "d_optimizer": describe_optimizer(d_optimizer)}
+
+
+@torch.no_grad()
+def check_models(G: nn.Module, D: nn.Module, real: torch.Tensor, noise, latent_shape, autocast) -> None:
+    """Run G and D once on a few samples, before any update, and say clearly what does not fit.
+    noise(n, generator) draws z. Buffers (BatchNorm statistics, spectral-norm u/v) and the global RNG
+    are restored after."""
+    n = min(real.shape[0], 4)
+    mods = [G, D]
+    saved = [[b.clone() for b in m.buffers()] for m in mods]
+    devices = [real.device] if real.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), autocast():
+            z = noise(n, torch.Generator(device=real.device).manual_seed(0))
+            try:
+                fake = G(z)
+            except Exception as e:
+                raise ValueError(f"the generator failed on noise of shape {tuple(z.shape)} (latent shape "
+                                 f"{latent_shape}; pass latent_dim= if that is wrong): {e}") from e
+            if not isinstance(fake, torch.Tensor):
+                raise TypeError(f"the generator must return a tensor, got {type(fake).__name__}")
+            if fake.shape[1:] != real.shape[1:]:
+                raise ValueError(f"the generator's output shape {tuple(fake.shape[1:])} (per sample) does "
+                                 f"not match the data's {tuple(real.shape[1:])}")
+            try:
+                out = D(real[:n])
+            except Exception as e:
+                raise ValueError(f"the discriminator failed on a real batch of shape {tuple(real[:n].shape)} "
+                                 f"(per sample {tuple(real.shape[1:])}): {e}") from e
+            if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"the discriminator must return one logit (or patch map) per sample: "
+                                 f"for a batch of {n} it returned {got}")
+    finally:
+        for m, bufs in zip(mods, saved):
+            for b, s in zip(m.buffers(), bufs):
+                b.copy_(s)
+
+
+def optional_module(name: str, what: str):
+    try:
+        return importlib.import_module(f"ganfast.{name}")
+    except ImportError as e:
+        raise ImportError(f"{what} needs ganfast.{name}, which is not available: {e}") from e
+
+
+def place_models(G: nn.Module, D: nn.Module, device, distributed: bool) -> torch.device:
+    """The device of the models: `device` (moving them there), else theirs (which must agree)."""
+    g_dev = {p.device for p in G.parameters()}
+    d_dev = {p.device for p in D.parameters()}
+    if not g_dev or not d_dev:
+        raise ValueError("the generator and the discriminator must both have parameters")
+    if device is None:
+        if len(g_dev | d_dev) > 1:
+            raise ValueError(f"device mismatch: the generator is on {sorted(map(str, g_dev))} and the "
+                             f"discriminator on {sorted(map(str, d_dev))}; move both to one device or pass device=")
+        return next(iter(g_dev))
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        # one GPU per process under torchrun: cuda:LOCAL_RANK
+        device = _dist.default_device() if distributed else torch.device("cuda", torch.cuda.current_device())
+    G.to(device)  # keeps the Parameter objects, so the optimizers stay valid
+    D.to(device)
+    return device
+
+
+def checked_schedulers(schedulers, g_optimizer, d_optimizer) -> tuple:
+    if schedulers is None:
+        return (None, None)
+    if not isinstance(schedulers, (tuple, list)) or len(schedulers) != 2:
+        raise ValueError("schedulers must be a (g_scheduler, d_scheduler) pair (either may be None)")
+    for s, opt, name in zip(schedulers, (g_optimizer, d_optimizer), ("g", "d")):
+        if s is None:
+            continue
+        if isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau) or not hasattr(s, "optimizer"):
+            raise TypeError(f"the {name} scheduler must be a torch.optim.lr_scheduler stepped once per step "
+                            f"(ReduceLROnPlateau needs a metric: step it in a callback), got {type(s).__name__}")
+        if s.optimizer is not opt:
+            raise ValueError(f"the {name} scheduler drives another optimizer than {name}_optimizer: pass "
+                             f"(g_scheduler, d_scheduler) in that order")
+    return tuple(schedulers)
+
+
+def sigma_range(sigmas: dict, device, dtype) -> list[torch.Tensor]:
+    """[max, min] of spectral norm's σ per layer, as device tensors."""
+    sig = torch.stack([(s if isinstance(s, torch.Tensor) else torch.tensor(float(s))).detach()
+                       .to(device, dtype).reshape(()) for s in sigmas.values()])
+    return [sig.max(), sig.min()]
+
+
+class ProbabilityHeadCheck:
+    """Over the first `window` steps, whether every output of D lies in [0, 1] (a device flag, read
+    with the step's stats): D then likely ends in a Sigmoid, while the losses take logits."""
+
+    def __init__(self, window: int = 3):
+        self.window, self.flag, self.done = window, None, False
+
+    def watch(self, step: int, *outputs: torch.Tensor) -> None:
+        if self.done or step >= self.window:
+            return
+        with torch.no_grad():
+            flag = torch.stack([((o >= 0) & (o <= 1)).all() for o in outputs]).all()
+        self.flag = flag if self.flag is None else self.flag & flag
+
+    def judge(self, steps_done: int, all_in_unit_interval: bool, loss: str) -> None:
+        if steps_done < self.window and all_in_unit_interval:
+            return  # not decided yet
+        self.flag, self.done = None, True
+        if all_in_unit_interval:
+            warnings.warn(f"every output of the discriminator lay in [0, 1] over the first {steps_done} steps: "
+                          f"D seems to end in a Sigmoid (a probability), but loss={loss!r} takes logits (any real "
+                          f"number) and applies the sigmoid itself, so training optimizes the wrong objective. "
+                          f"Remove the final nn.Sigmoid() from D", stacklevel=4)

@@ -1,0 +1,256 @@
+"""The trainer in real use: no surprises on resume (a run of another configuration is refused,
+checkpoints are plain torch files), warnings that save a run, data faults named as such, and the
+extension points (schedulers, gradient accumulation, EMA ramp-up, extra loss terms, DataLoader resume)."""
+import hashlib
+import io
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import ganfast
+from ganfast.train import StabilityMonitor, checkpoint as ckpt
+from ganfast.train.checkpoint import ResumeMismatchError
+from trainer_models import adam_pair, mlp_pair, points
+
+
+def _trainer(seed=0, lr=1e-2, dtype=torch.float32, **kw):
+    G, D = mlp_pair(dtype=dtype)
+    return ganfast.Trainer(G, D, *adam_pair(G, D, lr), seed=seed, **kw)
+
+
+class Killed(Exception):
+    pass
+
+
+def _kill_at(step):
+    def callback(trainer, s, stats):
+        if s == step:
+            raise Killed
+    return callback
+
+
+# --- resume only what matches ------------------------------------------------------------------
+
+def test_resume_of_another_configuration_is_refused_with_the_differences(tmp_path):
+    _trainer().fit(points(64), steps=5, batch_size=16, log_dir=tmp_path, progress=False)
+    other = _trainer(lr=1e-5, loss="hinge")
+    with pytest.raises(ResumeMismatchError) as e:
+        other.fit(points(64), steps=10, batch_size=16, log_dir=tmp_path, progress=False)
+    msg = str(e.value)
+    assert "loss: 'ns' in the checkpoint, 'hinge' now" in msg
+    assert "g_optimizer.hyperparameters.lr: 0.01 in the checkpoint, 1e-05 now" in msg
+    assert "new log_dir" in msg and 'resume="force"' in msg
+    assert other.step_count == 0  # nothing was loaded
+    G, D = mlp_pair(hidden=16)  # other parameter shapes
+    wide = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0)
+    with pytest.raises(ResumeMismatchError, match=r"generator_shapes.0.weight: \[8, 3\] in the checkpoint, \[16, 3\]"):
+        wide.fit(points(64), steps=10, batch_size=16, log_dir=tmp_path, progress=False)
+    # the two ways out: force (same shapes), or a new folder
+    forced = _trainer(lr=1e-5, loss="hinge")
+    forced.fit(points(64), steps=6, batch_size=16, log_dir=tmp_path, progress=False, resume="force")
+    assert forced.step_count == 6
+    fresh = _trainer(lr=1e-5, loss="hinge")
+    fresh.fit(points(64), steps=2, batch_size=16, log_dir=tmp_path / "new", progress=False)
+    assert fresh.step_count == 2
+    with pytest.raises(ValueError, match="resume must be"):
+        _trainer().fit(points(64), steps=1, resume="yes", progress=False)
+
+
+def test_same_configuration_resumes_whatever_the_seed(tmp_path):
+    _trainer().fit(points(64), steps=4, batch_size=16, log_dir=tmp_path, progress=False)
+    t = _trainer(seed=9)
+    t.fit(points(64), steps=6, batch_size=16, log_dir=tmp_path, progress=False)
+    assert t.step_count == 6
+
+
+# --- checkpoints are torch files ----------------------------------------------------------------
+
+def test_plain_torch_load_reads_a_checkpoint(tmp_path):
+    t = _trainer(ema=0.9)
+    t.step(points(16))
+    path = t.save_checkpoint(tmp_path / "a.pt")
+    state = torch.load(path)  # weights_only=True, the default
+    assert state["step"] == 1 and torch.equal(state["generator"]["0.weight"], t.G[0].weight)
+    assert ckpt.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]  # one file, written atomically
+
+
+def test_old_format_checkpoints_still_load(tmp_path):
+    t = _trainer()
+    t.step(points(16))
+    buf = io.BytesIO()
+    torch.save(t.state_dict(), buf)
+    payload = buf.getvalue()
+    old = tmp_path / "old.pt"
+    old.write_bytes(ckpt.OLD_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    u = _trainer(seed=3)
+    u.load_checkpoint(old)
+    assert u.step_count == 1 and torch.equal(u.G[0].weight, t.G[0].weight)
+    old.write_bytes(old.read_bytes()[:-10])
+    with pytest.raises(ckpt.CheckpointError, match="corrupt or truncated"):
+        ckpt.load(old)
+
+
+# --- warnings that save a run -------------------------------------------------------------------
+
+def test_a_sigmoid_head_is_named_once():
+    G, D = mlp_pair()
+    D = nn.Sequential(D, nn.Sigmoid())  # DCGAN's D: a probability
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0)
+    with pytest.warns(UserWarning, match=r"lay in \[0, 1\].*Sigmoid.*loss='ns' takes logits") as rec:
+        for _ in range(6):
+            t.step(points(16))
+    assert sum("Sigmoid" in str(w.message) for w in rec) == 1
+    with warnings.catch_warnings():  # a D of logits: no warning
+        warnings.simplefilter("error")
+        u = _trainer()
+        for _ in range(4):
+            u.step(points(16))
+
+
+def test_lazy_regularization_reports_the_optimizer_change():
+    pytest.importorskip("ganfast.penalties")
+    G, D = mlp_pair()
+    g_opt = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.0, 0.99))
+    d_opt = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.0, 0.99))
+    with pytest.warns(UserWarning, match=r"penalty_interval=16.*d_optimizer.*lr 0.0002, betas \(0, 0.99\) -> "
+                                         r"lr 0.000188235, betas \(0, 0.990585\)"):
+        ganfast.Trainer(G, D, g_opt, d_opt, penalty="r1", penalty_interval=16)
+    assert d_opt.param_groups[0]["lr"] == pytest.approx(2e-4 * 16 / 17)
+
+
+def test_generator_shape_differing_from_the_data_fails_before_any_update():
+    t = _trainer()
+    before = [p.clone() for p in t.G.parameters()]
+    with pytest.raises(ValueError, match=r"generator's output shape \(2,\).*data's \(3,\)"):
+        t.fit(torch.randn(32, 3), steps=2, batch_size=8, progress=False)
+    assert t.step_count == 0 and all(torch.equal(a, b) for a, b in zip(before, t.G.parameters()))
+
+
+def test_nonfinite_data_is_named_as_the_cause():
+    data = points(64)
+    data[5, 1] = math.nan
+    t = _trainer(monitor=StabilityMonitor(snapshot_every=1))
+    with pytest.raises(ValueError, match=r"real data of step \d+ is not finite.*1 NaN or inf.*data is the cause"):
+        t.fit(data, steps=20, batch_size=16, progress=False)
+    assert t.monitor.rollbacks == 0
+
+
+# --- extension points ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", [dict(), dict(penalty="r1"), dict(penalty="wgan-gp", loss="hinge"),
+                                  dict(penalty="dragan", d_steps=2), dict(penalty="r2", ema=0.9)],
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "plain")
+def test_accumulation_equals_the_unsplit_step(case):
+    if case.get("penalty"):
+        pytest.importorskip("ganfast.penalties")
+    real = points(32, dtype=torch.float64)
+    whole, split = _trainer(dtype=torch.float64, **case), _trainer(dtype=torch.float64, accumulate=4, **case)
+    for _ in range(3):
+        a, b = whole.step(real), split.step(real)
+    for p, q in zip(list(whole.G.parameters()) + list(whole.D.parameters()),
+                    list(split.G.parameters()) + list(split.D.parameters())):
+        torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12)
+    for k in a:  # the losses' statistics (means of logits, accuracies) are summed in float32 by the kernels
+        assert b[k] == pytest.approx(a[k], rel=1e-6, abs=1e-9), k
+    with pytest.raises(ValueError, match="not a multiple of 4"):
+        split.step(real[:30])
+
+
+def test_accumulation_refuses_a_relativistic_loss():
+    with pytest.raises(ValueError, match="accumulate=2 needs a loss that is a mean over samples"):
+        _trainer(loss="rahinge", accumulate=2)
+
+
+def _scheduled(seed=0):
+    G, D = mlp_pair()
+    g_opt, d_opt = adam_pair(G, D)
+    g_s = torch.optim.lr_scheduler.StepLR(g_opt, step_size=3, gamma=0.5)
+    d_s = torch.optim.lr_scheduler.LambdaLR(d_opt, lambda s: 1.0 / (1 + s))
+    return ganfast.Trainer(G, D, g_opt, d_opt, seed=seed, schedulers=(g_s, d_s))
+
+
+def test_a_scheduler_survives_kill_and_resume_exactly(tmp_path):
+    data = points(64)
+    killed = _scheduled()
+    with pytest.raises(Killed):
+        killed.fit(data, steps=12, batch_size=16, log_dir=tmp_path, checkpoint_every=3, progress=False,
+                   callback=_kill_at(8))
+    resumed = _scheduled(seed=5)
+    resumed.fit(data, steps=12, batch_size=16, log_dir=tmp_path, checkpoint_every=3, progress=False)
+    whole = _scheduled()
+    whole.fit(data, steps=12, batch_size=16, progress=False)
+    assert [s.last_epoch for s in resumed.schedulers] == [s.last_epoch for s in whole.schedulers] == [12, 12]
+    for opt_r, opt_w in zip(resumed.optimizers, whole.optimizers):
+        assert opt_r.param_groups[0]["lr"] == opt_w.param_groups[0]["lr"]
+    assert whole.g_optimizer.param_groups[0]["lr"] == 1e-2 * 0.5 ** 4
+    for p, q in zip(resumed.G.parameters(), whole.G.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_scheduler_composes_with_the_rollback_cut():
+    t = _scheduled()
+    for _ in range(2):
+        t.step(points(16))
+    t.monitor.lr_scale = 0.5  # as after one rollback
+    t.g_optimizer.param_groups[0]["lr"] *= 0.5
+    t.d_optimizer.param_groups[0]["lr"] *= 0.5
+    t.step(points(16))  # step 3: StepLR halves
+    assert t.g_optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5 * 0.5)
+    assert t.d_optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 / 4 * 0.5)
+    with pytest.raises(ValueError, match="another optimizer"):
+        ganfast.Trainer(t.G, t.D, t.g_optimizer, t.d_optimizer, schedulers=tuple(t.schedulers)[::-1])
+
+
+def test_ema_rampup():
+    t = _trainer(ema=0.999, ema_rampup=0.05)
+    assert t.ema.beta_at(0) == 0.0  # the first update copies G
+    assert t.ema.beta_at(100) == pytest.approx(0.5 ** (1 / 5))  # half-life 100 * 0.05 steps
+    assert t.ema.beta_at(10 ** 6) == pytest.approx(0.999)
+    t.step(points(16))
+    for e, g in zip(t.ema_g.parameters(), t.G.parameters()):
+        assert torch.equal(e, g)
+    with pytest.raises(ValueError, match="ema_rampup"):
+        _trainer(ema_rampup=0.05)
+
+
+def test_extra_loss_hooks_see_the_step_and_change_it():
+    seen = []
+
+    def extra_d(inp):
+        seen.append(("d", inp.real.shape, inp.fake.shape, inp.real_logits.shape, inp.fake_logits.shape))
+        return 0.5 * inp.real_logits.pow(2).mean()
+
+    def extra_g(inp):
+        seen.append(("g", inp.fake.shape, inp.fake_logits.shape, float(inp.loss)))
+        return (inp.fake.mean(0) - inp.real.mean(0)).pow(2).sum()  # feature matching on the samples
+
+    a = _trainer()
+    b = _trainer(extra_d_loss=extra_d, extra_g_loss=extra_g, accumulate=2)
+    sa, sb = a.step(points(16)), b.step(points(16))
+    assert [s[0] for s in seen] == ["d", "d", "g", "g"]
+    assert seen[0][1:] == (torch.Size([8, 2]), torch.Size([8, 2]), torch.Size([8, 1]), torch.Size([8, 1]))
+    assert sa["d_loss"] == pytest.approx(sb["d_loss"])  # the logged loss is the GAN loss of the same weights
+    assert not torch.equal(a.D[0].weight, b.D[0].weight) and not torch.equal(a.G[0].weight, b.G[0].weight)
+
+
+def test_dataloader_position_is_resumed_exactly(tmp_path):
+    data = torch.utils.data.TensorDataset(points(80))
+
+    def run(log_dir, steps, callback=None, seed=0):
+        loader = torch.utils.data.DataLoader(data, batch_size=16, shuffle=True, drop_last=True)
+        t = _trainer(seed=seed)
+        t.fit(loader, steps=steps, log_dir=log_dir, checkpoint_every=3, progress=False, callback=callback)
+        return t
+
+    with pytest.raises(Killed):
+        run(tmp_path / "a", 12, _kill_at(8))  # checkpoint at step 6: one batch into the second epoch
+    state = ckpt.load_latest_valid(tmp_path / "a" / "checkpoints")[0]["data"]
+    assert state["kind"] == "loader" and (state["epoch"], state["batches"]) == (1, 1)
+    resumed, whole = run(tmp_path / "a", 12, seed=4), run(tmp_path / "b", 12)
+    for p, q in zip(list(resumed.G.parameters()) + list(resumed.D.parameters()),
+                    list(whole.G.parameters()) + list(whole.D.parameters())):
+        assert torch.equal(p, q)
