@@ -217,13 +217,13 @@ def test_train_warns_once_without_the_extension(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(backends, "_extension", None)
     monkeypatch.setattr(backends, "_extension_error", backends._not_built_reason())
     backends.status.cache_clear()
-    backends._resolved.clear()
+    backends._routes.clear()
     try:
         assert main(["train", "--out", str(tmp_path / "r"), "--steps", "5"] + TINY) == 0
     finally:
         monkeypatch.undo()
         backends.status.cache_clear()
-        backends._resolved.clear()
+        backends._routes.clear()
     lines = _err_lines(capsys)
     assert len(lines) == 1, lines
     assert lines[0].startswith("ganfast: warning: no ganfast kernels for cpu tensors") and "--no-build-isolation" in lines[0]

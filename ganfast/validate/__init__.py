@@ -30,12 +30,6 @@ from .. import backends
 
 # Error floors (relative), where the reference happens to be exact at that precision.
 FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-# dtypes each kernel backend supports (the reference supports all).
-BACKEND_DTYPES = {
-    "cpu": (torch.float32, torch.float16, torch.bfloat16, torch.float64),
-    "cuda": (torch.float32, torch.float16, torch.bfloat16, torch.float64),
-    "triton": (torch.float32, torch.float16, torch.bfloat16),
-}
 DTYPE_NAMES = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -147,6 +141,6 @@ def run_validation(seed: int = 0, families: Iterable[str] | None = None,
             if wanted and case.family not in wanted:
                 continue
             for dtype in case.dtypes:
-                if dtype in BACKEND_DTYPES[name]:
+                if dtype in backends.TAKES[name][case.family]:  # what the backend declares it takes
                     results.append(check(case, name, dtype, device, seed))
     return results
