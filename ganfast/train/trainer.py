@@ -89,11 +89,11 @@ class Trainer:
         self.dtype = next(p.dtype for p in generator.parameters() if p.is_floating_point())
         self.latent_shape = infer_latent_shape(generator, latent_dim)
         self.monitor = monitor if monitor is not None else StabilityMonitor()
-        self._comm = _dist.communicator(distributed, self.device, dist_timeout)
-        self._penalty = PenaltyTerm(cfg, self._comm, self._draw) if cfg.penalty else None
-        self._nn = spectral_norm_module(discriminator, cfg.spectral_norm)  # sn_step around D call groups
         check_optimizer_holds(g_optimizer, generator, "g_optimizer", "generator")
         check_optimizer_holds(d_optimizer, discriminator, "d_optimizer", "discriminator")
+        self._nn = spectral_norm_module(discriminator, cfg.spectral_norm)  # sn_step around D call groups
+        self._comm = _dist.communicator(distributed, self.device, dist_timeout)
+        self._penalty = PenaltyTerm(cfg, self._comm, self._draw) if cfg.penalty else None
         # every rank starts from rank 0's weights, buffers (SN u, v) and seed
         self._sync_buffers = self._comm.share_models(generator, discriminator, self._nn)
         # what a checkpoint must match to be resumed by this trainer (the optimizers as given)

@@ -225,7 +225,7 @@ def test_extra_loss_hooks_see_the_step_and_change_it():
         return 0.5 * inp.real_logits.pow(2).mean()
 
     def extra_g(inp):
-        seen.append(("g", inp.fake.shape, inp.fake_logits.shape, float(inp.loss)))
+        seen.append(("g", inp.fake.shape, inp.fake_logits.shape, float(inp.loss.detach())))
         return (inp.fake.mean(0) - inp.real.mean(0)).pow(2).sum()  # feature matching on the samples
 
     a = _trainer()
@@ -253,4 +253,28 @@ def test_dataloader_position_is_resumed_exactly(tmp_path):
     resumed, whole = run(tmp_path / "a", 12, seed=4), run(tmp_path / "b", 12)
     for p, q in zip(list(resumed.G.parameters()) + list(resumed.D.parameters()),
                     list(whole.G.parameters()) + list(whole.D.parameters())):
+        assert torch.equal(p, q)
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __init__(self, x):
+        self.x = x
+
+    def __iter__(self):
+        return iter(self.x)
+
+
+def test_an_iterable_is_replayed_to_its_position_on_resume(tmp_path):
+    x = points(80)
+
+    def run(log_dir, steps, callback=None):
+        t = _trainer()
+        t.fit(torch.utils.data.DataLoader(_Stream(x), batch_size=16), steps=steps, log_dir=log_dir,
+              checkpoint_every=3, progress=False, callback=callback)
+        return t
+
+    with pytest.raises(Killed):
+        run(tmp_path / "a", 9, _kill_at(5))
+    resumed, whole = run(tmp_path / "a", 9), run(tmp_path / "b", 9)
+    for p, q in zip(resumed.D.parameters(), whole.D.parameters()):
         assert torch.equal(p, q)
