@@ -76,10 +76,11 @@ class Trainer:
         for name, opt in (("g_optimizer", g_optimizer), ("d_optimizer", d_optimizer)):
             if not isinstance(opt, torch.optim.Optimizer):
                 raise TypeError(f"{name} must be a torch.optim.Optimizer, got {type(opt).__name__}")
-        if config is None:
-            config = StepConfig(loss, penalty, penalty_weight, penalty_interval, d_steps, spectral_norm, ema,
-                                ema_rampup, amp, grad_clip, weight_clip, accumulate)
-        self.config = cfg = config.checked()
+        given = StepConfig(loss, penalty, penalty_weight, penalty_interval, d_steps, spectral_norm, ema, ema_rampup,
+                           amp, grad_clip, weight_clip, accumulate)
+        if config is not None and given != StepConfig():
+            raise ValueError("pass the step's options one by one or as config=StepConfig(...), not both")
+        self.config = cfg = (config or given).checked()
         distributed = _dist.wanted(distributed)
         self.schedulers = checked_schedulers(schedulers, g_optimizer, d_optimizer)
         self.device = place_models(generator, discriminator, device, distributed)

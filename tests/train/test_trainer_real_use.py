@@ -278,3 +278,12 @@ def test_an_iterable_is_replayed_to_its_position_on_resume(tmp_path):
     resumed, whole = run(tmp_path / "a", 9), run(tmp_path / "b", 9)
     for p, q in zip(resumed.D.parameters(), whole.D.parameters()):
         assert torch.equal(p, q)
+
+
+def test_the_step_options_as_one_config_object():
+    from ganfast.train import StepConfig
+    G, D = mlp_pair()
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), config=StepConfig(loss="hinge", d_steps=2, grad_clip=1.0))
+    assert t.config.loss == "hinge" and t.config.d_steps == 2 and t.config.grad_clip == (1.0, 1.0)
+    with pytest.raises(ValueError, match="one by one or as config="):
+        ganfast.Trainer(G, D, *adam_pair(G, D), loss="ns", d_steps=3, config=StepConfig())
