@@ -18,6 +18,7 @@ def image_run(tmp_path_factory):
     for i in range(12):
         Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     run = tmp / "run"
+    (tmp / "threads").write_text(str(torch.get_num_threads()))  # image runs keep the process's thread count
     assert main(["train", "--data", str(folder), "--image-size", "8", "--width", "4", "--latent-dim", "8",
                  "--batch-size", "4", "--steps", "4", "--sample-every", "4", "--checkpoint-every", "2",
                  "--out", str(run), "--no-progress"]) == 0
@@ -64,3 +65,24 @@ def test_points_cannot_go_one_png_per_sample(tmp_path, capsys):
     assert main(["sample", str(run), "-o", str(tmp_path / "d") + "/"]) == 2
     assert "2-D points" in capsys.readouterr().err
     assert torch.load(ckpt.list_checkpoints(run / "checkpoints")[-1])["step"] == 2  # plain torch.load
+
+
+def test_a_killed_image_folder_run_resumes_exactly(image_run, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(image_run, run)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int((image_run.parent / "threads").read_text()))  # the same reduction order
+    whole = ckpt.load_latest_valid(run / "checkpoints")[0]
+    (run / "checkpoints" / ckpt.checkpoint_name(4)).unlink()  # as if killed after step 2's checkpoint
+    try:
+        assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    again = ckpt.load_latest_valid(run / "checkpoints")[0]
+    assert again["step"] == 4
+    assert (again["data"]["epoch"], again["data"]["batches"]) == (whole["data"]["epoch"], whole["data"]["batches"])
+    assert torch.equal(again["data"]["sampler_generator"], whole["data"]["sampler_generator"])
+    for part in ("generator", "discriminator", "ema"):
+        for k in whole[part]:
+            assert torch.equal(whole[part][k], again[part][k]), (part, k)

@@ -7,14 +7,14 @@ never stopped. Only the current batch is moved to the device.
   DataLoader's position is its epoch, the batches taken from it in that epoch and its RandomSampler's
   generator state at the epoch's start; on resume the epoch is rebuilt from that state with a batch
   sampler that skips the batches already taken, so no skipped sample is loaded. A plain iterable
-  is replayed from its start.
+  (or a DataLoader of an IterableDataset) is replayed from its start to that batch.
 """
 from __future__ import annotations
 
 import itertools
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 
 
 class TensorBatches:
@@ -102,7 +102,8 @@ class LoaderBatches:
             gen.set_state(gen_state)
         self._epoch_gen = gen.get_state() if gen is not None else None
         self.taken = skip
-        if skip and isinstance(self.data, DataLoader) and self.data.batch_sampler is not None:
+        if skip and isinstance(self.data, DataLoader) and self.data.batch_sampler is not None and \
+                not isinstance(self.data.dataset, IterableDataset):
             self.it = iter(_resumed_loader(self.data, skip))
         else:
             self.it = iter(self.data)

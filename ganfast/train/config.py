@@ -46,7 +46,7 @@ class StepConfig:
     ema: float | None = None
     ema_rampup: float | None = None
     amp: str | None = None
-    grad_clip: tuple = (None, None)
+    grad_clip: float | tuple | None = None
     weight_clip: float | None = None
     accumulate: int = 1
 

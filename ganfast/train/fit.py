@@ -1,6 +1,7 @@
 """The training loop behind `Trainer.fit`: batches, resume, logging, checkpoints and samples."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -9,6 +10,7 @@ from . import checkpoint as ckpt
 from .batches import LoaderBatches, TensorBatches
 from .logging import TrainLogger, save_curves, save_samples
 
+log = logging.getLogger("ganfast.train")
 RESUME_CHOICES = (True, False, "force")
 
 
@@ -52,8 +54,7 @@ def _source(trainer, data, batch_size: int, state: dict | None):
         return TensorBatches(data, batch_size, trainer._gen, state, trainer.rank, trainer.world_size, trainer.device)
     if trainer.world_size > 1 and isinstance(data, torch.utils.data.DataLoader) and \
             not isinstance(data.sampler, torch.utils.data.DistributedSampler):
-        import logging
-        logging.getLogger("ganfast.train").warning(
+        log.warning(
             "distributed fit on a DataLoader without a DistributedSampler: the ranks may draw the same samples "
             "(use ganfast.train.distributed.loader)")
     return LoaderBatches(data, trainer.device, trainer.seed, state)

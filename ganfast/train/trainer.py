@@ -76,10 +76,11 @@ class Trainer:
         for name, opt in (("g_optimizer", g_optimizer), ("d_optimizer", d_optimizer)):
             if not isinstance(opt, torch.optim.Optimizer):
                 raise TypeError(f"{name} must be a torch.optim.Optimizer, got {type(opt).__name__}")
-        if config is None:
-            config = StepConfig(loss, penalty, penalty_weight, penalty_interval, d_steps, spectral_norm, ema,
-                                ema_rampup, amp, grad_clip, weight_clip, accumulate)
-        self.config = cfg = config.checked()
+        given = StepConfig(loss, penalty, penalty_weight, penalty_interval, d_steps, spectral_norm, ema, ema_rampup,
+                           amp, grad_clip, weight_clip, accumulate)
+        if config is not None and given != StepConfig():
+            raise ValueError("pass the step's options one by one or as config=StepConfig(...), not both")
+        self.config = cfg = (config or given).checked()
         distributed = _dist.wanted(distributed)
         self.schedulers = checked_schedulers(schedulers, g_optimizer, d_optimizer)
         self.device = place_models(generator, discriminator, device, distributed)
@@ -89,11 +90,11 @@ class Trainer:
         self.dtype = next(p.dtype for p in generator.parameters() if p.is_floating_point())
         self.latent_shape = infer_latent_shape(generator, latent_dim)
         self.monitor = monitor if monitor is not None else StabilityMonitor()
-        self._comm = _dist.communicator(distributed, self.device, dist_timeout)
-        self._penalty = PenaltyTerm(cfg, self._comm, self._draw) if cfg.penalty else None
-        self._nn = spectral_norm_module(discriminator, cfg.spectral_norm)  # sn_step around D call groups
         check_optimizer_holds(g_optimizer, generator, "g_optimizer", "generator")
         check_optimizer_holds(d_optimizer, discriminator, "d_optimizer", "discriminator")
+        self._nn = spectral_norm_module(discriminator, cfg.spectral_norm)  # sn_step around D call groups
+        self._comm = _dist.communicator(distributed, self.device, dist_timeout)
+        self._penalty = PenaltyTerm(cfg, self._comm, self._draw) if cfg.penalty else None
         # every rank starts from rank 0's weights, buffers (SN u, v) and seed
         self._sync_buffers = self._comm.share_models(generator, discriminator, self._nn)
         # what a checkpoint must match to be resumed by this trainer (the optimizers as given)

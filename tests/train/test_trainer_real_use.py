@@ -225,7 +225,7 @@ def test_extra_loss_hooks_see_the_step_and_change_it():
         return 0.5 * inp.real_logits.pow(2).mean()
 
     def extra_g(inp):
-        seen.append(("g", inp.fake.shape, inp.fake_logits.shape, float(inp.loss)))
+        seen.append(("g", inp.fake.shape, inp.fake_logits.shape, float(inp.loss.detach())))
         return (inp.fake.mean(0) - inp.real.mean(0)).pow(2).sum()  # feature matching on the samples
 
     a = _trainer()
@@ -254,3 +254,36 @@ def test_dataloader_position_is_resumed_exactly(tmp_path):
     for p, q in zip(list(resumed.G.parameters()) + list(resumed.D.parameters()),
                     list(whole.G.parameters()) + list(whole.D.parameters())):
         assert torch.equal(p, q)
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __init__(self, x):
+        self.x = x
+
+    def __iter__(self):
+        return iter(self.x)
+
+
+def test_an_iterable_is_replayed_to_its_position_on_resume(tmp_path):
+    x = points(80)
+
+    def run(log_dir, steps, callback=None):
+        t = _trainer()
+        t.fit(torch.utils.data.DataLoader(_Stream(x), batch_size=16), steps=steps, log_dir=log_dir,
+              checkpoint_every=3, progress=False, callback=callback)
+        return t
+
+    with pytest.raises(Killed):
+        run(tmp_path / "a", 9, _kill_at(5))
+    resumed, whole = run(tmp_path / "a", 9), run(tmp_path / "b", 9)
+    for p, q in zip(resumed.D.parameters(), whole.D.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_the_step_options_as_one_config_object():
+    from ganfast.train import StepConfig
+    G, D = mlp_pair()
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), config=StepConfig(loss="hinge", d_steps=2, grad_clip=1.0))
+    assert t.config.loss == "hinge" and t.config.d_steps == 2 and t.config.grad_clip == (1.0, 1.0)
+    with pytest.raises(ValueError, match="one by one or as config="):
+        ganfast.Trainer(G, D, *adam_pair(G, D), loss="ns", d_steps=3, config=StepConfig())
