@@ -1,7 +1,8 @@
 """`ganfast bench step`: one full GAN step (D update + G update) of `ganfast.Trainer` against the
 plain-PyTorch loop with the same models, optimizers and batch. Cases: an MLP on 2-D points (B = 256)
 and DCGAN at 32x32 (B = 64; width 32 and B = 32 with --quick), each without regularization and with
-spectral norm + R1 (the plain way: PyTorch's spectral norm, a separate D(real) forward for R1).
+spectral norm + R1 (PyTorch's spectral norm; the loop shares D(real) between the loss and R1 and
+freezes D in the G step, as a careful user writes it).
 
 Variants: "eager" is the plain loop, "trainer" reads the stats every step (one host sync),
 "trainer-nostats" does not. vs eager = plain-loop time / variant time (> 1: the trainer is faster);
@@ -48,20 +49,25 @@ def _optims(G, D):
 
 
 def plain_step(G, D, g_opt, d_opt, real, latent_shape, r1_gamma=None):
-    """The textbook step: ns loss, D on fake.detach(), G on the same fake; R1 with its own forward."""
+    """The plain loop written the way a careful user writes it: one D(real) forward shared by the loss
+    and R1, D on fake.detach(), G on the same fake, and D's parameters frozen during the G step (no
+    weight gradients nobody uses)."""
     z = torch.randn((real.shape[0],) + latent_shape, device=real.device)
     fake = G(z)
     d_opt.zero_grad(set_to_none=True)
-    loss = F.softplus(-D(real)).mean() + F.softplus(D(fake.detach())).mean()
+    x = real.detach().requires_grad_(r1_gamma is not None)
+    real_logits = D(x)
+    loss = F.softplus(-real_logits).mean() + F.softplus(D(fake.detach())).mean()
     if r1_gamma is not None:
-        x = real.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
+        (g,) = torch.autograd.grad(real_logits.sum(), x, create_graph=True)
         loss = loss + r1_gamma / 2 * g.pow(2).flatten(1).sum(1).mean()
     loss.backward()
     d_opt.step()
+    D.requires_grad_(False)
     g_opt.zero_grad(set_to_none=True)
     F.softplus(-D(fake)).mean().backward()
     g_opt.step()
+    D.requires_grad_(True)
 
 
 def cases(quick: bool):
