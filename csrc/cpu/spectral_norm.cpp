@@ -169,10 +169,12 @@ struct LayerState {
   std::vector<double> sumsq_s;  // per column chunk
 };
 
-// Row blocks: about 64K elements each, at most 16 (the scratch is blocks x w), from the shape only.
+// Row blocks, from the shape only: 64K elements or more each, at most 16 (the scratch is blocks x w),
+// a power of two (so that 2, 4, 8 or 16 threads get equal shares).
 void plan_blocks(LayerState& L) {
   const int64_t h = L.c->h, numel = h * L.w;
-  const int64_t want = std::min<int64_t>({h, 16, std::max<int64_t>(1, numel / 65536)});
+  int64_t want = 1;
+  while (want < 16 && 2 * want <= h && 2 * want * 65536 <= numel) want *= 2;
   L.rows_per_block = (h + want - 1) / want;
   L.blocks = (h + L.rows_per_block - 1) / L.rows_per_block;
 }
