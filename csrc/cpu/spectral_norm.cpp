@@ -17,7 +17,9 @@
 // x86-64 here (GCC target pragmas), and the best one the CPU supports runs; GANFAST_CPU_CAPABILITY=
 // default|avx2|avx512 lowers the choice (as PyTorch's ATEN_CPU_CAPABILITY).
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -25,7 +27,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "../common/parallel.h"
@@ -124,6 +128,74 @@ template <class F> void with_storage(at::ScalarType t, const char* op, F&& f) {
     case at::kBFloat16: return f(bf16_bits{});
     default: TORCH_CHECK(false, op, ": unsupported dtype ", t);
   }
+}
+
+// The outputs W / sigma and dW are as large as the weight and live about one training step. Fresh
+// memory of that size comes from the OS and costs a page fault per 4 KiB on first write (measured:
+// ~150 us per 2.4 MB, more than the kernel writing it); so their buffers come from this cache of
+// freed buffers of the same size (at most kMaxCachedBytes held while unused), and are written warm.
+class OutputCache final : public at::Allocator {
+ public:
+  static constexpr size_t kMaxCachedBytes = size_t(256) << 20;
+
+  at::DataPtr allocate(size_t n) override {
+    void* p = nullptr;
+    if (n > 0) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(n);
+      if (it != free_.end() && !it->second.empty()) {
+        p = it->second.back();
+        it->second.pop_back();
+        cached_bytes_ -= n;
+      }
+    }
+    if (p == nullptr) p = c10::alloc_cpu(n);
+    return {p, new Block{this, p, n}, &release, at::Device(at::kCPU)};
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+  static OutputCache& get() {
+    static OutputCache* cache = new OutputCache();  // never destroyed: tensors may outlive static destructors
+    return *cache;
+  }
+
+ private:
+  struct Block {
+    OutputCache* cache;
+    void* data;
+    size_t bytes;
+  };
+
+  static void release(void* ctx) {
+    Block* b = static_cast<Block*>(ctx);
+    b->cache->put(b->data, b->bytes);
+    delete b;
+  }
+
+  void put(void* p, size_t n) {
+    if (p == nullptr) return;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (n > 0 && cached_bytes_ + n <= kMaxCachedBytes) {
+        free_[n].push_back(p);
+        cached_bytes_ += n;
+        return;
+      }
+    }
+    c10::free_cpu(p);
+  }
+
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  size_t cached_bytes_ = 0;
+};
+
+at::Tensor cached_empty_like(const at::Tensor& w) {  // w contiguous, on the CPU
+  return at::detail::empty_generic(w.sizes(), &OutputCache::get(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   w.scalar_type(), at::MemoryFormat::Contiguous);
 }
 
 // Runs body(task) for task in [0, n): in parallel when the work is worth a parallel region.
@@ -233,6 +305,7 @@ template <class F> void with_layer(const LayerState& L, const char* op, F&& f) {
 void spectral_norm_forward_layers(std::vector<SpectralNormCall>& calls, int64_t n_iter, double eps, const char* op) {
   const Isa isa = active_isa();
   const int64_t nl = int64_t(calls.size());
+  for (auto& c : calls) c.out = cached_empty_like(c.w);
   std::vector<LayerState> layers(nl);
   for (int64_t l = 0; l < nl; ++l) {
     LayerState& L = layers[l];
@@ -354,6 +427,7 @@ void spectral_norm_forward_layers(std::vector<SpectralNormCall>& calls, int64_t 
 void spectral_norm_backward_layers(std::vector<SpectralNormBackwardCall>& calls, double eps, const char* op) {
   const Isa isa = active_isa();
   const int64_t nl = int64_t(calls.size());
+  for (auto& c : calls) c.grad_w = cached_empty_like(c.w);
   // <G, W> over fixed chunks, added in chunk order
   TaskList chunks, rows;
   std::vector<std::vector<double>> gw(nl);

@@ -179,3 +179,24 @@ def test_multi_equals_single(capability):
                 assert torch.equal(a, b), (i, n_iter, name)
             assert torch.equal(multi_grads[i], ws[i].grad), (i, n_iter)
             ws[i].grad = None
+
+
+def test_output_buffers_are_reused_only_when_free():
+    """W / sigma and dW come from a cache of freed buffers: a live output is never handed out again,
+    a reused buffer is fully rewritten, and the outputs behave as ordinary tensors (resize_)."""
+    need("cpu")
+    w, u, v, up = draw((64, 300), 0, 7)
+    w = w.float()
+    first = ops.spectral_norm(w, u.float(), v.float(), 0, 1, 1e-12, "cpu")[0]
+    kept = first.clone()
+    second = ops.spectral_norm(w * 2, u.float(), v.float(), 0, 1, 1e-12, "cpu")[0]
+    assert first.data_ptr() != second.data_ptr()
+    assert torch.equal(first, kept)
+    del first
+    second.fill_(float("nan"))
+    del second  # its buffer, full of NaN, goes back to the cache
+    third = ops.spectral_norm(w, u.float(), v.float(), 0, 1, 1e-12, "cpu")[0]
+    assert torch.equal(third, kept)
+    third.resize_(10, 1000)  # larger than the cached buffer: the storage grows
+    third.fill_(1.0)
+    assert third.sum().item() == 10000
