@@ -98,6 +98,8 @@ template <class S> using opmath = std::conditional_t<std::is_same_v<S, double>, 
 template <class S> struct Kernels {
   using T = opmath<S>;
   T (*dot_v)(const S*, const T*, int64_t);   // <x, y>, y opmath
+  void (*dot4)(const S*, int64_t, const T*, int64_t, T*);  // 4 rows at once
+  void (*axpy4)(const T*, const S*, int64_t, T*, int64_t, bool);
   T (*dot_w)(const S*, const S*, int64_t);   // <x, y>, both stored
   void (*axpy)(T, const S*, T*, int64_t, bool);
   void (*add_into)(const T*, T*, int64_t);
@@ -106,7 +108,7 @@ template <class S> struct Kernels {
 };
 
 #define GANFAST_SN_TABLE(ns) \
-  Kernels<S> { &ns::dot<S, T>, &ns::dot<S, S>, &ns::axpy<S>, &ns::add_into<T>, &ns::scale<S>, &ns::grad_row<S> }
+  Kernels<S> { &ns::dot<S, T>, &ns::dot4<S>, &ns::axpy4<S>, &ns::dot<S, S>, &ns::axpy<S>, &ns::add_into<T>, &ns::scale<S>, &ns::grad_row<S> }
 
 template <class S> Kernels<S> kernels(Isa isa) {
   using T = opmath<S>;
@@ -261,7 +263,23 @@ template <class S> void power_block(const Kernels<S>& k, LayerState& L, int64_t 
   const T* v = c.v_out.data_ptr<T>();
   T* s = L.partial.data_ptr<T>() + block * L.w;
   const int64_t r0 = block * L.rows_per_block, r1 = std::min(H, r0 + L.rows_per_block);
-  for (int64_t r = r0; r < r1; ++r) {
+  int64_t r = r0;
+  // 4 rows at a time: v and s are loaded once for the 4 (segments of consecutive rows are I apart)
+  for (; r + 4 <= r1; r += 4) {
+    T t[4] = {0, 0, 0, 0};
+    if (use_u) {
+      for (int j = 0; j < 4; ++j) t[j] = u[r + j];
+    } else {
+      for (int64_t a = 0; a < O; ++a) {
+        T ta[4];
+        k.dot4(W + (a * H + r) * I, I, v + a * I, I, ta);
+        for (int j = 0; j < 4; ++j) t[j] += ta[j];
+      }
+      for (int j = 0; j < 4; ++j) u[r + j] = t[j];
+    }
+    for (int64_t a = 0; a < O; ++a) k.axpy4(t, W + (a * H + r) * I, I, s + a * I, I, r != r0);
+  }
+  for (; r < r1; ++r) {
     T t = 0;
     if (use_u) {
       t = u[r];

@@ -108,6 +108,55 @@ template <class SX, class SY> typename Lanes<SX>::T dot(const SX* x, const SY* y
   return lane_sum((a0 + a1) + (a2 + a3));
 }
 
+// t[j] = sum_i x_j[i] * y[i] for the 4 rows x_j = x + j * ld (v is loaded once for the 4)
+template <class S> void dot4(const S* x, int64_t ld, const typename Lanes<S>::T* y, int64_t n,
+                             typename Lanes<S>::T* t) {
+  using L = Lanes<S>;
+  constexpr int N = L::N;
+  typename L::V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const typename L::V yv = load(y + i);
+    a0 += load(x + i) * yv;
+    a1 += load(x + ld + i) * yv;
+    a2 += load(x + 2 * ld + i) * yv;
+    a3 += load(x + 3 * ld + i) * yv;
+  }
+  if (i < n) {
+    const typename L::V yv = load_n(y + i, n - i);
+    a0 += load_n(x + i, n - i) * yv;
+    a1 += load_n(x + ld + i, n - i) * yv;
+    a2 += load_n(x + 2 * ld + i, n - i) * yv;
+    a3 += load_n(x + 3 * ld + i, n - i) * yv;
+  }
+  t[0] = lane_sum(a0);
+  t[1] = lane_sum(a1);
+  t[2] = lane_sum(a2);
+  t[3] = lane_sum(a3);
+}
+
+// y[i] = sum_j a[j] x_j[i] (accumulate == false) or y[i] += ..., for the 4 rows x_j = x + j * ld
+template <class S> void axpy4(const typename Lanes<S>::T* a, const S* x, int64_t ld, typename Lanes<S>::T* y,
+                              int64_t n, bool accumulate) {
+  using L = Lanes<S>;
+  using T = typename L::T;
+  constexpr int N = L::N;
+  const T a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    typename L::V acc = (a0 * load(x + i) + a1 * load(x + ld + i)) + (a2 * load(x + 2 * ld + i) + a3 * load(x + 3 * ld + i));
+    if (accumulate) acc = load(y + i) + acc;
+    store<T>(y + i, acc);
+  }
+  if (i < n) {
+    const int64_t m = n - i;
+    typename L::V acc = (a0 * load_n(x + i, m) + a1 * load_n(x + ld + i, m)) +
+                        (a2 * load_n(x + 2 * ld + i, m) + a3 * load_n(x + 3 * ld + i, m));
+    if (accumulate) acc = load_n(y + i, m) + acc;
+    store_n<T>(y + i, acc, m);
+  }
+}
+
 // y[i] = a * x[i] (accumulate == false) or y[i] += a * x[i]; y in the opmath type
 template <class S> void axpy(typename Lanes<S>::T a, const S* x, typename Lanes<S>::T* y, int64_t n, bool accumulate) {
   using L = Lanes<S>;
