@@ -1,178 +1,521 @@
-// CPU kernels of ganfast::spectral_norm_fused and ganfast::spectral_norm_backward.
-// W3[a, r, b] = M[r, a * inner + b] (see csrc/spectral_norm_inputs.h). Products are accumulated in
-// float (double for double weights) with 8 independent partial sums (vectorizable), norms in double.
-// Every loop is split over rows or columns, never over a reduction, so results are deterministic.
+// CPU kernels of ganfast::spectral_norm_fused / _backward and their multi-tensor forms (_multi,
+// _backward_multi). W3[a, r, b] = M[r, a * inner + b] (see csrc/spectral_norm_inputs.h): row r of M
+// is made of `outer` segments W3[a, r, :] of `inner` contiguous elements (one segment when dim = 0).
+//
+// Forward, one power iteration in ONE pass over W: for each row, t_r = <M_r, v>, then the same row,
+// still in L1, is added into s += t_r M_r. So s = M^T t with t = M v, and with u = t / max(||t||, eps):
+// M^T u = s / max(||t||, eps), v' = normalize(M^T u), sigma = ||M^T u||^2 / max(||M^T u||, eps)
+// (= u^T M v' exactly). Then out = W * (1 / max(sigma, eps)) in a second pass: 2 reads + 1 write of W.
+// Backward: dW = (G - k u v^T) / sigma, k = <G, W> / sigma: one pass for <G, W>, one writing dW.
+//
+// Threads: rows are cut into blocks that depend on the shape only; each block adds into its own s
+// (blocks x w scratch), and the blocks are summed in block order; sums over W are over fixed chunks
+// added in chunk order. So results are the same for any thread count. Every phase is one parallel
+// loop over the tasks of ALL layers, so the multi-tensor ops run one loop per phase for a whole model.
+//
+// The inner loops (csrc/cpu/spectral_norm_kernels.h) are compiled for AVX-512, AVX2 and baseline
+// x86-64 here (GCC target pragmas), and the best one the CPU supports runs; GANFAST_CPU_CAPABILITY=
+// default|avx2|avx512 lowers the choice (as PyTorch's ATEN_CPU_CAPABILITY).
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "../common/parallel.h"
 #include "../spectral_norm_inputs.h"
 
 namespace ganfast {
-namespace {
+namespace sn {
 
-template <typename scalar_t>
-using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+// 16-bit storage as raw bits (the kernels convert with vector instructions, not c10's scalar code)
+struct half_bits {
+  uint16_t x;
+};
+struct bf16_bits {
+  uint16_t x;
+};
 
-// sum_i x[i] * y[i]
-template <typename T, typename X, typename Y>
-inline T dot(const X* x, const Y* y, int64_t n) {
-  T acc[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) acc[k] += T(x[i + k]) * T(y[i + k]);
-  T s = 0;
-  for (; i < n; ++i) s += T(x[i]) * T(y[i]);
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + s;
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GANFAST_SN_X86 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+namespace avx512 {
+#include "spectral_norm_kernels.h"
+}
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace avx2 {
+#include "spectral_norm_kernels.h"
+}
+#pragma GCC pop_options
+#endif
+namespace baseline {
+#include "spectral_norm_kernels.h"
 }
 
-template <typename T>
-double sumsq(const T* x, int64_t n) {
+enum Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
+int hardware_isa() {
+#ifdef GANFAST_SN_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
+    return kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) return kAvx2;
+#endif
+  return kBaseline;
+}
+
+// The best the CPU supports, at most GANFAST_CPU_CAPABILITY (read on every call, so that tests can
+// run each path in one process).
+Isa active_isa() {
+  static const int hw = hardware_isa();
+  const char* env = std::getenv("GANFAST_CPU_CAPABILITY");
+  int want = kAvx512;
+  if (env != nullptr) {
+    const std::string s(env);
+    if (s == "default") want = kBaseline;
+    else if (s == "avx2") want = kAvx2;
+  }
+  return Isa(std::min(hw, want));
+}
+
+template <class S> using opmath = std::conditional_t<std::is_same_v<S, double>, double, float>;
+
+// The inner loops of one storage type, for the chosen instruction set.
+template <class S> struct Kernels {
+  using T = opmath<S>;
+  T (*dot_v)(const S*, const T*, int64_t);   // <x, y>, y opmath
+  void (*dot4)(const S*, int64_t, const T*, int64_t, T*);  // 4 rows at once
+  void (*axpy4)(const T*, const S*, int64_t, T*, int64_t, bool);
+  T (*dot_w)(const S*, const S*, int64_t);   // <x, y>, both stored
+  void (*axpy)(T, const S*, T*, int64_t, bool);
+  void (*add_into)(const T*, T*, int64_t);
+  void (*scale)(const S*, T, S*, int64_t);
+  void (*grad_row)(const S*, const T*, T, T, S*, int64_t);
+};
+
+#define GANFAST_SN_TABLE(ns) \
+  Kernels<S> { &ns::dot<S, T>, &ns::dot4<S>, &ns::axpy4<S>, &ns::dot<S, S>, &ns::axpy<S>, &ns::add_into<T>, &ns::scale<S>, &ns::grad_row<S> }
+
+template <class S> Kernels<S> kernels(Isa isa) {
+  using T = opmath<S>;
+#ifdef GANFAST_SN_X86
+  if (isa == kAvx512) return GANFAST_SN_TABLE(avx512);
+  if (isa == kAvx2) return GANFAST_SN_TABLE(avx2);
+#endif
+  (void)isa;
+  return GANFAST_SN_TABLE(baseline);
+}
+#undef GANFAST_SN_TABLE
+
+// f(S{}) with S the storage type of `t`
+template <class F> void with_storage(at::ScalarType t, const char* op, F&& f) {
+  switch (t) {
+    case at::kFloat: return f(float{});
+    case at::kDouble: return f(double{});
+    case at::kHalf: return f(half_bits{});
+    case at::kBFloat16: return f(bf16_bits{});
+    default: TORCH_CHECK(false, op, ": unsupported dtype ", t);
+  }
+}
+
+// The outputs W / sigma and dW are as large as the weight and live about one training step. Fresh
+// memory of that size comes from the OS and costs a page fault per 4 KiB on first write (measured:
+// ~150 us per 2.4 MB, more than the kernel writing it); so their buffers come from this cache of
+// freed buffers of the same size (at most kMaxCachedBytes held while unused), and are written warm.
+class OutputCache final : public at::Allocator {
+ public:
+  static constexpr size_t kMaxCachedBytes = size_t(256) << 20;
+
+  at::DataPtr allocate(size_t n) override {
+    void* p = nullptr;
+    if (n > 0) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(n);
+      if (it != free_.end() && !it->second.empty()) {
+        p = it->second.back();
+        it->second.pop_back();
+        cached_bytes_ -= n;
+      }
+    }
+    if (p == nullptr) p = c10::alloc_cpu(n);
+    return {p, new Block{this, p, n}, &release, at::Device(at::kCPU)};
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+  static OutputCache& get() {
+    static OutputCache* cache = new OutputCache();  // never destroyed: tensors may outlive static destructors
+    return *cache;
+  }
+
+ private:
+  struct Block {
+    OutputCache* cache;
+    void* data;
+    size_t bytes;
+  };
+
+  static void release(void* ctx) {
+    Block* b = static_cast<Block*>(ctx);
+    b->cache->put(b->data, b->bytes);
+    delete b;
+  }
+
+  void put(void* p, size_t n) {
+    if (p == nullptr) return;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (n > 0 && cached_bytes_ + n <= kMaxCachedBytes) {
+        free_[n].push_back(p);
+        cached_bytes_ += n;
+        return;
+      }
+    }
+    c10::free_cpu(p);
+  }
+
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  size_t cached_bytes_ = 0;
+};
+
+at::Tensor cached_empty_like(const at::Tensor& w) {  // w contiguous, on the CPU
+  return at::detail::empty_generic(w.sizes(), &OutputCache::get(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   w.scalar_type(), at::MemoryFormat::Contiguous);
+}
+
+// Runs body(task) for task in [0, n): in parallel when the work is worth a parallel region.
+template <class F> void for_tasks(int64_t n, int64_t work, const F& body) {
+  if (n == 1 || work < 2 * kChunk) {
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) body(i);
+  });
+}
+
+// Tasks of several layers in one index space: task i belongs to the layer whose range holds it.
+struct TaskList {
+  std::vector<int64_t> start{0};  // layer l owns [start[l], start[l + 1])
+  std::vector<int64_t> work;      // elements touched, to decide on threads
+  void add(int64_t tasks, int64_t elements) {
+    start.push_back(start.back() + tasks);
+    work.push_back(elements);
+  }
+  int64_t size() const { return start.back(); }
+  int64_t total_work() const {
+    int64_t s = 0;
+    for (int64_t w : work) s += w;
+    return s;
+  }
+  template <class F> void run(const F& body) const {  // body(layer, local task)
+    for_tasks(size(), total_work(), [&](int64_t i) {
+      const int64_t l = int64_t(std::upper_bound(start.begin(), start.end(), i) - start.begin()) - 1;
+      body(l, i - start[l]);
+    });
+  }
+};
+
+constexpr int64_t kColumnChunk = 2048;  // columns per task when summing the blocks' s
+
+struct LayerState {
+  SpectralNormCall* c;
+  int64_t w, rows_per_block, blocks;
+  at::Tensor partial;  // blocks x w, opmath: each block's s
+  double norm_t = 0;
+  std::vector<double> sumsq_s;  // per column chunk
+};
+
+// Row blocks, from the shape only: 64K elements or more each, at most 16 (the scratch is blocks x w),
+// a power of two (so that 2, 4, 8 or 16 threads get equal shares).
+void plan_blocks(LayerState& L) {
+  const int64_t h = L.c->h, numel = h * L.w;
+  int64_t want = 1;
+  while (want < 16 && 2 * want <= h && 2 * want * 65536 <= numel) want *= 2;
+  L.rows_per_block = (h + want - 1) / want;
+  L.blocks = (h + L.rows_per_block - 1) / L.rows_per_block;
+}
+
+// One block of rows: u[r] = t_r = <M_r, v> (or t_r = u[r] given, when use_u), s_block = sum_r t_r M_r.
+template <class S> void power_block(const Kernels<S>& k, LayerState& L, int64_t block, bool use_u) {
+  using T = opmath<S>;
+  SpectralNormCall& c = *L.c;
+  const int64_t O = c.outer, H = c.h, I = c.inner;
+  const S* W = reinterpret_cast<const S*>(c.w.data_ptr());
+  T* u = c.u_out.data_ptr<T>();
+  const T* v = c.v_out.data_ptr<T>();
+  T* s = L.partial.data_ptr<T>() + block * L.w;
+  const int64_t r0 = block * L.rows_per_block, r1 = std::min(H, r0 + L.rows_per_block);
+  int64_t r = r0;
+  // 4 rows at a time: v and s are loaded once for the 4 (segments of consecutive rows are I apart)
+  for (; r + 4 <= r1; r += 4) {
+    T t[4] = {0, 0, 0, 0};
+    if (use_u) {
+      for (int j = 0; j < 4; ++j) t[j] = u[r + j];
+    } else {
+      for (int64_t a = 0; a < O; ++a) {
+        T ta[4];
+        k.dot4(W + (a * H + r) * I, I, v + a * I, I, ta);
+        for (int j = 0; j < 4; ++j) t[j] += ta[j];
+      }
+      for (int j = 0; j < 4; ++j) u[r + j] = t[j];
+    }
+    for (int64_t a = 0; a < O; ++a) k.axpy4(t, W + (a * H + r) * I, I, s + a * I, I, r != r0);
+  }
+  for (; r < r1; ++r) {
+    T t = 0;
+    if (use_u) {
+      t = u[r];
+    } else {
+      for (int64_t a = 0; a < O; ++a) t += k.dot_v(W + (a * H + r) * I, v + a * I, I);
+      u[r] = t;
+    }
+    for (int64_t a = 0; a < O; ++a) k.axpy(t, W + (a * H + r) * I, s + a * I, I, r != r0);
+  }
+}
+
+// v[cols] = sum over blocks (in order) of s_block[cols]; returns sum of v[cols]^2.
+template <class T> double sum_blocks(const Kernels<T>& k, LayerState& L, int64_t chunk) {
+  const int64_t c0 = chunk * kColumnChunk, n = std::min(L.w, c0 + kColumnChunk) - c0;
+  const T* p = L.partial.data_ptr<T>();
+  T* v = L.c->v_out.data_ptr<T>() + c0;
+  std::memcpy(v, p + c0, size_t(n) * sizeof(T));
+  for (int64_t b = 1; b < L.blocks; ++b) k.add_into(p + b * L.w + c0, v, n);
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += double(v[i]) * double(v[i]);
+  return ss;
+}
+
+template <class T> double sumsq(const T* x, int64_t n) {
   double s = 0;
   for (int64_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);
   return s;
 }
 
-// t[r] = sum_c M[r, c] v[c]   (parallel over rows)
-template <typename scalar_t, typename T>
-void mv(const scalar_t* w, const T* v, T* t, int64_t O, int64_t H, int64_t I) {
-  at::parallel_for(0, H, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, O * I)), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      T acc = 0;
-      for (int64_t a = 0; a < O; ++a) acc += dot<T>(w + (a * H + r) * I, v + a * I, I);
-      t[r] = acc;
-    }
-  });
+template <class T> void scale_vec(T* x, int64_t n, double f) {
+  const T g = T(f);
+  for (int64_t i = 0; i < n; ++i) x[i] *= g;
 }
 
-// s[c] = sum_r M[r, c] u[r]   (parallel over column chunks; rows summed in order)
-template <typename scalar_t, typename T>
-void mtv(const scalar_t* w, const T* u, T* s, int64_t O, int64_t H, int64_t I) {
-  const int64_t n = O * I;
-  const int64_t grain = std::max<int64_t>(64, 16384 / std::max<int64_t>(1, H));
-  at::parallel_for(0, n, grain, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1;) {  // one segment of columns sharing the same a
-      const int64_t a = c / I, b0 = c % I, b1 = std::min(I, b0 + (c1 - c));
-      T* out = s + a * I;
-      for (int64_t b = b0; b < b1; ++b) out[b] = 0;
-      for (int64_t r = 0; r < H; ++r) {
-        const scalar_t* row = w + (a * H + r) * I;
-        const T ur = u[r];
-        for (int64_t b = b0; b < b1; ++b) out[b] += T(row[b]) * ur;
-      }
-      c += b1 - b0;
-    }
-  });
+// Kernels of the opmath type of layer l's storage (for the s sums)
+template <class F> void with_layer(const LayerState& L, const char* op, F&& f) {
+  with_storage(L.c->w.scalar_type(), op, std::forward<F>(f));
 }
 
-// x <- x / max(||x||, eps); returns ||x||
-template <typename T>
-double normalize(T* x, int64_t n, double eps) {
-  const double norm = std::sqrt(sumsq(x, n));
-  const T inv = T(1.0 / std::max(norm, eps));
-  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
-  return norm;
-}
-
-template <typename scalar_t>
-void spectral_norm_cpu_kernel(SpectralNormCall& c, int64_t n_iter, double eps) {
-  using T = opmath_t<scalar_t>;
-  const int64_t O = c.outer, H = c.h, I = c.inner;
-  const scalar_t* w = c.w.data_ptr<scalar_t>();
-  T* u = c.u_out.data_ptr<T>();
-  T* v = c.v_out.data_ptr<T>();
-  double sigma;
-  if (n_iter == 0) {  // eval: sigma = u^T M v with the stored u, v
-    std::vector<T> t(H);
-    mv(w, v, t.data(), O, H, I);
-    sigma = 0;
-    for (int64_t r = 0; r < H; ++r) sigma += double(u[r]) * double(t[r]);
-  } else {
-    double norm_s = 0;
-    for (int64_t it = 0; it < n_iter; ++it) {
-      mv(w, v, u, O, H, I);    // u <- M v
-      normalize(u, H, eps);    // u <- u / max(||u||, eps)
-      mtv(w, u, v, O, H, I);   // v <- M^T u
-      norm_s = normalize(v, O * I, eps);
-    }
-    // sigma = u^T M v = (M^T u)^T v = ||s||^2 / max(||s||, eps), s = M^T u.
-    sigma = norm_s * norm_s / std::max(norm_s, eps);
+// The forward of every layer in `calls` (one layer: the single-tensor op).
+void spectral_norm_forward_layers(std::vector<SpectralNormCall>& calls, int64_t n_iter, double eps, const char* op) {
+  const Isa isa = active_isa();
+  const int64_t nl = int64_t(calls.size());
+  for (auto& c : calls) c.out = cached_empty_like(c.w);
+  std::vector<LayerState> layers(nl);
+  for (int64_t l = 0; l < nl; ++l) {
+    LayerState& L = layers[l];
+    L.c = &calls[l];
+    L.w = L.c->outer * L.c->inner;
+    plan_blocks(L);
   }
-  *c.sigma.data_ptr<T>() = T(sigma);
-  const T inv = T(1.0 / std::max(sigma, eps));
-  scalar_t* out = c.out.data_ptr<scalar_t>();
-  chunked_for(c.w.numel(), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) out[i] = scalar_t(T(w[i]) * inv);
+  std::vector<double> sigma(nl, 0.0);
+  if (n_iter == 0) {  // eval: sigma = u^T M v with the stored u, v (no update)
+    TaskList rows;
+    for (auto& L : layers) rows.add(L.blocks, L.c->h * L.w);
+    std::vector<at::Tensor> t(nl);
+    for (int64_t l = 0; l < nl; ++l) t[l] = at::empty({layers[l].c->h}, layers[l].c->u_out.options());
+    rows.run([&](int64_t l, int64_t block) {
+      LayerState& L = layers[l];
+      with_layer(L, op, [&](auto tag) {
+        using S = decltype(tag);
+        using T = opmath<S>;
+        const Kernels<S> k = kernels<S>(isa);
+        const SpectralNormCall& c = *L.c;
+        const S* W = reinterpret_cast<const S*>(c.w.data_ptr());
+        const T* v = c.v_out.data_ptr<T>();
+        T* tt = t[l].data_ptr<T>();
+        const int64_t r0 = block * L.rows_per_block, r1 = std::min(c.h, r0 + L.rows_per_block);
+        for (int64_t r = r0; r < r1; ++r) {
+          T acc = 0;
+          for (int64_t a = 0; a < c.outer; ++a) acc += k.dot_v(W + (a * c.h + r) * c.inner, v + a * c.inner, c.inner);
+          tt[r] = acc;
+        }
+      });
+    });
+    for (int64_t l = 0; l < nl; ++l) sigma[l] = at::dot(t[l].to(at::kDouble), calls[l].u_out.to(at::kDouble)).item<double>();
+  } else {
+    for (auto& L : layers) {
+      L.partial = at::empty({L.blocks, L.w}, L.c->u_out.options());
+      L.sumsq_s.assign((L.w + kColumnChunk - 1) / kColumnChunk, 0.0);
+    }
+    // One power iteration of the layers in `which`: the fused pass, then the block sums of s.
+    auto iterate = [&](const std::vector<int64_t>& which, bool use_u) {
+      TaskList blocks, columns;
+      for (int64_t l : which) {
+        blocks.add(layers[l].blocks, layers[l].c->h * layers[l].w);
+        columns.add(int64_t(layers[l].sumsq_s.size()), layers[l].blocks * layers[l].w);
+      }
+      blocks.run([&](int64_t i, int64_t b) {
+        LayerState& L = layers[which[i]];
+        with_layer(L, op, [&](auto tag) {
+          using S = decltype(tag);
+          power_block<S>(kernels<S>(isa), L, b, use_u);
+        });
+      });
+      columns.run([&](int64_t i, int64_t chunk) {
+        LayerState& L = layers[which[i]];
+        with_layer(L, op, [&](auto tag) {
+          using T = opmath<decltype(tag)>;
+          L.sumsq_s[chunk] = sum_blocks<T>(kernels<T>(isa), L, chunk);
+        });
+      });
+    };
+    std::vector<int64_t> all(nl);
+    for (int64_t l = 0; l < nl; ++l) all[l] = l;
+    for (int64_t it = 0; it < n_iter; ++it) {
+      iterate(all, false);
+      // u = t / max(||t||, eps). Where ||t|| is so small or large that s = M^T t could leave the
+      // normal range (an all-zero weight included), s is recomputed as M^T u, u normalized first.
+      std::vector<int64_t> redo;
+      for (int64_t l = 0; l < nl; ++l) {
+        LayerState& L = layers[l];
+        with_layer(L, op, [&](auto tag) {
+          using T = opmath<decltype(tag)>;
+          T* u = L.c->u_out.data_ptr<T>();
+          L.norm_t = std::sqrt(sumsq(u, L.c->h));
+          scale_vec(u, L.c->h, 1.0 / std::max(L.norm_t, eps));
+          const double range = std::is_same_v<T, double> ? 1e140 : 1e15;
+          if (!(L.norm_t > 1 / range && L.norm_t < range)) redo.push_back(l);
+        });
+      }
+      if (!redo.empty()) {
+        iterate(redo, true);
+        for (int64_t l : redo) layers[l].norm_t = 1.0;  // s is M^T u already
+      }
+      for (int64_t l = 0; l < nl; ++l) {
+        LayerState& L = layers[l];
+        double ss = 0;
+        for (double x : L.sumsq_s) ss += x;
+        // M^T u = s / max(||t||, eps), so ||M^T u|| = ||s|| / max(||t||, eps); v = normalize(M^T u)
+        const double t_scale = 1.0 / std::max(L.norm_t, eps);
+        const double norm_s = std::sqrt(ss) * t_scale;
+        with_layer(L, op, [&](auto tag) {
+          using T = opmath<decltype(tag)>;
+          scale_vec(L.c->v_out.data_ptr<T>(), L.w, t_scale / std::max(norm_s, eps));
+        });
+        sigma[l] = norm_s * norm_s / std::max(norm_s, eps);
+      }
+    }
+  }
+  // out = W / max(sigma, eps), in fixed chunks over all layers
+  TaskList chunks;
+  for (auto& L : layers) chunks.add((L.c->w.numel() + kChunk - 1) / kChunk, L.c->w.numel());
+  for (int64_t l = 0; l < nl; ++l) {
+    with_layer(layers[l], op, [&](auto tag) {
+      using T = opmath<decltype(tag)>;
+      *calls[l].sigma.data_ptr<T>() = T(sigma[l]);
+    });
+  }
+  chunks.run([&](int64_t l, int64_t chunk) {
+    with_layer(layers[l], op, [&](auto tag) {
+      using S = decltype(tag);
+      using T = opmath<S>;
+      const SpectralNormCall& c = *layers[l].c;
+      const int64_t b = chunk * kChunk, n = std::min(c.w.numel(), b + kChunk) - b;
+      kernels<S>(isa).scale(reinterpret_cast<const S*>(c.w.data_ptr()) + b, T(1.0 / std::max(sigma[l], eps)),
+                            reinterpret_cast<S*>(c.out.data_ptr()) + b, n);
+    });
+  });
+}
+
+// The backward of every layer in `calls`.
+void spectral_norm_backward_layers(std::vector<SpectralNormBackwardCall>& calls, double eps, const char* op) {
+  const Isa isa = active_isa();
+  const int64_t nl = int64_t(calls.size());
+  for (auto& c : calls) c.grad_w = cached_empty_like(c.w);
+  // <G, W> over fixed chunks, added in chunk order
+  TaskList chunks, rows;
+  std::vector<std::vector<double>> gw(nl);
+  std::vector<int64_t> segs_per_task(nl);
+  for (int64_t l = 0; l < nl; ++l) {
+    const int64_t n = calls[l].w.numel();
+    gw[l].assign((n + kChunk - 1) / kChunk, 0.0);
+    chunks.add(int64_t(gw[l].size()), 2 * n);
+    segs_per_task[l] = std::max<int64_t>(1, kChunk / calls[l].inner);
+    rows.add((calls[l].outer * calls[l].h + segs_per_task[l] - 1) / segs_per_task[l], 3 * n);
+  }
+  chunks.run([&](int64_t l, int64_t chunk) {
+    with_storage(calls[l].w.scalar_type(), op, [&](auto tag) {
+      using S = decltype(tag);
+      const SpectralNormBackwardCall& c = calls[l];
+      const int64_t b = chunk * kChunk, n = std::min(c.w.numel(), b + kChunk) - b;
+      gw[l][chunk] = double(kernels<S>(isa).dot_w(reinterpret_cast<const S*>(c.g.data_ptr()) + b,
+                                                  reinterpret_cast<const S*>(c.w.data_ptr()) + b, n));
+    });
+  });
+  std::vector<double> k(nl, 0.0), inv(nl);
+  for (int64_t l = 0; l < nl; ++l) {
+    with_storage(calls[l].w.scalar_type(), op, [&](auto tag) {
+      using T = opmath<decltype(tag)>;
+      const double sigma = double(*calls[l].sigma.data_ptr<T>());
+      inv[l] = 1.0 / std::max(sigma, eps);
+      // Below eps the clamp max(sigma, eps) holds sigma constant: dW = G / eps.
+      if (sigma >= eps) {
+        double dot = 0;
+        for (double x : gw[l]) dot += x;
+        k[l] = dot / sigma;  // <G, W / sigma>
+      }
+    });
+  }
+  // dW[a, r, :] = G[a, r, :] / sigma - (k u[r] / sigma) v[a * inner : (a + 1) * inner]
+  rows.run([&](int64_t l, int64_t task) {
+    with_storage(calls[l].w.scalar_type(), op, [&](auto tag) {
+      using S = decltype(tag);
+      using T = opmath<S>;
+      const SpectralNormBackwardCall& c = calls[l];
+      const Kernels<S> kk = kernels<S>(isa);
+      const int64_t I = c.inner, H = c.h;
+      const int64_t p0 = task * segs_per_task[l], p1 = std::min(c.outer * H, p0 + segs_per_task[l]);
+      const S* g = reinterpret_cast<const S*>(c.g.data_ptr());
+      S* out = reinterpret_cast<S*>(c.grad_w.data_ptr());
+      const T* u = c.u.data_ptr<T>();
+      const T* v = c.v.data_ptr<T>();
+      const T ki = T(k[l] * inv[l]);
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t a = p / H, r = p % H;
+        kk.grad_row(g + p * I, v + a * I, ki * u[r], T(inv[l]), out + p * I, I);
+      }
+    });
   });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_fused_cpu(
     const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t dim, int64_t n_iter, double eps) {
-  SpectralNormCall c = prepare_spectral_norm(weight, u, v, dim, n_iter, eps);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.w.scalar_type(), "spectral_norm_fused_cpu",
-                                  [&] { spectral_norm_cpu_kernel<scalar_t>(c, n_iter, eps); });
+  std::vector<SpectralNormCall> calls{prepare_spectral_norm(weight, u, v, dim, n_iter, eps)};
+  spectral_norm_forward_layers(calls, n_iter, eps, "ganfast::spectral_norm_fused");
+  const SpectralNormCall& c = calls[0];
   return {c.out, c.u_out, c.v_out, c.sigma};
-}
-
-template <typename scalar_t>
-void spectral_norm_backward_cpu_kernel(SpectralNormBackwardCall& c, double eps) {
-  using T = opmath_t<scalar_t>;
-  const int64_t O = c.outer, H = c.h, I = c.inner, n = c.w.numel();
-  const scalar_t* g = c.g.data_ptr<scalar_t>();
-  const scalar_t* w = c.w.data_ptr<scalar_t>();
-  const T* u = c.u.data_ptr<T>();
-  const T* v = c.v.data_ptr<T>();
-  scalar_t* gw = c.grad_w.data_ptr<scalar_t>();
-  const double sigma = double(*c.sigma.data_ptr<T>());
-  const T inv = T(1.0 / std::max(sigma, eps));
-  // Below eps the clamp max(sigma, eps) holds sigma constant: dW = G / eps.
-  T k = 0;
-  if (sigma >= eps) {
-    const auto gw_dot = chunked_sum<1>(n, [&](int64_t b, int64_t e, std::array<double, 1>& a) {
-      a[0] += double(dot<T>(g + b, w + b, e - b));
-    });
-    k = T(gw_dot[0] / sigma);  // <G, W / sigma>
-  }
-  // dW[a, r, b] = (G - k u[r] v[a * I + b]) / sigma
-  at::parallel_for(0, O * H, std::max<int64_t>(1, 16384 / I), [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t a = p / H, r = p % H;
-      const T ku = k * u[r];
-      const T* vv = v + a * I;
-      const scalar_t* gp = g + p * I;
-      scalar_t* op = gw + p * I;
-      for (int64_t b = 0; b < I; ++b) op[b] = scalar_t((T(gp[b]) - ku * vv[b]) * inv);
-    }
-  });
 }
 
 at::Tensor spectral_norm_backward_cpu(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& u,
                                       const at::Tensor& v, const at::Tensor& sigma, int64_t dim, double eps) {
-  SpectralNormBackwardCall c = prepare_spectral_norm_backward(grad, weight, u, v, sigma, dim, eps);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.w.scalar_type(), "spectral_norm_backward_cpu",
-                                  [&] { spectral_norm_backward_cpu_kernel<scalar_t>(c, eps); });
-  return c.grad_w;
+  std::vector<SpectralNormBackwardCall> calls{prepare_spectral_norm_backward(grad, weight, u, v, sigma, dim, eps)};
+  spectral_norm_backward_layers(calls, eps, "ganfast::spectral_norm_backward");
+  return calls[0].grad_w;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(ganfast, CPU, m) {
-  m.impl("spectral_norm_fused", &spectral_norm_fused_cpu);
-  m.impl("spectral_norm_backward", &spectral_norm_backward_cpu);
-}
-
-}  // namespace ganfast
-
-// Multi-tensor ops: every normalized layer of a model in one parallel loop (one layer per task; the
-// per-layer loops run inline inside it). Same math as the single-layer kernels above.
-namespace ganfast {
-namespace {
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
 spectral_norm_multi_cpu(at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims,
@@ -180,18 +523,11 @@ spectral_norm_multi_cpu(at::TensorList weights, at::TensorList us, at::TensorLis
   const int64_t L = int64_t(weights.size());
   TORCH_CHECK(int64_t(us.size()) == L && int64_t(vs.size()) == L && int64_t(dims.size()) == L,
               "ganfast::spectral_norm_multi: weights, u, v and dims must have the same length");
-  std::vector<at::Tensor> out(L), u_out(L), v_out(L), sigma(L);
-  // Checks and allocation first (outside the parallel region, so that errors surface normally).
   std::vector<SpectralNormCall> calls;
   calls.reserve(L);
   for (int64_t l = 0; l < L; ++l) calls.push_back(prepare_spectral_norm(weights[l], us[l], vs[l], dims[l], n_iter, eps));
-  at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
-    for (int64_t l = l0; l < l1; ++l) {
-      SpectralNormCall& c = calls[l];
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.w.scalar_type(), "spectral_norm_multi_cpu",
-                                      [&] { spectral_norm_cpu_kernel<scalar_t>(c, n_iter, eps); });
-    }
-  });
+  spectral_norm_forward_layers(calls, n_iter, eps, "ganfast::spectral_norm_multi");
+  std::vector<at::Tensor> out(L), u_out(L), v_out(L), sigma(L);
   for (int64_t l = 0; l < L; ++l) {
     out[l] = calls[l].out;
     u_out[l] = calls[l].u_out;
@@ -212,23 +548,19 @@ std::vector<at::Tensor> spectral_norm_backward_multi_cpu(at::TensorList grads, a
   calls.reserve(L);
   for (int64_t l = 0; l < L; ++l)
     calls.push_back(prepare_spectral_norm_backward(grads[l], weights[l], us[l], vs[l], sigmas[l], dims[l], eps));
-  at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
-    for (int64_t l = l0; l < l1; ++l) {
-      SpectralNormBackwardCall& c = calls[l];
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.w.scalar_type(), "spectral_norm_backward_multi_cpu",
-                                      [&] { spectral_norm_backward_cpu_kernel<scalar_t>(c, eps); });
-    }
-  });
+  spectral_norm_backward_layers(calls, eps, "ganfast::spectral_norm_backward_multi");
   std::vector<at::Tensor> out(L);
   for (int64_t l = 0; l < L; ++l) out[l] = calls[l].grad_w;
   return out;
 }
 
-}  // namespace
+}  // namespace sn
 
 TORCH_LIBRARY_IMPL(ganfast, CPU, m) {
-  m.impl("spectral_norm_multi", &spectral_norm_multi_cpu);
-  m.impl("spectral_norm_backward_multi", &spectral_norm_backward_multi_cpu);
+  m.impl("spectral_norm_fused", &sn::spectral_norm_fused_cpu);
+  m.impl("spectral_norm_backward", &sn::spectral_norm_backward_cpu);
+  m.impl("spectral_norm_multi", &sn::spectral_norm_multi_cpu);
+  m.impl("spectral_norm_backward_multi", &sn::spectral_norm_backward_multi_cpu);
 }
 
 }  // namespace ganfast

@@ -1,10 +1,18 @@
-"""Spectral norm: forward + backward of one normalized weight (Linear 2304->256, Conv2d 256->512 3x3,
-Linear 8192->1), PyTorch's parametrizations.spectral_norm eager and under torch.compile vs each ganfast
-backend; and a discriminator step where D is called three times (real, fake, penalty input):
-PyTorch's spectral norm vs ganfast inside sn_step, with the aten ops each step dispatches."""
+"""Spectral norm: forward + backward of one normalized weight (weight access in training mode, then
+backward), PyTorch's parametrizations.spectral_norm eager and under torch.compile vs each ganfast
+backend, with the floor of each case; the three layers at once, one layer at a time vs sn_step's
+multi-tensor kernel; and a discriminator step where D is called three times (real, fake, penalty
+input): PyTorch's spectral norm vs ganfast inside sn_step, with the aten ops each step dispatches.
+
+Floor of a layer (the larger of the two, timed in the same run):
+- bytes: W is read and W / sigma written, G is read and dW written, at the copy bandwidth measured
+  now (2x the time of copying W); any implementation reads W at least once more for sigma.
+- autograd: a trivial differentiable use of the same weight (a view) and its backward.
+"""
 from __future__ import annotations
 
 import collections
+import os
 
 import torch
 from torch import nn
@@ -13,13 +21,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import backends
 from ..nn import apply_spectral_norm, sn_step, spectral_norm
-from . import Row, median_time
+from . import Row, interleaved_medians, median_time
 
 LAYERS = {
     "Linear 2304->256": lambda: nn.Linear(2304, 256),
     "Conv2d 256->512 3x3": lambda: nn.Conv2d(256, 512, 3),
+    "Linear 4608->512": lambda: nn.Linear(4608, 512),
     "Linear 8192->1": lambda: nn.Linear(8192, 1),
 }
+ALL_LAYERS = ("Linear 2304->256", "Conv2d 256->512 3x3", "Linear 4608->512")
 
 
 def _weight_step(module):
@@ -35,21 +45,80 @@ def _weight_step(module):
     return step, get
 
 
+def _steps_of(modules, multi_tensor=None):
+    """One fwd+bwd of every module's weight (one backward call); multi_tensor: inside sn_step."""
+    params = [m.parametrizations.weight.original for m in modules]
+    grads = [torch.randn_like(p) for p in params]
+    model = nn.ModuleList(modules)
+
+    def get():
+        return [m.weight for m in modules]
+
+    def step(fn=get):
+        for p in params:
+            p.grad = None
+        if multi_tensor is None:
+            torch.autograd.backward(fn(), grads)
+        else:
+            with sn_step(model, multi_tensor=multi_tensor):
+                torch.autograd.backward(fn(), grads)
+    return step, get
+
+
+def _floor_fns(weights):
+    """(time-to-copy-W functions, trivial-autograd function) on the same tensors."""
+    copies = [(w.detach(), torch.empty_like(w)) for w in weights]
+    views = [w.detach().clone().requires_grad_() for w in weights]
+    grads = [torch.randn_like(w) for w in weights]
+
+    def copy():
+        for src, dst in copies:
+            dst.copy_(src)
+
+    def autograd():
+        for v in views:
+            v.grad = None
+        torch.autograd.backward([v.view_as(v) for v in views], grads)
+    return copy, autograd
+
+
+def _case_rows(case, device, make_modules, quick):
+    """Rows of one case: eager, compiled, ganfast per backend (+ multi-tensor), floor."""
+    torch.manual_seed(0)
+    ref = [P.spectral_norm(m).to(device) for m in make_modules()]
+    torch.manual_seed(0)
+    ours = [spectral_norm(m).to(device) for m in make_modules()]
+    ref_step, ref_get = _steps_of(ref)
+    compiled = torch.compile(ref_get)
+    fns = {"eager": ref_step, "compiled": lambda: ref_step(compiled)}
+    ours_step, _ = _steps_of(ours)
+
+    def under(name, fn):
+        def run():
+            with backends.use_backend(name):
+                fn()
+        return run
+    for name in backends.available_backends(device.type):
+        fns[f"ganfast-{name}"] = under(name, ours_step)
+    if len(ours) > 1 and "cpu" in backends.available_backends(device.type):
+        fns["ganfast-cpu+multi"] = under("cpu", _steps_of(ours, multi_tensor=True)[0])
+    copy, autograd = _floor_fns([m.parametrizations.weight.original for m in ours])
+    fns["copy"], fns["autograd"] = copy, autograd
+    times = interleaved_medians(fns, device, rounds=5 if quick else 11)
+    floor_bytes, floor_autograd = 2 * times.pop("copy"), times.pop("autograd")
+    rows = [Row("sn", case, name, t) for name, t in times.items()]
+    if floor_bytes >= floor_autograd:
+        rows.append(Row("sn", case, "floor (bytes)", floor_bytes))
+    else:
+        rows.append(Row("sn", case, "floor (autograd)", floor_autograd))
+    return rows
+
+
 def layer_rows(device, quick):
     rows = []
     for case, make in LAYERS.items():
-        torch.manual_seed(0)
-        ref = P.spectral_norm(make()).to(device)
-        step, get = _weight_step(ref)
-        rows.append(Row("sn", f"{case} fwd+bwd", "eager", median_time(step, device)))
-        compiled = torch.compile(get)
-        rows.append(Row("sn", f"{case} fwd+bwd", "compiled", median_time(lambda: step(compiled), device)))
-        torch.manual_seed(0)
-        ours = spectral_norm(make()).to(device)
-        ours_step, _ = _weight_step(ours)
-        for name in backends.available_backends(device.type):
-            with backends.use_backend(name):
-                rows.append(Row("sn", f"{case} fwd+bwd", f"ganfast-{name}", median_time(ours_step, device)))
+        rows += _case_rows(f"{case} fwd+bwd", device, lambda make=make: [make()], quick)
+    rows += _case_rows("3 layers above fwd+bwd", device, lambda: [LAYERS[c]() for c in ALL_LAYERS], quick)
     return rows
 
 
@@ -132,6 +201,7 @@ def d_step_rows(device, quick):
 
 
 def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list[Row]:
+    print("sn: load average %.2f %.2f %.2f at start" % os.getloadavg(), flush=True)
     rows = layer_rows(device, quick)
     rows += d_step_rows(device, quick)[0]
     return rows

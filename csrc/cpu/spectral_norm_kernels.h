@@ -1,0 +1,204 @@
+// Inner loops of the CPU spectral norm, written once with GCC vector extensions and compiled once per
+// instruction set: csrc/cpu/spectral_norm.cpp includes this file inside `namespace ...::avx512`,
+// `::avx2` and `::baseline`, each under its own `#pragma GCC target`, and picks one at run time. No
+// include guard on purpose; the includes it needs (<cstdint>, <cstring>) come before.
+//
+// A vector is 64 bytes (16 floats or 8 doubles): one register with AVX-512, two with AVX2, four with
+// SSE2. Products are summed in the opmath type T (float, or double for double weights) in 4 x 64
+// independent lanes, added in a fixed order. S is the storage type: float, double, half_bits, bf16_bits.
+
+typedef float vfloat __attribute__((vector_size(64)));
+typedef double vdouble __attribute__((vector_size(64)));
+typedef uint32_t vu32 __attribute__((vector_size(64)));
+typedef int32_t vi32 __attribute__((vector_size(64)));
+typedef uint16_t vu16 __attribute__((vector_size(32)));
+typedef _Float16 vf16 __attribute__((vector_size(32)));
+
+#define SN_INLINE static inline __attribute__((always_inline))
+
+template <class S> struct Lanes;  // opmath vector of S, its width N, and loads/stores of N elements
+
+template <> struct Lanes<float> {
+  using T = float;
+  using V = vfloat;
+  static constexpr int N = 16;
+  using Raw = vfloat;  // N elements as stored
+  SN_INLINE V widen(Raw r) { return r; }
+  SN_INLINE Raw narrow(V x) { return x; }
+};
+
+template <> struct Lanes<double> {
+  using T = double;
+  using V = vdouble;
+  static constexpr int N = 8;
+  using Raw = vdouble;
+  SN_INLINE V widen(Raw r) { return r; }
+  SN_INLINE Raw narrow(V x) { return x; }
+};
+
+template <> struct Lanes<half_bits> {
+  using T = float;
+  using V = vfloat;
+  static constexpr int N = 16;
+  using Raw = vf16;
+  SN_INLINE V widen(Raw r) { return __builtin_convertvector(r, vfloat); }
+  SN_INLINE Raw narrow(V x) { return __builtin_convertvector(x, vf16); }  // round to nearest even
+};
+
+template <> struct Lanes<bf16_bits> {
+  using T = float;
+  using V = vfloat;
+  static constexpr int N = 16;
+  using Raw = vu16;
+  SN_INLINE V widen(Raw r) { return (vfloat)(__builtin_convertvector(r, vu32) << 16); }
+  // Round to nearest even, NaN -> quiet NaN (as c10::BFloat16).
+  SN_INLINE Raw narrow(V x) {
+    const vu32 bits = (vu32)x;
+    const vu32 rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    const vi32 nan = x != x;
+    return __builtin_convertvector(nan ? vu32{} + 0x7FC0u : rounded, vu16);
+  }
+};
+
+template <class S> SN_INLINE typename Lanes<S>::V load(const S* p) {
+  typename Lanes<S>::Raw r;
+  memcpy(&r, p, sizeof(r));
+  return Lanes<S>::widen(r);
+}
+
+template <class S> SN_INLINE typename Lanes<S>::V load_n(const S* p, int64_t n) {  // n < N, rest 0
+  typename Lanes<S>::Raw r = {};
+  memcpy(&r, p, size_t(n) * sizeof(S));
+  return Lanes<S>::widen(r);
+}
+
+template <class S> SN_INLINE void store(S* p, typename Lanes<S>::V x) {
+  const typename Lanes<S>::Raw r = Lanes<S>::narrow(x);
+  memcpy(p, &r, sizeof(r));
+}
+
+template <class S> SN_INLINE void store_n(S* p, typename Lanes<S>::V x, int64_t n) {
+  const typename Lanes<S>::Raw r = Lanes<S>::narrow(x);
+  memcpy(p, &r, size_t(n) * sizeof(S));
+}
+
+template <class V> SN_INLINE auto lane_sum(V x) {  // pairwise, fixed order
+  constexpr int N = sizeof(V) / sizeof(x[0]);
+  decltype(x[0] + x[0]) s[N];
+  for (int i = 0; i < N; ++i) s[i] = x[i];
+  for (int w = N / 2; w >= 1; w /= 2)
+    for (int i = 0; i < w; ++i) s[i] += s[i + w];
+  return s[0];
+}
+
+// sum_i x[i] * y[i]
+template <class SX, class SY> typename Lanes<SX>::T dot(const SX* x, const SY* y, int64_t n) {
+  using L = Lanes<SX>;
+  constexpr int N = L::N;
+  typename L::V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int64_t i = 0;
+  for (; i + 4 * N <= n; i += 4 * N) {
+    a0 += load(x + i) * load(y + i);
+    a1 += load(x + i + N) * load(y + i + N);
+    a2 += load(x + i + 2 * N) * load(y + i + 2 * N);
+    a3 += load(x + i + 3 * N) * load(y + i + 3 * N);
+  }
+  for (; i + N <= n; i += N) a0 += load(x + i) * load(y + i);
+  if (i < n) a1 += load_n(x + i, n - i) * load_n(y + i, n - i);
+  return lane_sum((a0 + a1) + (a2 + a3));
+}
+
+// t[j] = sum_i x_j[i] * y[i] for the 4 rows x_j = x + j * ld (v is loaded once for the 4)
+template <class S> void dot4(const S* x, int64_t ld, const typename Lanes<S>::T* y, int64_t n,
+                             typename Lanes<S>::T* t) {
+  using L = Lanes<S>;
+  constexpr int N = L::N;
+  typename L::V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const typename L::V yv = load(y + i);
+    a0 += load(x + i) * yv;
+    a1 += load(x + ld + i) * yv;
+    a2 += load(x + 2 * ld + i) * yv;
+    a3 += load(x + 3 * ld + i) * yv;
+  }
+  if (i < n) {
+    const typename L::V yv = load_n(y + i, n - i);
+    a0 += load_n(x + i, n - i) * yv;
+    a1 += load_n(x + ld + i, n - i) * yv;
+    a2 += load_n(x + 2 * ld + i, n - i) * yv;
+    a3 += load_n(x + 3 * ld + i, n - i) * yv;
+  }
+  t[0] = lane_sum(a0);
+  t[1] = lane_sum(a1);
+  t[2] = lane_sum(a2);
+  t[3] = lane_sum(a3);
+}
+
+// y[i] = sum_j a[j] x_j[i] (accumulate == false) or y[i] += ..., for the 4 rows x_j = x + j * ld
+template <class S> void axpy4(const typename Lanes<S>::T* a, const S* x, int64_t ld, typename Lanes<S>::T* y,
+                              int64_t n, bool accumulate) {
+  using L = Lanes<S>;
+  using T = typename L::T;
+  constexpr int N = L::N;
+  const T a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    typename L::V acc = (a0 * load(x + i) + a1 * load(x + ld + i)) + (a2 * load(x + 2 * ld + i) + a3 * load(x + 3 * ld + i));
+    if (accumulate) acc = load(y + i) + acc;
+    store<T>(y + i, acc);
+  }
+  if (i < n) {
+    const int64_t m = n - i;
+    typename L::V acc = (a0 * load_n(x + i, m) + a1 * load_n(x + ld + i, m)) +
+                        (a2 * load_n(x + 2 * ld + i, m) + a3 * load_n(x + 3 * ld + i, m));
+    if (accumulate) acc = load_n(y + i, m) + acc;
+    store_n<T>(y + i, acc, m);
+  }
+}
+
+// y[i] = a * x[i] (accumulate == false) or y[i] += a * x[i]; y in the opmath type
+template <class S> void axpy(typename Lanes<S>::T a, const S* x, typename Lanes<S>::T* y, int64_t n, bool accumulate) {
+  using L = Lanes<S>;
+  using T = typename L::T;
+  constexpr int N = L::N;
+  int64_t i = 0;
+  if (accumulate) {
+    for (; i + N <= n; i += N) store(y + i, load(y + i) + a * load(x + i));
+    if (i < n) store_n(y + i, load_n(y + i, n - i) + a * load_n(x + i, n - i), n - i);
+  } else {
+    for (; i + N <= n; i += N) store<T>(y + i, a * load(x + i));
+    if (i < n) store_n<T>(y + i, a * load_n(x + i, n - i), n - i);
+  }
+}
+
+// y[i] += x[i] (both opmath)
+template <class T> void add_into(const T* x, T* y, int64_t n) {
+  constexpr int N = Lanes<T>::N;
+  int64_t i = 0;
+  for (; i + N <= n; i += N) store(y + i, load(y + i) + load(x + i));
+  for (; i < n; ++i) y[i] += x[i];
+}
+
+// out[i] = x[i] * a
+template <class S> void scale(const S* x, typename Lanes<S>::T a, S* out, int64_t n) {
+  constexpr int N = Lanes<S>::N;
+  int64_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    store(out + i, load(x + i) * a);
+    store(out + i + N, load(x + i + N) * a);
+  }
+  for (; i + N <= n; i += N) store(out + i, load(x + i) * a);
+  if (i < n) store_n(out + i, load_n(x + i, n - i) * a, n - i);
+}
+
+// out[i] = g[i] * inv - c * v[i]   (one row of dW = (G - k u v^T) / sigma, with c = k u[r] / sigma)
+template <class S> void grad_row(const S* g, const typename Lanes<S>::T* v, typename Lanes<S>::T c,
+                                 typename Lanes<S>::T inv, S* out, int64_t n) {
+  constexpr int N = Lanes<S>::N;
+  int64_t i = 0;
+  for (; i + N <= n; i += N) store(out + i, load(g + i) * inv - c * load(v + i));
+  if (i < n) store_n(out + i, load_n(g + i, n - i) * inv - c * load_n(v + i, n - i), n - i);
+}
+
+#undef SN_INLINE
