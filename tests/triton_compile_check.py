@@ -8,8 +8,10 @@ flags, block sizes, and Triton's own specialization of integer arguments: 1, a m
 The Triton wheel's ptxas turns the PTX into a cubin, so both the Triton front end and ptxas are checked.
 
 Run it in a process where TRITON_INTERPRET is unset (tests/test_triton_compile.py does that):
-    python -m tests.triton_compile_check [--arch 80 90] [--json out.json]
-It prints one line per failing case and exits 1 if any failed or a jit function was never compiled.
+    python -m tests.triton_compile_check [--arch 80 90] [-k CASE_SUBSTRING] [--jobs N] [--json out.json]
+It prints each failure (case, kernel, specialization, compiler message) and exits 1 if any case
+failed or a jit function was never compiled. Compiled kernels land in Triton's cache (~/.triton),
+so a second run recompiles only what changed.
 
 To cover a new kernel: add a Case to the list of its family below (one per flag combination its
 launcher can produce). A @triton.jit function that no case compiles fails the check by name.

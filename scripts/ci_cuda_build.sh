@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# CI, without a GPU: build ganfast._C with its CUDA kernels against the CUDA build of torch, in its
+# own virtual environment, import it, and check that every ganfast:: op with a C++ CPU kernel also
+# has a CUDA kernel registered. This proves the bindings (csrc/cuda/*_binding.cpp) compile against
+# torch's CUDA headers, the extension links, and the registrations run; not that the kernels are right
+# (that needs a GPU: scripts/gpu_check.sh).
+#
+#   scripts/ci_cuda_build.sh [torch version, default 2.13.0]
+#
+# What it installs: torch (the PyPI wheel is the CUDA 13.0 build) with --no-deps, then only the
+# packages the build and `import torch` need: the nvidia-* libraries libtorch_cuda.so links to (their
+# headers give the cuBLAS/cuSPARSE headers the local toolkit lacks) and torch's small pure-Python
+# dependencies. Left out: triton, cuda-bindings/-pathfinder/-toolkit, nvidia-cusolver (loaded lazily by
+# libtorch_cuda_linalg.so), nvidia-nvtx (optional). Versions come from torch's own pins (pip resolves
+# the full set with --dry-run, from metadata only).
+# nvcc comes from the local CUDA toolkit. The wheels stay in pip's cache and the venv is kept
+# (.ci-cuda-venv-<version>, reused while it holds that torch), so a second run downloads nothing.
+#
+# Cost, measured 2026-11-28 on the 2-core CI machine (shared, load average 8-12):
+#   first run:  ~1.05 GB downloaded (torch 0.53 GB + nvidia-* 1.9 GB unpacked ~3.8 GB) in ~0.5 min,
+#               install ~1.2 min, build ~6 min under load (1.5 min on a quiet machine), check ~20 s
+#   later runs: no download or install; build + check only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+torch_version=${1:-2.13.0}
+venv="$root/.ci-cuda-venv-$torch_version"
+started=$SECONDS
+
+# This machine's pip configuration adds a local wheel folder holding the CPU build of the same torch
+# version (and a version cap); ignore it, so the index's CUDA build is installed.
+export PIP_CONFIG_FILE=/dev/null
+unset PIP_FIND_LINKS PIP_CONSTRAINT
+
+nvcc_bin=$(command -v nvcc || true)
+[ -n "$nvcc_bin" ] || { echo "ci_cuda_build: nvcc not found, cannot build the CUDA extension" >&2; exit 1; }
+# The toolkit root as nvcc itself reports it (nvcc may be a wrapper script outside the toolkit).
+cuda_home=${CUDA_HOME:-$(cd "$(nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p')" && pwd)}
+
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+py="$venv/bin/python"
+have=$("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
+if [[ "$have" != "$torch_version+cu"* ]]; then
+  echo "ci_cuda_build: installing torch $torch_version (CUDA build) into $venv"
+  "$py" -m pip install -q --upgrade pip
+  report=$(mktemp)
+  "$py" -m pip install -q --dry-run --ignore-installed --report "$report" "torch==$torch_version"
+  mapfile -t pins < <("$py" - "$report" <<'EOF'
+import json, sys
+skip = {"triton", "cuda-bindings", "cuda-pathfinder", "cuda-toolkit", "nvidia-cusolver", "nvidia-nvtx"}
+for p in json.load(open(sys.argv[1]))["install"]:
+    name = p["metadata"]["name"].lower().replace("_", "-")
+    if name not in skip:
+        print(f"{name}=={p['metadata']['version']}")
+EOF
+)
+  rm -f "$report"
+  "$py" -m pip install -q --no-deps "${pins[@]}" "setuptools>=77" wheel ninja
+fi
+"$py" -c 'import torch; assert torch.version.cuda, "not a CUDA build of torch"; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
+echo "ci_cuda_build: torch ready after $((SECONDS - started)) s"
+
+# Build in a copy of the work tree: an in-place build would replace the CPU extension the tests use.
+# The copy lives in the venv and keeps its build/ folder; `cp -p` keeps the sources' times, so ninja
+# recompiles only the files changed since the last run.
+src="$venv/ganfast-src"
+mkdir -p "$src"
+find "$src" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
+git ls-files -co --exclude-standard -z | xargs -0 cp -p --parents -t "$src"
+site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cuda_include=$(ls -d "$site"/nvidia/cu*/include | head -1)  # cuBLAS, cuSPARSE, ... headers
+(
+  cd "$src"
+  export PATH="$venv/bin:$PATH" CUDA_HOME="$cuda_home" CPATH="$cuda_include${CPATH:+:$CPATH}"
+  export TORCH_CUDA_ARCH_LIST="8.0;9.0" GANFAST_BUILD_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
+  "$py" setup.py -q build_ext --inplace > build.log 2>&1 || { grep -E -B2 -A12 'error|Error' build.log | head -80 >&2; tail -5 build.log >&2; echo "ci_cuda_build: the CUDA extension did not build against torch $torch_version" >&2; exit 1; }
+)
+echo "ci_cuda_build: built after $((SECONDS - started)) s"
+
+# Import without a GPU; every ganfast:: op with a C++ CPU kernel must have a CUDA kernel as well.
+(cd "$src" && PYTHONPATH="$src" "$py" - <<'EOF'
+import re
+import torch
+import ganfast
+from ganfast import backends
+
+assert backends.extension_built_with_cuda(), f"ganfast._C without CUDA kernels: {backends.status('cuda').reason}"
+ops = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("ganfast::"))
+assert ops, "no ganfast:: op is registered"
+
+def kernel_source(op, key):
+    """Where `op`'s kernel for dispatch key `key` was registered (a C++ file for ganfast._C), or None."""
+    m = re.search(rf"^{key}: .*registered at (\S+)", torch._C._dispatch_dump(op), re.M)
+    return m.group(1) if m else None
+
+def from_cpp(op, key):
+    return (kernel_source(op, key) or "").split(":")[0].endswith((".cpp", ".cu"))
+
+cpp_cpu = [op for op in ops if from_cpp(op, "CPU")]
+assert cpp_cpu, "no ganfast:: op has a C++ CPU kernel: was ganfast._C built with its CPU kernels?"
+# Ops that have no CUDA kernel yet on purpose, and why; an entry that gains one must be removed here.
+CPU_ONLY = {
+    "ganfast::spectral_norm_multi": "multi-tensor spectral norm: a CPU kernel only (ganfast/ops/spectral_norm.py)",
+    "ganfast::spectral_norm_backward_multi": "multi-tensor spectral norm: a CPU kernel only",
+}
+has_cuda = {op: torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA") and from_cpp(op, "CUDA") for op in cpp_cpu}
+missing = [op for op in cpp_cpu if not has_cuda[op] and op not in CPU_ONLY]
+stale = [op for op in CPU_ONLY if has_cuda.get(op)]
+assert not stale, f"these ops have a CUDA kernel now, remove them from CPU_ONLY: {stale}"
+for op in cpp_cpu:
+    print(f"  {op:45s} CPU: {kernel_source(op, 'CPU')}   CUDA: {kernel_source(op, 'CUDA')}")
+assert not missing, f"ops with a C++ CPU kernel but no CUDA kernel: {missing}"
+for op, why in CPU_ONLY.items():
+    print(f"  {op:45s} no CUDA kernel, known: {why}")
+print(f"ci_cuda_build: {sum(has_cuda.values())} ganfast:: ops have both a C++ CPU and a CUDA kernel "
+      f"(torch {torch.__version__}, no GPU: cuda available = {torch.cuda.is_available()})")
+EOF
+)
+echo "ci_cuda_build: passed in $((SECONDS - started)) s"
