@@ -13,13 +13,17 @@
 # dependencies. Left out: triton, cuda-bindings/-pathfinder/-toolkit, nvidia-cusolver (loaded lazily by
 # libtorch_cuda_linalg.so), nvidia-nvtx (optional). Versions come from torch's own pins (pip resolves
 # the full set with --dry-run, from metadata only).
-# nvcc comes from the local CUDA toolkit. The wheels stay in pip's cache and the venv is kept
-# (.ci-cuda-venv-<version>, reused while it holds that torch), so a second run downloads nothing.
+# nvcc comes from the local CUDA toolkit. The wheels are kept in ~/.cache/ganfast-ci/wheels
+# ($GANFAST_CI_WHEELS) and the venv too (.ci-cuda-venv-<version>, reused while it holds that torch).
 #
-# Cost, measured 2026-11-28 on the 2-core CI machine (shared, load average 8-12):
-#   first run:  ~1.05 GB downloaded (torch 0.53 GB + nvidia-* 1.9 GB unpacked ~3.8 GB) in ~0.5 min,
-#               install ~1.2 min, build ~6 min under load (1.5 min on a quiet machine), check ~20 s
-#   later runs: no download or install; build + check only.
+# Cost, measured 2026-11-28 on this 2-core CI machine while it was shared (load average 6-13):
+#   first run: 2.2 GB of wheels downloaded (torch 0.53 GB, nvidia-* 1.7 GB; the index served about
+#     200 MB/s, so ~15 s of transfer; 4.6 min with pip's metadata resolution under that load),
+#     install 70 s on a quiet machine (the venv is 3.8 GB), build 21 min under that load (the issue
+#     measured 1.5 min on a quiet machine), registration check ~20 s.
+#   later runs: no download and no install (venv kept); ninja recompiles only changed sources
+#     (one binding: ~4 min under that load), then the check.
+#   a fresh clone with the wheel folder there: no download; install + full build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -42,20 +46,33 @@ py="$venv/bin/python"
 have=$("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
 if [[ "$have" != "$torch_version+cu"* ]]; then
   echo "ci_cuda_build: installing torch $torch_version (CUDA build) into $venv"
-  "$py" -m pip install -q --upgrade pip
-  report=$(mktemp)
-  "$py" -m pip install -q --dry-run --ignore-installed --report "$report" "torch==$torch_version"
-  mapfile -t pins < <("$py" - "$report" <<'EOF'
+  # The index sends its wheels uncacheable (pip's own cache stays empty), so keep them in a folder
+  # of our own, with the list of pins: a later run, even from a fresh clone, downloads nothing.
+  wheels=${GANFAST_CI_WHEELS:-$HOME/.cache/ganfast-ci/wheels}
+  pins_file="$wheels/torch-$torch_version.pins"
+  mkdir -p "$wheels"
+  if [ ! -s "$pins_file" ]; then
+    report=$(mktemp)
+    "$py" -m pip install -q --dry-run --ignore-installed --report "$report" "torch==$torch_version"
+    "$py" - "$report" > "$pins_file.tmp" <<'EOF'
 import json, sys
 skip = {"triton", "cuda-bindings", "cuda-pathfinder", "cuda-toolkit", "nvidia-cusolver", "nvidia-nvtx"}
 for p in json.load(open(sys.argv[1]))["install"]:
     name = p["metadata"]["name"].lower().replace("_", "-")
     if name not in skip:
         print(f"{name}=={p['metadata']['version']}")
+print("setuptools>=77\nwheel\nninja")
 EOF
-)
-  rm -f "$report"
-  "$py" -m pip install -q --no-deps "${pins[@]}" "setuptools>=77" wheel ninja
+    mv "$pins_file.tmp" "$pins_file"
+    rm -f "$report"
+  fi
+  mapfile -t pins < "$pins_file"
+  if ! "$py" -m pip install -q --no-index --find-links "$wheels" --no-deps "${pins[@]}" 2> /dev/null; then
+    before=$(du -sm "$wheels" | cut -f1)
+    "$py" -m pip download -q --no-deps -d "$wheels" "${pins[@]}"  # skips the files already there
+    echo "ci_cuda_build: downloaded $(( $(du -sm "$wheels" | cut -f1) - before )) MB after $((SECONDS - started)) s"
+    "$py" -m pip install -q --no-index --find-links "$wheels" --no-deps "${pins[@]}"
+  fi
 fi
 "$py" -c 'import torch; assert torch.version.cuda, "not a CUDA build of torch"; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
 echo "ci_cuda_build: torch ready after $((SECONDS - started)) s"
@@ -68,7 +85,7 @@ mkdir -p "$src"
 find "$src" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
 git ls-files -co --exclude-standard -z | xargs -0 cp -p --parents -t "$src"
 site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-cuda_include=$(ls -d "$site"/nvidia/cu*/include | head -1)  # cuBLAS, cuSPARSE, ... headers
+cuda_include=$(ls -d "$site"/nvidia/cu[0-9]*/include | head -1)  # cuBLAS, cuSPARSE, ... headers
 (
   cd "$src"
   export PATH="$venv/bin:$PATH" CUDA_HOME="$cuda_home" CPATH="$cuda_include${CPATH:+:$CPATH}"

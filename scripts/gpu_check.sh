@@ -5,7 +5,7 @@
 # its own time limit (under 8 minutes in all), and ends with one summary table.
 # Every log goes to $OUT (default /tmp/ganfast-gpu-check); the table is also $OUT/summary.txt.
 # Without a GPU (a rehearsal) the build still runs and the GPU steps are reported as skipped.
-# Step limits in seconds can be changed: GPU_CHECK_LIMITS="build=120 tests=190 validate=60 bench=60" (8 min in all).
+# Step limits in seconds can be changed: GPU_CHECK_LIMITS="build=120 tests=170 validate=60 bench=60" (8 min in all).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/ganfast-gpu-check}"
@@ -14,7 +14,7 @@ py=${PYTHON:-python3}
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1  # nothing can be fetched there: never try
 export PYTHONUNBUFFERED=1
 
-declare -A limit=([env]=20 [build]=120 [tests]=190 [validate]=60 [bench]=60 [info]=20)
+declare -A limit=([env]=40 [build]=120 [tests]=170 [validate]=60 [bench]=60 [info]=20)
 for kv in ${GPU_CHECK_LIMITS:-}; do limit[${kv%%=*}]=${kv#*=}; done
 steps=() status=() seconds=()
 
@@ -22,7 +22,7 @@ steps=() status=() seconds=()
 run_step() {
   local name=$1; shift
   local t0=$SECONDS rc
-  echo "== $name (limit ${limit[$name]} s): $*"
+  echo "== $name (limit ${limit[$name]} s)"
   timeout --kill-after=10 "${limit[$name]}" "$@" > "$out/$name.txt" 2>&1
   rc=$?
   tail -n 15 "$out/$name.txt"
@@ -37,7 +37,7 @@ run_step() {
 skip_step() { steps+=("$1"); status+=("skipped: $2"); seconds+=(0); }
 
 run_step env "$py" -c '
-import platform, subprocess, sys, torch
+import shutil, subprocess, sys, torch
 print("python", sys.version.split()[0], sys.executable)
 print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu:", torch.cuda.is_available())
 try:
@@ -46,8 +46,11 @@ except ImportError as e:
     print("triton: not installed", e)
 if torch.cuda.is_available():
     print(torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0))
-subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"], check=False)
-subprocess.run(["nvcc", "--version"], check=False)
+for cmd in (["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"], ["nvcc", "--version"]):
+    if shutil.which(cmd[0]):
+        subprocess.run(cmd, check=False)
+    else:
+        print(cmd[0], "not found")
 '
 has_gpu=$("$py" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
 
@@ -57,7 +60,11 @@ arch=$("$py" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(
 # toolkit lacks them; nvcc's own toolkit otherwise.
 cuda_include=$("$py" -c '
 import glob, os, sysconfig
-print(":".join(glob.glob(os.path.join(sysconfig.get_paths()["purelib"], "nvidia", "cu*", "include"))))')
+print(":".join(glob.glob(os.path.join(sysconfig.get_paths()["purelib"], "nvidia", "cu[0-9]*", "include"))))')
+# The toolkit root as nvcc reports it (torch would guess it from nvcc's path, wrong for a wrapper).
+if [ -z "${CUDA_HOME:-}" ] && command -v nvcc > /dev/null; then
+  export CUDA_HOME=$(cd "$(nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p')" && pwd)
+fi
 # In place (no pip, nothing installed into that Python): ganfast is imported from here.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 run_step build env GANFAST_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" \
