@@ -19,10 +19,10 @@
 # Cost, measured 2026-11-28 on this 2-core CI machine while it was shared (load average 6-13):
 #   first run: 2.2 GB of wheels downloaded (torch 0.53 GB, nvidia-* 1.7 GB; the index served about
 #     200 MB/s, so ~15 s of transfer; 4.6 min with pip's metadata resolution under that load),
-#     install 70 s on a quiet machine (the venv is 3.8 GB), build 21 min under that load (the issue
-#     measured 1.5 min on a quiet machine), registration check ~20 s.
+#     install 70 s on a quiet machine (the venv is 3.8 GB), full build 21 min at load 10-13 and
+#     5.6 min at load 4 (the issue measured 1.5 min on a quiet machine), registration check ~10 s.
 #   later runs: no download and no install (venv kept); ninja recompiles only changed sources
-#     (one binding: ~4 min under that load), then the check.
+#     (nothing changed: 18 s in all; one binding changed: 45-55 s), then the check.
 #   a fresh clone with the wheel folder there: no download; install + full build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
