@@ -79,7 +79,8 @@ def _term(x, TERM: tl.constexpr):
     return v, d
 
 
-@triton.jit
+# nr, nf not specialized: Triton would pass a size of 1 as a Python int, which has no .to().
+@triton.jit(do_not_specialize=("nr", "nf"))
 def _gan_loss_kernel(r_ptr, f_ptr, nr, nf, loss_ptr, gr_ptr, gf_ptr, stats_ptr,
                      PHI: tl.constexpr, PSI: tl.constexpr, MODE: tl.constexpr, HAS_REAL: tl.constexpr,
                      BLOCK: tl.constexpr):
