@@ -56,8 +56,8 @@ def median_time(fn: Callable[[], object], device: torch.device = torch.device("c
 @dataclasses.dataclass(frozen=True)
 class Floor:
     """The least time a case can take: `autograd` (dispatch and the autograd engine: a trivial
-    differentiable op on the same tensors) or `bytes` (the bytes the op must read and write, at the
-    copy bandwidth measured in the same run)."""
+    differentiable op on the same tensors), `dispatch` (one trivial op, for forward-only cases) or
+    `bytes` (the bytes the op must read and write, at the copy bandwidth measured in the same run)."""
     seconds: float
     basis: str
 

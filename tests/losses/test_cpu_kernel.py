@@ -174,3 +174,24 @@ def test_environment_variable_forces_a_path():
     assert _capability_in_subprocess(CAPABILITIES[-1])[0] == CAPABILITIES[-1]
     chosen, err = _capability_in_subprocess("sse9")
     assert chosen == CAPABILITIES[-1] and "GANFAST_CPU_CAPABILITY=sse9" in err
+
+
+def test_softplus_error_bound(capability):
+    """The kernel's own float exp/log1p (gan_loss_kernel.cpp): softplus within 5 ulp and sigmoid
+    within 4 ulp of the float64 values. g_loss[ns] over 16 copies of one logit is exactly that
+    logit's softplus(-x) (the copies sum exactly), and its gradient times -16 is sigmoid(-x)."""
+    xs = torch.cat([torch.linspace(-100, 100, 801), torch.logspace(-30, 1.94, 400), -torch.logspace(-30, 1.94, 400)])
+    for x in xs.tolist():
+        f = torch.full((16,), x, requires_grad=True)
+        with ganfast.use_backend("cpu"):
+            loss = losses.g_loss(f, "ns")
+        loss.backward()
+        got = {"softplus": loss.double(), "sigmoid": -16 * f.grad[0].double()}
+        x64 = torch.tensor(x, dtype=torch.float32).double()
+        want = {"softplus": torch.nn.functional.softplus(-x64), "sigmoid": torch.sigmoid(-x64)}
+        for name, bound in (("softplus", 5), ("sigmoid", 4)):
+            w = want[name]
+            if w < 1e-37:
+                continue
+            ulp = torch.finfo(torch.float32).eps * 2.0 ** torch.floor(torch.log2(w.abs()))
+            assert (got[name] - w).abs() <= bound * ulp, (name, x, float(got[name]), float(w))
