@@ -1,8 +1,8 @@
 // Vectorized CPU kernel of ganfast::gan_loss_fused (compiled once per capability, see kernels.h):
 // the loss, d loss / d logits and the D statistics. Terms are evaluated in op-math vectors (float,
 // double for double inputs) with ATen's Vectorized (exp and log1p: see softplus_sigmoid); sums
-// follow vec_utils.h (blocks, then double lanes,
-// then fixed-size chunks in order: deterministic whatever the thread count).
+// follow vec_utils.h (blocks, then double lanes, then fixed-size chunks in order: deterministic
+// whatever the thread count).
 //
 // Passes over the logits (each reads them once):
 //   plain:   one pass per side: statistics, term values, and the gradient d_i / N written.
