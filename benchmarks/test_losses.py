@@ -42,7 +42,7 @@ def test_loss_fwd_bwd(benchmark, bandwidth, kind, size, loss, variant):
     benchmark.group = case
     benchmark.extra_info["bytes_floor_s"] = moved_bytes(real, fake, kind, gen) / bandwidth
     if variant == "floor":
-        _bench(benchmark, autograd_floor_step(real, fake))
+        _bench(benchmark, autograd_floor_step(real, fake, kind, gen))
         return
     fn = variants(kind, DEVICE, compile_reference=variant == "compiled", generator=gen)[variant]
     with backends.use_backend(variant if variant in backends.BACKENDS else "auto"):

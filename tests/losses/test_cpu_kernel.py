@@ -195,3 +195,19 @@ def test_softplus_error_bound(capability):
                 continue
             ulp = torch.finfo(torch.float32).eps * 2.0 ** torch.floor(torch.log2(w.abs()))
             assert (got[name] - w).abs() <= bound * ulp, (name, x, float(got[name]), float(w))
+
+
+def test_backward_twice_with_retained_graph():
+    """backward passes the saved gradient on as it is when the upstream gradient is 1 (csrc/autograd.h):
+    a retained graph must still give the same gradient again, accumulated."""
+    if not CAPABILITIES:
+        pytest.skip("no ganfast._C")
+    r = torch.randn(37, requires_grad=True)
+    f = torch.randn(37, requires_grad=True)
+    with ganfast.use_backend("cpu"):
+        loss = losses.d_loss(r, f, "rans")
+    loss.backward(retain_graph=True)
+    first = r.grad.clone(), f.grad.clone()
+    loss.backward(retain_graph=True)
+    (loss * 0.5).backward()
+    torch.testing.assert_close((r.grad, f.grad), (2.5 * first[0], 2.5 * first[1]))
