@@ -7,6 +7,7 @@ that is installed, not against a fresh copy pip would fetch into an isolated bui
 """
 import glob
 import os
+import platform
 import shutil
 import sys
 
@@ -27,6 +28,36 @@ def _loud(text):
 # commands that build or install the package (pip runs bdist_wheel / editable_wheel); sdist and
 # metadata queries do not need torch
 _BUILDS = {"bdist_wheel", "build", "build_ext", "install", "develop", "editable_wheel"}
+
+
+# The kernels in csrc/cpu/vec/ are compiled once per CPU capability, as PyTorch compiles its own
+# (ATen/native/cpu): the same source with CPU_CAPABILITY=<name> (the namespace of that copy, and the
+# Vectorized<T> width) and that capability's ISA flags. csrc/cpu/capability.cpp picks a copy at run
+# time from cpuid. The objects are linked after the baseline ones, so that an inline function both
+# kinds of file use (c10, ATen headers) resolves to its baseline-x86-64 instance.
+X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+CPU_CAPABILITIES = {"DEFAULT": []}
+if X86 and os.name != "nt":
+    CPU_CAPABILITIES["AVX2"] = ["-mavx2", "-mfma", "-mf16c"]
+    CPU_CAPABILITIES["AVX512"] = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"]
+
+
+def capability_build_ext(base):
+    """build_ext that compiles csrc/cpu/vec/*.cpp once per entry of CPU_CAPABILITIES and links them in."""
+    class BuildExt(base):
+        def build_extension(self, ext):
+            sources = sorted(os.path.relpath(s, ROOT) for s in glob.glob(os.path.join(ROOT, "csrc", "cpu", "vec", "*.cpp")))
+            cxx = ext.extra_compile_args["cxx"] if isinstance(ext.extra_compile_args, dict) else ext.extra_compile_args
+            objects = []
+            for name, flags in CPU_CAPABILITIES.items():
+                objects += self.compiler.compile(
+                    sources, output_dir=os.path.join(self.build_temp, f"cpu_{name.lower()}"),
+                    macros=list(ext.define_macros) + [("CPU_CAPABILITY", name), (f"CPU_CAPABILITY_{name}", None)],
+                    include_dirs=ext.include_dirs, extra_postargs=list(cxx) + flags,
+                    depends=sources + glob.glob(os.path.join(ROOT, "csrc", "**", "*.h"), recursive=True))
+            ext.extra_objects = [o for o in ext.extra_objects if o not in objects] + objects
+            super().build_extension(ext)
+    return BuildExt
 
 
 def extensions():
@@ -52,6 +83,8 @@ def extensions():
     csrc = os.path.join(ROOT, "csrc")
     sources = sorted(glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
     cxx_flags = ["-O3", "-std=c++17"]
+    # the capability copies this build has (csrc/cpu/kernels.h declares and dispatches to them)
+    macros = [(f"GANFAST_HAVE_{name}", None) for name in CPU_CAPABILITIES if name != "DEFAULT"]
     nvcc_found = cpp_extension.CUDA_HOME is not None or shutil.which("nvcc") is not None
     # Decided from the installed torch and the toolchain, never from the build machine's GPU.
     with_cuda = _flag("GANFAST_BUILD_CUDA") or (torch.version.cuda is not None and nvcc_found)
@@ -59,15 +92,16 @@ def extensions():
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")) + glob.glob(os.path.join(csrc, "cuda", "*.cpp")))
         ext = cpp_extension.CUDAExtension(
             "ganfast._C", [os.path.relpath(s, ROOT) for s in sources],
-            define_macros=[("GANFAST_WITH_CUDA", None)],
+            define_macros=macros + [("GANFAST_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
         )
     else:
         ext = cpp_extension.CppExtension(
             "ganfast._C", [os.path.relpath(s, ROOT) for s in sources],
-            extra_compile_args={"cxx": cxx_flags},
+            define_macros=macros, extra_compile_args={"cxx": cxx_flags},
         )
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+    return [ext], {"build_ext": capability_build_ext(build_ext)}
 
 
 ext_modules, cmdclass = extensions()

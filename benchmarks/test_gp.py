@@ -1,5 +1,9 @@
-"""pytest-benchmark suite of the gradient-penalty discriminator step (see ganfast/bench/gp.py):
-`pytest benchmarks/test_gp.py --benchmark-only`; compare the eager and ganfast rows of one case."""
+"""pytest-benchmark suite of the gradient penalties (see ganfast/bench/gp.py):
+`pytest benchmarks/test_gp.py --benchmark-only --benchmark-group-by=group`.
+
+test_penalty_op: the fused parts alone (penalty tail fwd+bwd, interpolation), the same cases as
+`ganfast bench gp`, with their floor step as a variant (the bytes floor is in extra_info).
+test_d_step: the whole discriminator step; compare the eager and ganfast rows of one case."""
 import copy
 
 import pytest
@@ -7,9 +11,28 @@ import torch
 import torch.nn as nn
 
 from ganfast import backends
-from ganfast.bench import gp
+from ganfast.bench import copy_bandwidth, gp
 
 VARIANTS = ["eager"] + [b for b in backends.available_backends("cpu")]
+OP_VARIANTS = ["eager", "compiled"] + [b for b in backends.available_backends("cpu") if b != "reference"]
+
+
+@pytest.fixture(scope="session")
+def bandwidth():
+    return copy_bandwidth(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("variant", OP_VARIANTS + ["floor"])
+@pytest.mark.parametrize("part", ["tail", "interpolate"])
+@pytest.mark.parametrize("shape", gp.OP_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_penalty_op(benchmark, bandwidth, shape, part, variant):
+    cases = gp.op_steps(shape, torch.device("cpu"), compile_reference=variant == "compiled")
+    (case, (steps, (floor_step, _), nbytes)), = [(c, v) for c, v in cases.items() if c.startswith(part)]
+    benchmark.group = case
+    benchmark.extra_info["bytes_floor_s"] = nbytes / bandwidth
+    step = floor_step if variant == "floor" else steps[variant]
+    step()  # compile / warm up outside the timing
+    benchmark(step)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -2,32 +2,48 @@
 
     pytest benchmarks/test_losses.py --benchmark-only --benchmark-group-by=group
 
-Each group is one (kind, batch size): eager reference, torch.compile of it, and each ganfast backend.
+Each group is one (loss, kind, batch size): eager reference, torch.compile of it, each ganfast
+backend, and the floor (the autograd floor on the same tensors; for B >= 57600 the bytes floor is
+in extra_info, from the copy bandwidth measured once per session).
 """
 import pytest
 import torch
 
 from ganfast import backends, losses
-from ganfast.bench.losses import SIZES, cases, make_step, variants
+from ganfast.bench import copy_bandwidth
+from ganfast.bench.losses import SIZES, autograd_floor_step, cases, make_step, moved_bytes, variants
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 VARIANTS = ["eager", "compiled"] + [b for b in backends.available_backends(DEVICE.type) if b != "reference"]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.fixture(scope="session")
+def bandwidth():
+    return copy_bandwidth(DEVICE)
+
+
+def _bench(benchmark, step):
+    step()  # compile / warm up outside the timing
+    if DEVICE.type == "cuda":
+        def timed():
+            step()
+            torch.cuda.synchronize()
+        benchmark(timed)
+    else:
+        benchmark(step)
+
+
+@pytest.mark.parametrize("variant", VARIANTS + ["floor"])
+@pytest.mark.parametrize("loss", ["d", "g"])
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("kind", losses.KINDS)
-def test_d_loss_fwd_bwd(benchmark, kind, size, variant):
-    (case, _, real, fake), = cases((kind,), (size,), DEVICE)
-    fn = variants(kind, DEVICE, compile_reference=variant == "compiled")[variant]
+def test_loss_fwd_bwd(benchmark, bandwidth, kind, size, loss, variant):
+    (case, _, gen, real, fake), = cases((kind,), (size,), DEVICE, generator=(loss == "g",))
     benchmark.group = case
+    benchmark.extra_info["bytes_floor_s"] = moved_bytes(real, fake, kind, gen) / bandwidth
+    if variant == "floor":
+        _bench(benchmark, autograd_floor_step(real, fake, kind, gen))
+        return
+    fn = variants(kind, DEVICE, compile_reference=variant == "compiled", generator=gen)[variant]
     with backends.use_backend(variant if variant in backends.BACKENDS else "auto"):
-        step = make_step(fn, real, fake)
-        step()  # compile / warm up outside the timing
-        if DEVICE.type == "cuda":
-            def timed():
-                step()
-                torch.cuda.synchronize()
-            benchmark(timed)
-        else:
-            benchmark(step)
+        _bench(benchmark, make_step(fn, real, fake))

@@ -62,6 +62,27 @@ def median_time(fn: Callable[[], object], device: torch.device = torch.device("c
     return interleaved_medians({"fn": fn}, device, **kwargs)["fn"]
 
 
+@dataclasses.dataclass(frozen=True)
+class Floor:
+    """The least time a case can take: `autograd` (dispatch and the autograd engine: a trivial
+    differentiable op on the same tensors), `dispatch` (one trivial op, for forward-only cases) or
+    `bytes` (the bytes the op must read and write, at the copy bandwidth measured in the same run)."""
+    seconds: float
+    basis: str
+
+
+def copy_bandwidth(device: torch.device = torch.device("cpu"), nbytes: int = 1 << 27) -> float:
+    """Bytes per second that a large tensor copy_ moves (read + write), measured now."""
+    src = torch.empty(nbytes // 4, device=device).uniform_()
+    dst = torch.empty_like(src)
+    seconds = median_time(lambda: dst.copy_(src), device, rounds=5, round_time=0.02)
+    return 2 * nbytes / seconds
+
+
+def bytes_floor(nbytes: int, bandwidth: float) -> Floor:
+    return Floor(nbytes / bandwidth, "bytes")
+
+
 @dataclasses.dataclass
 class Row:
     suite: str
@@ -70,6 +91,7 @@ class Row:
     seconds: float
     vs_eager: float | None = None
     vs_compiled: float | None = None
+    floor: Floor | None = None  # the limit for this case (suites that measure one)
 
 
 def add_ratios(rows: list[Row]) -> list[Row]:
@@ -87,14 +109,20 @@ def add_ratios(rows: list[Row]) -> list[Row]:
 def format_rows(rows: list[Row]) -> str:
     vw = max([16] + [len(r.variant) for r in rows])
     cw = max([34] + [len(r.case) for r in rows])
-    head = f"{'suite':<8} {'case':<{cw}} {'variant':<{vw}} {'median':>12} {'vs eager':>9} {'vs compiled':>12}"
+    head = (f"{'suite':<8} {'case':<{cw}} {'variant':<{vw}} {'median':>12} {'vs eager':>9} {'vs compiled':>12}"
+            f" {'floor':>22}")
     lines = [head, "-" * len(head)]
+
+    def fmt(seconds):
+        us = seconds * 1e6
+        return f"{us:,.1f} us" if us < 1e5 else f"{us / 1e6:,.3f} s"
+
     for r in rows:
-        us = r.seconds * 1e6
-        t = f"{us:,.1f} us" if us < 1e5 else f"{us / 1e6:,.3f} s"
         eager = f"{r.vs_eager:.2f}x" if r.vs_eager else ""
         comp = f"{r.vs_compiled:.2f}x" if r.vs_compiled else ""
-        lines.append(f"{r.suite:<8} {r.case:<{cw}} {r.variant:<{vw}} {t:>12} {eager:>9} {comp:>12}")
+        floor = f"{fmt(r.floor.seconds)} ({r.floor.basis})" if r.floor else ""
+        lines.append(f"{r.suite:<8} {r.case:<{cw}} {r.variant:<{vw}} {fmt(r.seconds):>12} {eager:>9} {comp:>12}"
+                     f" {floor:>22}")
     return "\n".join(lines)
 
 

@@ -11,6 +11,10 @@ DCGAN-style 32x32 conv discriminator (B = 64).
             loss's D(real) / D(fake) forward (r*_from_logits);
             WGAN-GP/DRAGAN use the fused interpolation and the fused penalty tail.
 torch.compile is not timed: it does not support the double backward of a gradient penalty.
+
+The op cases time the fused parts alone, against the reference and torch.compile of it, with a
+floor (see ganfast.bench.losses): the penalty tail (norms, penalty and d penalty / d g, forward +
+backward) and the interpolation (forward), for g of shape (64, 2), (64, 3, 32, 32), (64, 3, 64, 64).
 The variants of a case are timed in turn, round by round (see ganfast.bench.interleaved_medians): the CPUs these run
 on are often shared, and timing one variant after the other mixes their load into the ratios.
 """
@@ -24,7 +28,9 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from .. import backends, losses, penalties
-from . import Row, interleaved_medians
+from ..ops import penalties as penalty_ops
+from ..reference import penalties as penalty_reference
+from . import Floor, Row, bytes_floor, copy_bandwidth, interleaved_medians
 
 PENALTIES = ("wgan_gp", "r1", "r2", "dragan")
 LOSS_KIND = {"wgan_gp": "wasserstein", "r1": "ns", "r2": "ns", "dragan": "ns"}
@@ -104,9 +110,71 @@ def ganfast_step(D, opt, real, fake, name, sn_ctx):
     return step
 
 
+OP_SHAPES = ((64, 2), (64, 3, 32, 32), (64, 3, 64, 64))
+FLOOR_BYTES_FROM = 57600  # elements; below, the autograd floor
+
+
+def op_steps(shape, device: torch.device, compile_reference: bool = True):
+    """{case: ({variant: step}, (floor step, its basis), bytes moved)} for the fused penalty parts on g
+    (or real/fake) of `shape`: the two-sided tail (forward + backward) and the interpolation."""
+    g = torch.Generator().manual_seed(1)
+    grad = torch.randn(shape, generator=g).to(device).requires_grad_()
+    real, fake = torch.randn(shape, generator=g).to(device), torch.randn(shape, generator=g).to(device)
+    alpha = torch.rand(shape[0], generator=g).to(device)
+    dims = "x".join(map(str, shape))
+
+    def tail_step(fn):
+        def step():
+            grad.grad = None
+            fn(grad)[0].backward()
+        return step
+
+    def ref_tail(x):
+        return penalty_reference.penalty_tail(x, 0, 10.0, 1.0)
+
+    def ref_interp(r, f, a):
+        return penalty_reference.interpolate(r, f, a, False)
+
+    tails = {"eager": tail_step(ref_tail)}
+    interps = {"eager": lambda: ref_interp(real, fake, alpha)}
+    if compile_reference:
+        torch._dynamo.reset()
+        compiled_tail, compiled_interp = torch.compile(ref_tail, dynamic=False), torch.compile(ref_interp, dynamic=False)
+        tails["compiled"] = tail_step(compiled_tail)
+        interps["compiled"] = lambda: compiled_interp(real, fake, alpha)
+    for name in backends.available_backends(device.type):
+        if name != "reference":
+            tails[name] = tail_step(lambda x, name=name: penalty_ops.grad_penalty(x, 0, 10.0, 1.0, 1.0, name))
+            interps[name] = lambda name=name: penalty_ops.interpolate(real, fake, alpha, False, 0.5, name)
+
+    def tail_floor():
+        grad.grad = None
+        grad.sum().backward()
+
+    size = grad.element_size() * grad.numel()
+    # (the interpolation is timed forward only, as it runs in a penalty: its floor is one elementwise op)
+    return {f"tail[two-sided] g={dims}": (tails, (tail_floor, "autograd"), 2 * size),
+            f"interpolate g={dims}": (interps, (lambda: real.add(fake), "dispatch"), 3 * size)}
+
+
+def run_ops(device: torch.device, shapes=OP_SHAPES) -> list[Row]:
+    bandwidth = copy_bandwidth(device)
+    rows = []
+    for shape in shapes:
+        numel = 1
+        for n in shape:
+            numel *= n
+        for case, (steps, (floor_step, basis), nbytes) in op_steps(shape, device).items():
+            small = numel < FLOOR_BYTES_FROM
+            times = interleaved_medians({**steps, "floor": floor_step} if small else steps, device)
+            floor = Floor(times.pop("floor"), basis) if small else bytes_floor(nbytes, bandwidth)
+            rows.extend(Row("gp", case, variant, t, floor=floor) for variant, t in times.items())
+    return rows
+
+
 def run(quick: bool = False, device: torch.device = torch.device("cpu"), nets=None, names=None) -> list[Row]:
     sn, sn_ctx, label = ganfast_sn()
-    rows = []
+    rows = run_ops(device, OP_SHAPES[:2] if quick else OP_SHAPES)
     for net in nets or NETS:
         make, b, shape = NETS[net]
         g = torch.Generator().manual_seed(0)

@@ -1,14 +1,21 @@
-"""Forward + backward of d_loss for each kind: eager reference, torch.compile of the reference, and
-each available ganfast backend. B = 64, 4096 and 57600 (a 64x30x30 patch discriminator)."""
+"""Forward + backward of d_loss and g_loss for each kind: eager reference, torch.compile of the
+reference, and each available ganfast backend. B = 64, 4096, 57600 (a 64x30x30 patch
+discriminator) and 1,048,576.
+
+Each case has a floor: below FLOOR_BYTES_FROM elements, the autograd floor on the same tensors
+(`(r.sum() + f.sum()).backward()`, or `f.sum().backward()` for a g_loss that reads only f: dispatch
+and the autograd engine, nothing else); from there, the bytes a fused forward + backward must move
+(read the logits, write their gradients) at the copy bandwidth measured in the same run."""
 from __future__ import annotations
 
 import torch
 
 from .. import backends, losses
 from ..reference import losses as reference
-from . import Row, interleaved_medians
+from . import Floor, Row, bytes_floor, copy_bandwidth, interleaved_medians
 
-SIZES = (64, 4096, 57600)
+SIZES = (64, 4096, 57600, 1_048_576)
+FLOOR_BYTES_FROM = 57600
 
 
 def make_step(loss_fn, real, fake):
@@ -18,28 +25,55 @@ def make_step(loss_fn, real, fake):
     return step
 
 
-def cases(kinds=losses.KINDS, sizes=SIZES, device=torch.device("cpu")):
-    """(case name, kind, real, fake) for each kind and batch size."""
+def autograd_floor_step(real, fake, kind="ns", generator=False):
+    """The cheapest differentiable use of the logit tensors the loss reads (a non-relativistic
+    g_loss reads only the fake ones)."""
+    if generator and kind not in losses.RELATIVISTIC:
+        return make_step(lambda r, f: f.sum(), real, fake)
+    return make_step(lambda r, f: r.sum() + f.sum(), real, fake)
+
+
+def cases(kinds=losses.KINDS, sizes=SIZES, device=torch.device("cpu"), generator=(False, True)):
+    """(case name, kind, generator, real, fake) for each kind, batch size and loss (d, then g)."""
     for kind in kinds:
         for b in sizes:
-            g = torch.Generator().manual_seed(b)
-            real = torch.randn(b, generator=g).to(device).requires_grad_()
-            fake = torch.randn(b, generator=g).to(device).requires_grad_()
-            yield f"d_loss[{kind}] B={b}", kind, real, fake
+            for gen in generator:
+                g = torch.Generator().manual_seed(b)
+                real = torch.randn(b, generator=g).to(device).requires_grad_()
+                fake = torch.randn(b, generator=g).to(device).requires_grad_()
+                yield f"{'g' if gen else 'd'}_loss[{kind}] B={b}", kind, gen, real, fake
 
 
-def variants(kind: str, device: torch.device, compile_reference: bool = True):
-    """variant name -> loss function (real, fake) -> scalar."""
+def variants(kind: str, device: torch.device, compile_reference: bool = True, generator: bool = False):
+    """variant name -> loss function (real, fake) -> scalar. A non-relativistic g_loss ignores real
+    (its gradient stays None)."""
+    relativistic = kind in losses.RELATIVISTIC
+
     def ref(r, f):
+        if generator:
+            return reference.g_loss(f, kind, r if relativistic else None)
         return reference.d_loss(r, f, kind)
+
+    def ours(r, f):
+        if generator:
+            return losses.g_loss(f, kind, real_logits=r if relativistic else None)
+        return losses.d_loss(r, f, kind)
+
     out = {"eager": ref}
     if compile_reference:
         torch._dynamo.reset()  # a fresh cache per case: `ref` is one code object for every kind and size
         out["compiled"] = torch.compile(ref, dynamic=False)
     for name in backends.available_backends(device.type):
         if name != "reference":  # timed under `with use_backend(name)`
-            out[name] = lambda r, f: losses.d_loss(r, f, kind)
+            out[name] = ours
     return out
+
+
+def moved_bytes(real, fake, kind, generator) -> int:
+    """Bytes a fused forward + backward must move: each logit tensor the loss reads, read once and
+    its gradient written once."""
+    used = [fake] + ([real] if not generator or kind in losses.RELATIVISTIC else [])
+    return sum(2 * t.numel() * t.element_size() for t in used)
 
 
 def _under_backend(variant: str, step):
@@ -55,10 +89,17 @@ def _under_backend(variant: str, step):
 def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list[Row]:
     kinds = ("ns", "hinge", "rahinge") if quick else losses.KINDS
     sizes = (64, 4096) if quick else SIZES
+    bandwidth = copy_bandwidth(device)
     rows = []
-    for case, kind, real, fake in cases(kinds, sizes, device):
+    for case, kind, gen, real, fake in cases(kinds, sizes, device):
         steps = {variant: _under_backend(variant, make_step(fn, real, fake))
-                 for variant, fn in variants(kind, device).items()}
-        for variant, seconds in interleaved_medians(steps, device).items():
-            rows.append(Row("losses", case, variant, seconds))
+                 for variant, fn in variants(kind, device, generator=gen).items()}
+        small = fake.numel() < FLOOR_BYTES_FROM
+        if small:
+            steps["floor"] = autograd_floor_step(real, fake, kind, gen)
+        times = interleaved_medians(steps, device)
+        floor = (Floor(times.pop("floor"), "autograd") if small
+                 else bytes_floor(moved_bytes(real, fake, kind, gen), bandwidth))
+        for variant, seconds in times.items():
+            rows.append(Row("losses", case, variant, seconds, floor=floor))
     return rows

@@ -1,0 +1,37 @@
+"""The vectorized CPU kernels exist in one copy per capability (default, avx2, avx512; see
+csrc/cpu/kernels.h). These helpers let a test run on each copy this machine supports, one after
+the other in the same process, through the ganfast_cpu:: ops."""
+import contextlib
+
+import pytest
+import torch
+
+from ganfast import backends
+
+
+def cpu_capabilities() -> list[str]:
+    """Capabilities built into ganfast._C that this CPU runs (empty without the extension)."""
+    if not backends.status("cpu").available:
+        return []
+    return list(torch.ops.ganfast_cpu.capabilities())
+
+
+@contextlib.contextmanager
+def cpu_capability(name: str):
+    """Run the CPU kernels with the copy compiled for `name` inside the block."""
+    previous = torch.ops.ganfast_cpu.capability()
+    torch.ops.ganfast_cpu.set_capability(name)
+    try:
+        yield
+    finally:
+        torch.ops.ganfast_cpu.set_capability(previous)
+
+
+CAPABILITIES = cpu_capabilities()
+
+
+@pytest.fixture(params=CAPABILITIES or [pytest.param(None, marks=pytest.mark.skip(reason="no ganfast._C"))])
+def capability(request):
+    """Each CPU capability in turn, active for the test."""
+    with cpu_capability(request.param):
+        yield request.param

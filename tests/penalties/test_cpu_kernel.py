@@ -1,0 +1,167 @@
+"""The vectorized CPU penalty kernels (grad_penalty_fused, gp_interpolate) on every capability copy
+this machine runs: row lengths around every vector width, denormals, ±inf/NaN, non-contiguous
+inputs, every dtype, a random upstream gradient, determinism over thread counts."""
+import pytest
+import torch
+
+from ganfast.ops import penalties as ops
+from ganfast.reference import penalties as ref
+from ganfast.validate import FLOOR, relative_error
+
+from ..losses.cpu_paths import CAPABILITIES, cpu_capability
+
+COLS = list(range(1, 18)) + [31, 33, 63, 65, 1025, 16385]
+KINDS = [(0, 10.0, 1.0), (1, 10.0, 0.8), (2, 5.0, 0.0)]
+
+
+def tail(g, kind, w, c, inv_scale, backend, upstream):
+    x = g.detach().clone().requires_grad_()
+    if backend == "reference":
+        p, n = ref.penalty_tail(x, kind, w, c, inv_scale)
+    else:
+        p, n = ops.grad_penalty(x, kind, w, c, inv_scale, backend)
+    (p * upstream).backward()
+    return {"penalty": p, "norms": n, "grad": x.grad}
+
+
+def interp(real, other, alpha, perturb, backend):
+    real, other, alpha = (t.detach().clone().requires_grad_() for t in (real, other, alpha))
+    if backend == "reference":
+        x = ref.interpolate(real, other, alpha, perturb, 0.5)
+    else:
+        x = ops.interpolate(real, other, alpha, perturb, 0.5, backend)
+    up = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(x.dtype)
+    (x * up).sum().backward()
+    return {"x": x, "d_real": real.grad, "d_other": other.grad, "d_alpha": alpha.grad}
+
+
+def assert_close_by_2x_rule(actual, exact, low, dtype):
+    for name in exact:
+        err = relative_error(actual[name], exact[name])
+        tol = 2 * relative_error(low[name], exact[name]) + FLOOR[dtype]
+        assert err <= tol, (name, err, tol)
+
+
+@pytest.mark.parametrize("cols", COLS)
+def test_grad_penalty_row_lengths(capability, cols):
+    for rows in (1, 5):
+        g64 = 0.3 * torch.randn(rows, cols, generator=torch.Generator().manual_seed(cols), dtype=torch.float64)
+        for kind, w, c in KINDS:
+            upstream = float(torch.empty(()).uniform_(0.5, 3.0))
+            exact = tail(g64, kind, w, c, 0.5, "reference", upstream)
+            actual = tail(g64.float(), kind, w, c, 0.5, "cpu", upstream)
+            for name in exact:
+                assert torch.isfinite(actual[name]).all(), name  # every element written
+            assert_close_by_2x_rule(actual, exact, tail(g64.float(), kind, w, c, 0.5, "reference", upstream),
+                                    torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_grad_penalty_dtypes(capability, dtype):
+    g64 = 0.3 * torch.randn(3, 2, 7, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for kind, w, c in KINDS:
+        exact = tail(g64, kind, w, c, 1.0, "reference", 1.7)
+        low = tail(g64.to(dtype), kind, w, c, 1.0, "reference", 1.7)
+        assert_close_by_2x_rule(tail(g64.to(dtype), kind, w, c, 1.0, "cpu", 1.7), exact, low, dtype)
+
+
+def test_grad_penalty_noncontiguous(capability):
+    g64 = 0.3 * torch.randn(17, 6, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    g = g64.float().transpose(0, 2).contiguous().transpose(0, 2)
+    assert not g.is_contiguous()
+    for kind, w, c in KINDS:
+        exact = tail(g64, kind, w, c, 1.0, "reference", 0.9)
+        assert_close_by_2x_rule(tail(g, kind, w, c, 1.0, "cpu", 0.9), exact,
+                                tail(g64.float(), kind, w, c, 1.0, "reference", 0.9), torch.float32)
+
+
+def test_grad_penalty_denormals(capability):
+    tiny = torch.finfo(torch.float32).tiny
+    g = torch.randn(4, 37, generator=torch.Generator().manual_seed(4)) * tiny * 0.1
+    g[1] = torch.randn(37) * 0.2  # one ordinary row
+    for kind, w, c in KINDS:
+        exact = tail(g.double(), kind, w, c, 1.0, "reference", 1.0)
+        actual = tail(g, kind, w, c, 1.0, "cpu", 1.0)
+        for name in exact:
+            assert relative_error(actual[name], exact[name]) <= 1e-5, name
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")], ids=["+inf", "-inf", "nan"])
+def test_grad_penalty_nonfinite(capability, value):
+    g = torch.randn(3, 21, generator=torch.Generator().manual_seed(5))
+    g[1, 19] = value  # in the tail of row 1; rows 0 and 2 stay finite
+    for kind, w, c in KINDS:
+        actual = tail(g, kind, w, c, 1.0, "cpu", 1.0)
+        exact = tail(g.double(), kind, w, c, 1.0, "reference", 1.0)
+        assert torch.equal(torch.isfinite(actual["norms"]), torch.isfinite(exact["norms"]))
+        assert torch.isfinite(actual["norms"][[0, 2]]).all() and not torch.isfinite(actual["penalty"])
+        for r in (0, 2):  # the other rows' gradients are unaffected
+            assert relative_error(actual["grad"][r], exact["grad"][r]) <= 1e-5
+
+
+@pytest.mark.parametrize("cols", COLS)
+@pytest.mark.parametrize("perturb", [False, True])
+def test_interpolate_row_lengths(capability, cols, perturb):
+    g = torch.Generator().manual_seed(cols)
+    rows = 3
+    real64 = torch.randn(rows, cols, generator=g, dtype=torch.float64)
+    other64 = torch.rand(rows, cols, generator=g, dtype=torch.float64)
+    alpha64 = torch.rand(rows, generator=g, dtype=torch.float64)
+    if perturb and rows * cols < 2:
+        return
+    exact = interp(real64, other64, alpha64, perturb, "reference")
+    low = interp(real64.float(), other64.float(), alpha64.float(), perturb, "reference")
+    actual = interp(real64.float(), other64.float(), alpha64.float(), perturb, "cpu")
+    assert torch.isfinite(actual["x"]).all()  # every element written
+    assert_close_by_2x_rule(actual, exact, low, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("perturb", [False, True])
+def test_interpolate_dtypes_noncontiguous(capability, dtype, perturb):
+    g = torch.Generator().manual_seed(6)
+    real64 = torch.randn(5, 3, 9, generator=g, dtype=torch.float64).transpose(1, 2)
+    other64 = torch.rand(5, 9, 3, generator=g, dtype=torch.float64)
+    alpha64 = torch.rand(5, generator=g, dtype=torch.float64)
+    exact = interp(real64, other64, alpha64, perturb, "reference")
+    low = interp(real64.to(dtype), other64.to(dtype), alpha64.to(dtype), perturb, "reference")
+    actual = interp(real64.to(dtype), other64.to(dtype), alpha64.to(dtype), perturb, "cpu")
+    assert_close_by_2x_rule(actual, exact, low, dtype)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")], ids=["inf", "nan"])
+def test_interpolate_nonfinite(capability, value):
+    real = torch.randn(2, 19)
+    other = torch.rand(2, 19)
+    alpha = torch.tensor([0.3, 0.6])
+    other[1, 17] = value  # in the tail
+    got = ops.interpolate(real, other, alpha, False, 0.5, "cpu")
+    want = ref.interpolate(real, other, alpha, False, 0.5)
+    assert relative_error(got, want) <= 1e-6
+
+
+def test_deterministic_over_thread_counts(capability):
+    g = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    real, other = torch.randn(64, 3, 32, 32), torch.randn(64, 3, 32, 32)
+    alpha = torch.rand(64)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            runs.append((tail(g, 0, 10.0, 1.0, 1.0, "cpu", 1.0), ops.interpolate(real, other, alpha, True, 0.5, "cpu")))
+    finally:
+        torch.set_num_threads(threads)
+    for (t, x) in runs[1:]:
+        assert all(torch.equal(t[k], runs[0][0][k]) for k in t) and torch.equal(x, runs[0][1])
+
+
+def test_capabilities_agree():
+    g = torch.randn(8, 3, 17, 19, generator=torch.Generator().manual_seed(8))
+    results = []
+    for cap in CAPABILITIES:
+        with cpu_capability(cap):
+            results.append(tail(g, 1, 10.0, 0.8, 1.0, "cpu", 1.0))
+    for res in results[1:]:
+        for k in res:
+            assert relative_error(res[k], results[0][k]) <= 1e-6, k
