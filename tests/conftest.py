@@ -28,3 +28,8 @@ def poison_memory(numel: int = 1 << 20) -> None:
     stale correct value from an earlier identical call."""
     junk = torch.full((numel,), float("nan"))
     del junk
+
+
+# `capability`: each copy of the vectorized CPU kernels this machine runs (default, avx2, avx512), in
+# turn; pytest finds a fixture by its name, so importing it here makes it every test's.
+from .cpu_paths import capability  # noqa: E402,F401

@@ -14,8 +14,8 @@
 // loop over the tasks of ALL layers, so the multi-tensor ops run one loop per phase for a whole model.
 //
 // The inner loops (csrc/cpu/spectral_norm_kernels.h) are compiled for AVX-512, AVX2 and baseline
-// x86-64 here (GCC target pragmas), and the best one the CPU supports runs; GANFAST_CPU_CAPABILITY=
-// default|avx2|avx512 lowers the choice (as PyTorch's ATEN_CPU_CAPABILITY).
+// x86-64 here (GCC target pragmas), and the copy of ganfast's CPU capability in force runs (the same
+// switch as the loss and penalty kernels: csrc/cpu/kernels.h).
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
@@ -34,6 +34,7 @@
 
 #include "../common/parallel.h"
 #include "../spectral_norm_inputs.h"
+#include "kernels.h"
 
 namespace ganfast {
 namespace sn {
@@ -67,29 +68,14 @@ namespace baseline {
 
 enum Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
-int hardware_isa() {
-#ifdef GANFAST_SN_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
-    return kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) return kAvx2;
-#endif
-  return kBaseline;
-}
-
-// The best the CPU supports, at most GANFAST_CPU_CAPABILITY (read on every call, so that tests can
-// run each path in one process).
+// The instruction set of the vectorized CPU kernels in force (csrc/cpu/capability.cpp: cpuid, lowered
+// by GANFAST_CPU_CAPABILITY or ganfast_cpu::set_capability), where this file has that copy.
 Isa active_isa() {
-  static const int hw = hardware_isa();
-  const char* env = std::getenv("GANFAST_CPU_CAPABILITY");
-  int want = kAvx512;
-  if (env != nullptr) {
-    const std::string s(env);
-    if (s == "default") want = kBaseline;
-    else if (s == "avx2") want = kAvx2;
-  }
-  return Isa(std::min(hw, want));
+#ifdef GANFAST_SN_X86
+  return Isa(int(cpu_capability()));
+#else
+  return kBaseline;
+#endif
 }
 
 template <class S> using opmath = std::conditional_t<std::is_same_v<S, double>, double, float>;

@@ -13,7 +13,7 @@ from ganfast import losses
 from ganfast.reference import losses as reference
 from ganfast.validate import relative_error
 
-from .cpu_paths import CAPABILITIES, cpu_capability
+from ..cpu_paths import CAPABILITIES, cpu_capability
 from .test_losses import check_against_reference, draw
 
 KINDS = losses.KINDS

@@ -8,7 +8,7 @@ from ganfast.ops import penalties as ops
 from ganfast.reference import penalties as ref
 from ganfast.validate import FLOOR, relative_error
 
-from ..losses.cpu_paths import CAPABILITIES, cpu_capability
+from ..cpu_paths import CAPABILITIES, cpu_capability
 
 COLS = list(range(1, 18)) + [31, 33, 63, 65, 1025, 16385]
 KINDS = [(0, 10.0, 1.0), (1, 10.0, 0.8), (2, 5.0, 0.0)]

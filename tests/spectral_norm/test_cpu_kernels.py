@@ -1,5 +1,5 @@
 """The vectorized CPU spectral norm (csrc/cpu/spectral_norm.cpp) on each instruction set it has
-(GANFAST_CPU_CAPABILITY=default|avx2|avx512): against the float64 reference at every dtype, on vector
+(the copies of tests/cpu_paths.py): against the float64 reference at every dtype, on vector
 tails, many row blocks, dim != 0 and strided weights; the rescue of tiny / huge / zero weights;
 thread-count independence; and the multi-tensor ops against the single-layer ones."""
 import pytest
@@ -9,31 +9,8 @@ from ganfast.ops import spectral_norm as ops
 from ganfast.reference import spectral_norm as reference
 from ganfast.validate import compare, relative_error
 
+from ..cpu_paths import CAPABILITIES, cpu_capability
 from .sn_helpers import need
-
-ISA_FLAGS = {"default": set(), "avx2": {"avx2", "fma", "f16c"},
-             "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"}}
-
-
-def _cpu_flags() -> set:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-@pytest.fixture(params=list(ISA_FLAGS))
-def capability(request, monkeypatch):
-    need("cpu")
-    if request.param != "default" and not ISA_FLAGS[request.param] <= _cpu_flags():
-        pytest.skip(f"this CPU has no {request.param}")
-    monkeypatch.setenv("GANFAST_CPU_CAPABILITY", request.param)
-    return request.param
-
 
 # (shape, dim): vector tails (13, 17, 129 columns), one row / one column, dim 1 and 2 (segments of
 # `inner` elements), and weights of 2 and 16 row blocks (the blocks' partial sums are added in order).
@@ -122,14 +99,13 @@ def test_nan_propagates(capability):
     assert got["sigma"].isnan() and got["out"].isnan().all()
 
 
-def test_capabilities_agree(monkeypatch):
+def test_capabilities_agree():
     """Every instruction set computes the same math (up to FMA rounding)."""
     need("cpu")
     w, u, v, up = draw((130, 257), 0, 5)
     results = {}
-    for cap in ISA_FLAGS:
-        if cap == "default" or ISA_FLAGS[cap] <= _cpu_flags():
-            monkeypatch.setenv("GANFAST_CPU_CAPABILITY", cap)
+    for cap in CAPABILITIES:
+        with cpu_capability(cap):
             results[cap] = run(cpu_op, w, u, v, up, 0, 2, torch.float32)
     base = results.pop("default")
     for cap, got in results.items():
