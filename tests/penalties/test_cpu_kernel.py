@@ -9,6 +9,7 @@ from ganfast.reference import penalties as ref
 from ganfast.validate import FLOOR, relative_error
 
 from ..cpu_paths import CAPABILITIES, cpu_capability
+from .test_penalty_ops import interpolate_with_grads as interp
 
 COLS = list(range(1, 18)) + [31, 33, 63, 65, 1025, 16385]
 KINDS = [(0, 10.0, 1.0), (1, 10.0, 0.8), (2, 5.0, 0.0)]
@@ -22,17 +23,6 @@ def tail(g, kind, w, c, inv_scale, backend, upstream):
         p, n = ops.grad_penalty(x, kind, w, c, inv_scale, backend)
     (p * upstream).backward()
     return {"penalty": p, "norms": n, "grad": x.grad}
-
-
-def interp(real, other, alpha, perturb, backend):
-    real, other, alpha = (t.detach().clone().requires_grad_() for t in (real, other, alpha))
-    if backend == "reference":
-        x = ref.interpolate(real, other, alpha, perturb, 0.5)
-    else:
-        x = ops.interpolate(real, other, alpha, perturb, 0.5, backend)
-    up = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(x.dtype)
-    (x * up).sum().backward()
-    return {"x": x, "d_real": real.grad, "d_other": other.grad, "d_alpha": alpha.grad}
 
 
 def assert_close_by_2x_rule(actual, exact, low, dtype):

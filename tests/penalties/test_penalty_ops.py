@@ -74,7 +74,8 @@ def test_grad_penalty_vs_reference(backend, dtype, shape, kind, w, c):
             assert err <= tol, (name, err, tol)
 
 
-def _interp(real, other, alpha, perturb, backend):
+def interpolate_with_grads(real, other, alpha, perturb, backend):
+    """x̂ of `backend` and the gradients of a random projection of it w.r.t. real, other and alpha."""
     real, other, alpha = (t.detach().requires_grad_() for t in (real, other, alpha))
     if backend == "reference":
         x = ref.interpolate(real, other, alpha, perturb, 0.5)
@@ -93,10 +94,10 @@ def test_interpolate_vs_reference(backend, dtype, shape, perturb):
     alpha64 = torch.rand(shape[0], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
     def run(dt, be):
-        return _interp(real64.to(dt), other64.to(dt), alpha64.to(dt), perturb, be)
+        return interpolate_with_grads(real64.to(dt), other64.to(dt), alpha64.to(dt), perturb, be)
 
     exact, low = check(run, dtype)
-    actual = _interp(real64.to(DEVICE[backend], dtype), other64.to(DEVICE[backend], dtype),
+    actual = interpolate_with_grads(real64.to(DEVICE[backend], dtype), other64.to(DEVICE[backend], dtype),
                      alpha64.to(DEVICE[backend], dtype), perturb, backend)
     for name in exact:
         assert torch.isfinite(actual[name]).all(), name
