@@ -43,14 +43,22 @@ cuda_home=${CUDA_HOME:-$(cd "$(nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 py="$venv/bin/python"
+# The index sends its wheels uncacheable (pip's own cache stays empty), so keep them in a folder of
+# our own, with the list of pins: a later run, even from a fresh clone, downloads nothing.
+wheels=${GANFAST_CI_WHEELS:-$HOME/.cache/ganfast-ci/wheels}
+mkdir -p "$wheels"
+
+# pip install from the wheel folder, downloading into it first what is not there yet.
+install_kept() {
+  "$py" -m pip install -q --no-index --find-links "$wheels" "$@" 2> /dev/null && return
+  "$py" -m pip download -q -d "$wheels" "$@"  # skips the files already there
+  "$py" -m pip install -q --no-index --find-links "$wheels" "$@"
+}
+
 have=$("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
 if [[ "$have" != "$torch_version+cu"* ]]; then
   echo "ci_cuda_build: installing torch $torch_version (CUDA build) into $venv"
-  # The index sends its wheels uncacheable (pip's own cache stays empty), so keep them in a folder
-  # of our own, with the list of pins: a later run, even from a fresh clone, downloads nothing.
-  wheels=${GANFAST_CI_WHEELS:-$HOME/.cache/ganfast-ci/wheels}
   pins_file="$wheels/torch-$torch_version.pins"
-  mkdir -p "$wheels"
   if [ ! -s "$pins_file" ]; then
     report=$(mktemp)
     "$py" -m pip install -q --dry-run --ignore-installed --report "$report" "torch==$torch_version"
@@ -67,13 +75,11 @@ EOF
     rm -f "$report"
   fi
   mapfile -t pins < "$pins_file"
-  if ! "$py" -m pip install -q --no-index --find-links "$wheels" --no-deps "${pins[@]}" 2> /dev/null; then
-    before=$(du -sm "$wheels" | cut -f1)
-    "$py" -m pip download -q --no-deps -d "$wheels" "${pins[@]}"  # skips the files already there
-    echo "ci_cuda_build: downloaded $(( $(du -sm "$wheels" | cut -f1) - before )) MB after $((SECONDS - started)) s"
-    "$py" -m pip install -q --no-index --find-links "$wheels" --no-deps "${pins[@]}"
-  fi
+  install_kept --no-deps "${pins[@]}"
 fi
+# ganfast's own run-time dependencies besides torch (pyproject.toml), which `import ganfast` needs.
+mapfile -t deps < <("$py" -c 'import tomllib; print("\n".join(d for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"] if not d.startswith("torch")))')
+"$py" -c 'import importlib.metadata as m, sys; [m.version(d) for d in sys.argv[1:]]' "${deps[@]%%[<>=]*}" 2> /dev/null || install_kept "${deps[@]}"
 "$py" -c 'import torch; assert torch.version.cuda, "not a CUDA build of torch"; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
 echo "ci_cuda_build: torch ready after $((SECONDS - started)) s"
 
