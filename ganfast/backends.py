@@ -261,22 +261,22 @@ def _pick(route, numel: int) -> str:
     raise AssertionError("unreachable: the last candidate of a route has no size limit")
 
 
-def backend_for(family: str, t: torch.Tensor) -> str:
-    """The backend that runs a `family` op on input `t` under the current selection (the dispatch rule
-    of the module docstring). Raises when an explicitly selected backend cannot take `t`."""
-    key = (_selected, family, t.device.type, t.dtype, t.layout)
+def _backend(key: tuple, numel: int) -> str:
+    """The backend of one `_routes` key for an input of `numel` elements (the route cached on first use)."""
     route = _routes.get(key)
     if route is None:
         route = _routes[key] = _route(*key)
-    return route if route.__class__ is str else _pick(route, t.numel())
+    return route if route.__class__ is str else _pick(route, numel)
+
+
+def backend_for(family: str, t: torch.Tensor) -> str:
+    """The backend that runs a `family` op on input `t` under the current selection (the dispatch rule
+    of the module docstring). Raises when an explicitly selected backend cannot take `t`."""
+    return _backend((_selected, family, t.device.type, t.dtype, t.layout), t.numel())
 
 
 def resolve(device: torch.device, family: str = "losses", dtype: torch.dtype = torch.float32,
             numel: int = 1) -> str:
     """The backend that runs a `family` op on a dense `dtype` input of `numel` elements on `device`
     (what `backend_for` picks for such a tensor)."""
-    key = (_selected, family, torch.device(device).type, dtype, torch.strided)
-    route = _routes.get(key)
-    if route is None:
-        route = _routes[key] = _route(*key)
-    return route if route.__class__ is str else _pick(route, numel)
+    return _backend((_selected, family, torch.device(device).type, dtype, torch.strided), numel)
