@@ -126,14 +126,19 @@ def test_short_training_captures_modes(tmp_path):
     assert len(logged) == 4 and logged[-1] == m["modes_captured"]
 
 
-def test_image_folder_run(tmp_path):
+def write_random_pngs(folder, n: int = 12):
+    """n random 10x12 RGB PNGs in a new `folder` (seeded)."""
     from PIL import Image
 
-    folder = tmp_path / "imgs"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(12):
+    for i in range(n):
         Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_image_folder_run(tmp_path):
+    folder = tmp_path / "imgs"
+    write_random_pngs(folder)
     run = tmp_path / "run"
     assert main(["train", "--data", str(folder), "--image-size", "8", "--width", "4", "--latent-dim", "8",
                  "--batch-size", "4", "--steps", "3", "--sample-every", "3", "--log-every", "1",

@@ -8,15 +8,14 @@ from PIL import Image
 from ganfast.cli import main
 from ganfast.train import checkpoint as ckpt
 
+from .test_run_cli import write_random_pngs
+
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("imgrun")
     folder = tmp / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    write_random_pngs(folder)
     run = tmp / "run"
     (tmp / "threads").write_text(str(torch.get_num_threads()))  # image runs keep the process's thread count
     assert main(["train", "--data", str(folder), "--image-size", "8", "--width", "4", "--latent-dim", "8",
