@@ -202,9 +202,12 @@ def sigma_range(sigmas: dict, device, dtype) -> list[torch.Tensor]:
 
 class ProbabilityHeadCheck:
     """Over the first `window` steps, whether every output of D lies in [0, 1] (a device flag, read
-    with the step's stats): D then likely ends in a Sigmoid, while the losses take logits."""
+    with the step's stats): D then likely ends in a Sigmoid, while the losses take logits. A few steps
+    are not enough: a freshly initialized D of logits can put every output in [0, 1] too (ganfast's
+    own MLP D does, for its first steps); training pushes a D of logits out of [0, 1] within tens of
+    steps, and never a Sigmoid."""
 
-    def __init__(self, window: int = 3):
+    def __init__(self, window: int = 50):
         self.window, self.flag, self.done = window, None, False
 
     def watch(self, step: int, *outputs: torch.Tensor) -> None:

@@ -111,6 +111,7 @@ class Trainer:
         self._gen = torch.Generator(device=self.device).manual_seed(self.seed)
         self._sample_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self._d_params = [p for p in discriminator.parameters() if p.requires_grad]
+        self._all_modules = [*generator.modules(), *discriminator.modules()]  # put in train mode by each step
         self._g_params = [p for p in generator.parameters() if p.requires_grad]
         self._stat_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         self._zero = torch.zeros((), device=self.device, dtype=self._stat_dtype)
@@ -203,27 +204,33 @@ class Trainer:
                         f = f.detach().requires_grad_(True)
                     real_logits, fake_logits = self.D(r), self.D(f)
                     self._probability_head.watch(self.step_count, real_logits, fake_logits)
-                    loss, st = losses.d_loss(*self._logit_pair(real_logits, fake_logits), cfg.loss, return_stats=True)
+                    pair = self._logit_pair(real_logits, fake_logits)
+                    # the stats come out of the loss kernel's pass, but cost a few ops: only when read
+                    loss, st = losses.d_loss(*pair, cfg.loss, return_stats=True) if want else (
+                        losses.d_loss(*pair, cfg.loss), None)
                     total = loss
                     if apply_pen:
                         pen = self._penalty.value(self.D, r, f, real_logits, fake_logits, alpha, noise,
                                                   self.d_scaler if self.d_scaler.is_enabled() else None)
-                        pen_sum = pen_sum + pen.detach()
+                        pen_sum = pen_sum + pen.detach() if k > 1 else pen.detach()
                         total = loss + pen * cfg.penalty_interval if cfg.penalty_interval > 1 else loss + pen
                     if self.extra_d_loss is not None:
                         total = total + self.extra_d_loss(LossInputs(self, r, f, real_logits, fake_logits, loss))
                 self.d_scaler.scale(total / k if k > 1 else total).backward()
-                loss_sum = loss_sum + loss.detach()
-                stats = {n: stats.get(n, 0.0) + v for n, v in st.items()}
+                loss_sum = loss_sum + loss.detach() if k > 1 else loss.detach()
+                if want:
+                    stats = {n: stats.get(n, 0.0) + v for n, v in st.items()} if k > 1 else st
         if apply_pen:
-            self._last_pen = pen_sum / k
+            self._last_pen = pen_sum / k if k > 1 else pen_sum
         self.d_step_count += 1
         gn = self._update(self.d_optimizer, self.d_scaler, self._d_params, cfg.grad_clip[1], want, "D")
         if cfg.weight_clip is not None:  # original WGAN: clip D's weights to [-c, c]
             with torch.no_grad():
                 torch._foreach_clamp_min_(self._d_params, -cfg.weight_clip)
                 torch._foreach_clamp_max_(self._d_params, cfg.weight_clip)
-        return loss_sum / k, {n: v / k for n, v in stats.items()}, gn
+        if k > 1:
+            loss_sum, stats = loss_sum / k, {n: v / k for n, v in stats.items()}
+        return loss_sum, stats, gn
 
     def _g_loss(self, fake, real):
         with self._autocast():
@@ -285,8 +292,9 @@ class Trainer:
         self._comm.check_batch_sizes([r.shape[0] for r in reals])
         self.monitor.ensure_snapshot(self)
         self.rolled_back, self.last_reals = False, reals
-        self.G.train()
-        self.D.train()
+        if not all(m.training for m in self._all_modules):  # Module.train() costs ~0.1 ms: only when needed
+            self.G.train()
+            self.D.train()
         whole = self.config.accumulate == 1
         for i, r in enumerate(reals):
             z = self._draw(torch.randn, (r.shape[0],) + self.latent_shape, self.dtype)
@@ -310,7 +318,7 @@ class Trainer:
             vals, names = vals + sigma_range(sigmas, self.device, self._stat_dtype), names + ["sigma_max", "sigma_min"]
         if self._probability_head.flag is not None:
             vals.append(self._probability_head.flag)
-        packed = torch.stack([v.detach().to(self._stat_dtype).reshape(()) for v in vals])
+        packed = torch.stack([v.detach().reshape(()) for v in vals]).to(self._stat_dtype)  # stack promotes
         self._comm.average_([packed], "the step's stats")  # the global batch's (equal per-rank batches)
         values = packed.tolist()  # the one host-device sync of the step
         if self._probability_head.flag is not None:

@@ -21,6 +21,14 @@ def _trainer(seed=0, lr=1e-2, dtype=torch.float32, **kw):
     return ganfast.Trainer(G, D, *adam_pair(G, D, lr), seed=seed, **kw)
 
 
+def _mlp_models_trainer():
+    """ganfast.models' MLP pair at the benchmarks' learning rate (its D's first outputs lie in [0, 1])."""
+    from ganfast.models import MLPDiscriminator, MLPGenerator
+    torch.manual_seed(0)
+    G, D = MLPGenerator(2, 2, 128), MLPDiscriminator(2, 128)
+    return ganfast.Trainer(G, D, *adam_pair(G, D, 2e-4), seed=0)
+
+
 class Killed(Exception):
     pass
 
@@ -101,14 +109,14 @@ def test_a_sigmoid_head_is_named_once():
     D = nn.Sequential(D, nn.Sigmoid())  # DCGAN's D: a probability
     t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0)
     with pytest.warns(UserWarning, match=r"lay in \[0, 1\].*Sigmoid.*loss='ns' takes logits") as rec:
-        for _ in range(6):
+        for _ in range(55):
             t.step(points(16))
     assert sum("Sigmoid" in str(w.message) for w in rec) == 1
-    with warnings.catch_warnings():  # a D of logits: no warning
+    with warnings.catch_warnings():  # a D of logits: no warning, ganfast's own MLP D included
         warnings.simplefilter("error")
-        u = _trainer()
-        for _ in range(4):
-            u.step(points(16))
+        for u in (_trainer(), _mlp_models_trainer()):
+            for _ in range(55):
+                u.step(points(256))
 
 
 def test_lazy_regularization_reports_the_optimizer_change():
