@@ -92,6 +92,50 @@ class Row:
     vs_eager: float | None = None
     vs_compiled: float | None = None
     floor: Floor | None = None  # the limit for this case (suites that measure one)
+    auto: bool = False  # the variant that `auto` runs for this case's input (suites that mark one)
+
+
+def mark_auto(rows: list[Row], case: str, family: str, t: torch.Tensor, names: dict[str, str] | None = None) -> None:
+    """Mark the row of `case` whose variant is what `auto` picks for the input `t` of `family` (the
+    reference backend is the "eager" row). names: backend -> variant name, where a suite names its
+    variants otherwise (e.g. "ganfast-cpu")."""
+    from .. import backends
+
+    pick = backends.resolve(t.device, family, t.dtype, t.numel())
+    variant = "eager" if pick == "reference" else (names or {}).get(pick, pick)
+    for r in rows:
+        if r.case == case and r.variant == variant:
+            r.auto = True
+
+
+# auto's pick counts as losing where it takes longer than the fastest choice by more than this: a
+# repeated run on a quiet machine moves medians by a few percent
+AUTO_TOLERANCE = 1.05
+
+
+def _is_choice(variant: str) -> bool:
+    """A variant that `auto` could run: the reference ("eager") or a backend (named as is, or "ganfast-<name>")."""
+    return variant == "eager" or variant.removeprefix("ganfast-") in ("cpu", "cuda", "triton")
+
+
+def auto_misses(rows: list[Row], tolerance: float = AUTO_TOLERANCE) -> list[str]:
+    """For each case with a marked auto row: a line when another choice `auto` could make (the
+    reference, or another backend; not torch.compile, which is not a backend) was faster than its
+    pick by more than `tolerance`. This is the check of `backends.SIZE_LIMITS`."""
+    by_case: dict[str, list[Row]] = {}
+    for r in rows:
+        by_case.setdefault(r.case, []).append(r)
+    lines = []
+    for case, case_rows in by_case.items():
+        picked = [r for r in case_rows if r.auto]
+        if not picked:
+            continue
+        best = min((r for r in case_rows if _is_choice(r.variant)), key=lambda r: r.seconds)
+        if picked[0].seconds > tolerance * best.seconds:
+            lines.append(f"{case}: auto runs {picked[0].variant}, {picked[0].seconds / best.seconds:.2f}x the time "
+                         f"of {best.variant}")
+    return lines
+
 
 
 def add_ratios(rows: list[Row]) -> list[Row]:
@@ -122,7 +166,15 @@ def format_rows(rows: list[Row]) -> str:
         comp = f"{r.vs_compiled:.2f}x" if r.vs_compiled else ""
         floor = f"{fmt(r.floor.seconds)} ({r.floor.basis})" if r.floor else ""
         lines.append(f"{r.suite:<8} {r.case:<{cw}} {r.variant:<{vw}} {fmt(r.seconds):>12} {eager:>9} {comp:>12}"
-                     f" {floor:>22}")
+                     f" {floor:>22}" + ("  <- auto" if r.auto else ""))
+    if any(r.auto for r in rows):
+        misses = auto_misses(rows)
+        checked = len({r.case for r in rows if r.auto})
+        lines.append(f"auto check ({checked} cases; '<- auto' marks what auto runs): " + (
+            f"auto's pick is the fastest choice (within {AUTO_TOLERANCE - 1:.0%}) in every case" if not misses else
+            f"{len(misses)} case(s) where another choice was faster; a size limit "
+            f"(ganfast.backends.SIZE_LIMITS) belongs there if a rerun on a quiet machine confirms it:\n  "
+            + "\n  ".join(misses)))
     return "\n".join(lines)
 
 

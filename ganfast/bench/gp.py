@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 from .. import backends, losses, penalties
 from ..ops import penalties as penalty_ops
 from ..reference import penalties as penalty_reference
-from . import Floor, Row, bytes_floor, copy_bandwidth, interleaved_medians
+from . import Floor, Row, bytes_floor, copy_bandwidth, interleaved_medians, mark_auto
 
 PENALTIES = ("wgan_gp", "r1", "r2", "dragan")
 LOSS_KIND = {"wgan_gp": "wasserstein", "r1": "ns", "r2": "ns", "dragan": "ns"}
@@ -169,6 +169,7 @@ def run_ops(device: torch.device, shapes=OP_SHAPES) -> list[Row]:
             times = interleaved_medians({**steps, "floor": floor_step} if small else steps, device)
             floor = Floor(times.pop("floor"), basis) if small else bytes_floor(nbytes, bandwidth)
             rows.extend(Row("gp", case, variant, t, floor=floor) for variant, t in times.items())
+            mark_auto(rows, case, "penalties", torch.empty(shape, device=device))
     return rows
 
 

@@ -12,7 +12,7 @@ import torch
 
 from .. import backends, losses
 from ..reference import losses as reference
-from . import Floor, Row, bytes_floor, copy_bandwidth, interleaved_medians
+from . import Floor, Row, bytes_floor, copy_bandwidth, interleaved_medians, mark_auto
 
 SIZES = (64, 4096, 57600, 1_048_576)
 FLOOR_BYTES_FROM = 57600
@@ -102,4 +102,5 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
                  else bytes_floor(moved_bytes(real, fake, kind, gen), bandwidth))
         for variant, seconds in times.items():
             rows.append(Row("losses", case, variant, seconds, floor=floor))
+        mark_auto(rows, case, "losses", fake)
     return rows

@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import backends
 from ..nn import apply_spectral_norm, sn_step, spectral_norm
-from . import Row, interleaved_medians, median_time
+from . import Row, interleaved_medians, mark_auto, median_time
 
 LAYERS = {
     "Linear 2304->256": lambda: nn.Linear(2304, 256),
@@ -107,6 +107,9 @@ def _case_rows(case, device, make_modules, quick):
     times = interleaved_medians(fns, device, rounds=5 if quick else 11)
     floor_bytes, floor_autograd = 2 * times.pop("copy"), times.pop("autograd")
     rows = [Row("sn", case, name, t) for name, t in times.items()]
+    weights = [m.parametrizations.weight.original for m in ours]
+    if len(weights) == 1:  # (a multi-layer case runs several sizes: no single pick)
+        mark_auto(rows, case, "spectral_norm", weights[0], {b: f"ganfast-{b}" for b in backends.BACKENDS})
     if floor_bytes >= floor_autograd:
         rows.append(Row("sn", case, "floor (bytes)", floor_bytes))
     else:
