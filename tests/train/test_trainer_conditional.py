@@ -143,13 +143,20 @@ def test_toy_mixture_samples_land_in_the_mode_of_their_label():
     Gm, Dm = G(), D()
     opts = [torch.optim.Adam(m.parameters(), 2e-3, betas=(0.5, 0.9)) for m in (Gm, Dm)]
     t = ganfast.Trainer(Gm, Dm, *opts, penalty="r1", penalty_weight=0.1, ema=0.99, seed=0, num_classes=classes)
-    t.fit((x, y), steps=STEPS_TOY, batch_size=128, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small MLPs: one thread is fastest, and immune to busy cores
+    try:
+        t.fit((x, y), steps=STEPS_TOY, batch_size=128, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     n = 500
     labels = torch.arange(classes).repeat_interleave(n)
     s = t.sample(len(labels), labels=labels)
     nearest = torch.cdist(s, means).argmin(1)
     hit = torch.stack([(nearest[labels == k] == k).double().mean() for k in range(classes)])
-    print(f"\nconditional toy: per-class hit rate {[round(v, 3) for v in hit.tolist()]} after {STEPS_TOY} steps")
+    near = torch.stack([((s - means[labels]).norm(dim=1)[labels == k] < 0.3).double().mean() for k in range(classes)])
+    print(f"\nconditional toy: per-class hit rate {[round(v, 3) for v in hit.tolist()]}, within 3 std of the "
+          f"label's mode {[round(v, 3) for v in near.tolist()]}, after {STEPS_TOY} steps")
     assert hit.min() >= 0.9, f"per-class hit rates {hit.tolist()}"
     # and the samples are near the mode, not only on its side: median distance to the label's mean
     assert (s - means[labels]).norm(dim=1).median() < 0.5
