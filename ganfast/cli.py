@@ -190,7 +190,8 @@ def _cmd_explore(args) -> int:
     from ganfast import run
 
     try:
-        paths = run.explore(args.run, args.out, seed=args.seed, backend=args.backend, device=args.device)
+        paths = run.explore(args.run, args.out, seed=args.seed, backend=args.backend, device=args.device,
+                            cls=args.cls)
     except _run_errors() as e:
         return _fail(e)
     for name, path in paths.items():
@@ -275,6 +276,8 @@ def _add_run_commands(sub) -> None:
     common(p)
     p.add_argument("--out", help="folder for the pictures (default RUN/explore)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent points (default 0)")
+    p.add_argument("--class", dest="cls", type=int, default=0, metavar="K",
+                   help="conditional runs: the class to explore (default 0)")
     p.set_defaults(func=_cmd_explore)
 
 

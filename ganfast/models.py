@@ -4,14 +4,16 @@
     MLPGenerator / MLPDiscriminator        2-D points (the Gaussian mixtures)
     DCGANGenerator / DCGANDiscriminator    images, --arch dcgan (Radford et al. 2016)
     ResNetGenerator / ResNetDiscriminator  images, --arch resnet (SNGAN, Miyato et al. 2018)
-    build_models(kind, data_shape, latent_dim=None, arch=None, width=None) -> (G, D, latent_dim)
+    build_models(kind, data_shape, latent_dim=None, arch=None, width=None, num_classes=None)
+                                           -> (G, D, latent_dim)
 
 Every generator maps z (B, latent_dim) to a sample and has a `latent_dim` attribute; every
 discriminator maps a batch to logits (B, 1). With num_classes=K each model is class-conditional,
 called as G(z, y) and D(x, y) (y a LongTensor (B,)): G's batch norms become conditional ones
 (ganfast.nn.ConditionalBatchNorm2d; the MLP adds a learned per-class offset to its first layer) and
-D's last layer becomes a projection head (ganfast.nn.ProjectionHead) on its last features. Image models take a square power-of-two resolution
->= 8 (8, 16, 32, 64, ...) and any channel count; G ends in tanh, so images are in [-1, 1].
+D's last layer becomes a projection head (ganfast.nn.ProjectionHead) on its last features. Image
+models take a square power-of-two resolution >= 8 (8, 16, 32, 64, ...) and any channel count; G ends
+in tanh, so images are in [-1, 1].
 """
 from __future__ import annotations
 
@@ -186,7 +188,8 @@ class DCGANGenerator(nn.Module):
         _dcgan_init(self)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(_flat_latent(z, self.latent_dim)[:, :, None, None], _labels_for(self.num_classes, y, "generator"))
+        y = _labels_for(self.num_classes, y, "generator")
+        return self.net(_flat_latent(z, self.latent_dim)[:, :, None, None], y)
 
 
 class DCGANDiscriminator(nn.Module):

@@ -327,9 +327,12 @@ def metrics_of(run: Run) -> dict:
         D.eval()
         try:
             dev, dt = run.trainer.device, run.trainer.dtype
-            real_y = data.labels[:len(real)].to(dev) if y is not None else None
-            out["d_real_mean"] = float(run.trainer._disc(real.to(dev, dt), real_y).float().mean())
-            out["d_fake_mean"] = float(run.trainer._disc(x.to(dev, dt), None if y is None else y.to(dev)).float().mean())
+            if y is None:
+                d_real, d_fake = D(real.to(dev, dt)), D(x.to(dev, dt))
+            else:  # a conditional D scores each image with its class
+                d_real, d_fake = D(real.to(dev, dt), data.labels[:len(real)].to(dev)), D(x.to(dev, dt), y.to(dev))
+            out["d_real_mean"] = float(d_real.float().mean())
+            out["d_fake_mean"] = float(d_fake.float().mean())
         finally:
             D.train(was)
     out.update(real_pixel_mean=float(real.mean()), real_pixel_std=float(real.std()),
@@ -663,15 +666,30 @@ def _sample_labels(run: Run, n: int, labels) -> tuple[torch.Tensor | None, int]:
     return torch.tensor(classes)[torch.arange(n) // per], per
 
 
-def explore(run_dir, out_dir=None, seed: int = 0, backend: str | None = None, device: str | None = None) -> dict:
+class _OneClass(torch.nn.Module):
+    """A conditional model seen as an unconditional one of class k: forward(x) = model(x, k)."""
+
+    def __init__(self, model: torch.nn.Module, k: int):
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, x):
+        return self.model(x, torch.full((x.shape[0],), self.k, dtype=torch.long, device=x.device))
+
+
+def explore(run_dir, out_dir=None, seed: int = 0, backend: str | None = None, device: str | None = None,
+            cls: int = 0) -> dict:
     """Latent interpolation grid, latent traversal and D's saliency maps (ganfast.viz.explore) as PNG in
-    out_dir (default RUN/explore). Returns {name: path}."""
+    out_dir (default RUN/explore); of class `cls` in a conditional run. Returns {name: path}."""
     from . import viz
 
     run = load_run(run_dir, with_data=True, backend=backend, device=device)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "explore"
     D = run.trainer.D
     G = run.generator
+    if run.trainer.num_classes is not None:
+        _sample_labels(run, 1, [cls])  # checks the class
+        G, D = _OneClass(G, cls), _OneClass(D, cls)
     D.eval()
     G.eval()
     return viz.explore(G, D, run.config["latent_dim"], run.config["kind"], out_dir, run.dataset.samples,

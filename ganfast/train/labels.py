@@ -76,7 +76,7 @@ class ClassDistribution:
         self._cdf = cdf.float()
         self._cdf_on: dict = {}
 
-    def draw(self, draw, n: int, device) -> torch.Tensor:
+    def draw(self, draw, n: int) -> torch.Tensor:
         """n labels (LongTensor) by inverse CDF; draw(fn, shape, dtype) gives this rank's slice of the
         trainer's draw (see Trainer._draw)."""
         u = draw(torch.rand, (n,), torch.float32)

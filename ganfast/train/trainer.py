@@ -252,7 +252,8 @@ class Trainer:
                         pen_sum = pen_sum + pen.detach()
                         total = loss + pen * cfg.penalty_interval if cfg.penalty_interval > 1 else loss + pen
                     if self.extra_d_loss is not None:
-                        total = total + self.extra_d_loss(LossInputs(self, r, f, real_logits, fake_logits, loss, ry, fy))
+                        inputs = LossInputs(self, r, f, real_logits, fake_logits, loss, ry, fy)
+                        total = total + self.extra_d_loss(inputs)
                 self.d_scaler.scale(total / k if k > 1 else total).backward()
                 loss_sum = loss_sum + loss.detach()
                 stats = {n: stats.get(n, 0.0) + v for n, v in st.items()}
@@ -311,8 +312,9 @@ class Trainer:
     # --- public API -----------------------------------------------------------------------------
     def step(self, real, return_stats: bool = True) -> dict | None:
         """d_steps D updates and one G update. `real`: a batch (reused by every D step) or a list of
-        d_steps batches; a batch of a conditional trainer is a pair (x, y). Returns the stats as plain floats (one host sync), or None. Distributed: `real`
-        is this rank's batch, every rank passes the same return_stats, and an error aborts the group."""
+        d_steps batches; a conditional trainer's batch is a pair (x, y). Returns the stats as plain
+        floats (one host sync), or None. Distributed: `real` is this rank's batch, every rank passes
+        the same return_stats, and an error aborts the group."""
         self._comm.step = self.step_count + 1
         try:
             return self._step(real, return_stats)
@@ -322,8 +324,10 @@ class Trainer:
 
     def _step(self, real, return_stats: bool) -> dict | None:
         d_steps = self.config.d_steps
-        one = not isinstance(real, (list, tuple)) or (self.classes is not None and is_pair(real)) or \
-            looks_labelled(real)
+        # one batch, or a list of d_steps: an (x, y) pair is one batch (with float y too when d_steps is 1,
+        # so that its check names the labels' dtype)
+        one = not isinstance(real, (list, tuple)) or looks_labelled(real) or \
+            (self.classes is not None and d_steps == 1 and is_pair(real))
         reals = [real] * d_steps if one else list(real)
         if len(reals) != d_steps:
             raise ValueError(f"step got {len(reals)} real batches; pass one batch or a list of d_steps={d_steps}")
@@ -337,7 +341,7 @@ class Trainer:
         whole = self.config.accumulate == 1
         for i, (r, y) in enumerate(zip(reals, labels)):
             z = self._draw(torch.randn, (r.shape[0],) + self.latent_shape, self.dtype)
-            fake_y = self.classes.draw(self._draw, r.shape[0], self.device) if y is not None else None
+            fake_y = self.classes.draw(self._draw, r.shape[0]) if y is not None else None
             if i == len(reals) - 1 and whole:
                 with self._autocast():
                     fake = self._generate(self.G, z, fake_y)  # kept with its graph for the G step

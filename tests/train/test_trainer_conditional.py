@@ -82,15 +82,15 @@ def test_float64_matches_a_hand_written_conditional_loop(case):
 def test_fake_labels_follow_class_probs_and_are_reproducible():
     G, D = cond_mlp_pair(4)
     t = ganfast.Trainer(G, D, *adam_pair(G, D), num_classes=4, class_probs=[1, 0, 3, 4], seed=0)
-    y = t.classes.draw(t._draw, 40000, t.device)
+    y = t.classes.draw(t._draw, 40000)
     freq = torch.bincount(y, minlength=4).double() / y.numel()
     assert freq[1] == 0  # a class of probability 0 is never drawn
     torch.testing.assert_close(freq, torch.tensor([1, 0, 3, 4], dtype=torch.float64) / 8, atol=0.01, rtol=0)
     G2, D2 = cond_mlp_pair(4)
     t2 = ganfast.Trainer(G2, D2, *adam_pair(G2, D2), num_classes=4, class_probs=[1, 0, 3, 4], seed=0)
-    assert torch.equal(t2.classes.draw(t2._draw, 40000, t2.device), y)
+    assert torch.equal(t2.classes.draw(t2._draw, 40000), y)
     uniform = ganfast.Trainer(G, D, *adam_pair(G, D), num_classes=4, seed=0)
-    y = uniform.classes.draw(uniform._draw, 40000, uniform.device)
+    y = uniform.classes.draw(uniform._draw, 40000)
     assert set(y.tolist()) == {0, 1, 2, 3}
     assert (torch.bincount(y).double() / y.numel() - 0.25).abs().max() < 0.01
 
@@ -298,3 +298,26 @@ def test_models_that_do_not_take_labels_are_named_before_any_update():
     with pytest.raises(ValueError, match=r"generator failed.*called as G\(z, y\)"):
         t.step(labelled_points(8, K))
     assert all(torch.equal(a, b) for a, b in zip(before, G.parameters()))
+
+
+def test_accumulation_and_several_d_steps_carry_the_labels():
+    real, labels = labelled_points(32, K, torch.float64)
+
+    def make(**kw):
+        G, D = cond_mlp_pair(K, dtype=torch.float64)
+        return ganfast.Trainer(G, D, *adam_pair(G, D), num_classes=K, penalty="wgan-gp", ema=0.9, seed=4, **kw)
+
+    whole, split = make(), make(accumulate=4)
+    for _ in range(3):
+        whole.step((real, labels))
+        split.step((real, labels))
+    for p, q in zip(list(whole.G.parameters()) + list(whole.D.parameters()),
+                    list(split.G.parameters()) + list(split.D.parameters())):
+        torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12)
+    two = make(d_steps=2)
+    batches = [(real[:16], labels[:16]), (real[16:], labels[16:])]
+    assert two.step(batches)["d_loss"] > 0
+    with pytest.raises(ValueError, match="got 3 real batches"):
+        two.step(batches + batches[:1])
+    with pytest.raises(ValueError, match="got x alone"):
+        two.step([real[:16], real[16:]])
