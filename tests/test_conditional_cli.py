@@ -129,7 +129,7 @@ def test_train_conditional_then_sample_by_class(tmp_path, capsys):
     assert main(["sample", str(run), "-n", "2", "-o", str(tmp_path / "z.npy"), "--labels", "a,b"]) == 2
     assert "comma-separated class indices" in capsys.readouterr().err
     assert main(["explore", str(run), "--class", "2", "--out", str(tmp_path / "explore")]) == 0
-    assert (tmp_path / "explore" / "saliency.png").is_file()
+    assert (tmp_path / "explore" / "saliency_real.png").is_file()
     assert main(["train", "--resume", str(run), "--steps", "3", "--no-progress"]) == 0
 
 
