@@ -235,7 +235,8 @@ class ImageFolder(torch.utils.data.Dataset):
                     skipped.append(f)
                     continue
                 self.files.append(f)
-                self.targets.append(index)
+                if labelled:
+                    self.targets.append(index)
                 if max_images is not None and len(self.files) >= max_images:
                     break
             if max_images is not None and len(self.files) >= max_images:
