@@ -163,18 +163,35 @@ def _cmd_sample(args) -> int:
     from ganfast import run
 
     try:
-        x = run.sample(args.run, args.n, args.o, seed=args.seed, backend=args.backend, device=args.device)
+        labels = _class_list(args.labels, args.cls)
+        x = run.sample(args.run, args.n, args.o, seed=args.seed, backend=args.backend, device=args.device,
+                       labels=labels)
     except _run_errors() as e:
         return _fail(e)
     print(f"wrote {args.o}: array of shape {tuple(x.shape)}, {x.dtype}")
     return 0
 
 
+def _class_list(labels: str | None, cls: int | None) -> list[int] | None:
+    """--labels 0,1,2 or --class K as a list of class indices (None: every class)."""
+    from ganfast.run import RunError
+
+    if cls is not None:
+        return [cls]
+    if labels is None:
+        return None
+    try:
+        return [int(v) for v in labels.split(",") if v.strip()]
+    except ValueError:
+        raise RunError(f"--labels must be comma-separated class indices such as 0,1,2, got {labels!r}") from None
+
+
 def _cmd_explore(args) -> int:
     from ganfast import run
 
     try:
-        paths = run.explore(args.run, args.out, seed=args.seed, backend=args.backend, device=args.device)
+        paths = run.explore(args.run, args.out, seed=args.seed, backend=args.backend, device=args.device,
+                            cls=args.cls)
     except _run_errors() as e:
         return _fail(e)
     for name, path in paths.items():
@@ -209,6 +226,9 @@ def _add_train(sub) -> None:
     p.add_argument("--latent-dim", type=int, help=f"size of z (default {R['latent_dim']} for points)")
     p.add_argument("--width", type=int, help="hidden units (MLP, default 128) or base channels (images, 64)")
     p.add_argument("--arch", choices=("dcgan", "resnet"), help="image models (default dcgan)")
+    p.add_argument("--conditional", action="store_true", default=None,
+                   help="class-conditional G(z, y) and D(x, y) (projection D, conditional batch norm) on labelled "
+                        "data: a mixture's modes, the digits, or a folder with one subfolder per class")
     p.add_argument("--image-size", type=int, help="resize images to this (power of two >= 8)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="image channels for a folder (default 3)")
     p.add_argument("--n-points", type=int, help=f"size of a mixture's training set (default {R['n_points']})")
@@ -246,12 +266,18 @@ def _add_run_commands(sub) -> None:
     p.add_argument("-o", required=True, metavar="OUT", help="FILE.npy (a NumPy array), FILE.png (an image grid, "
                                                           "or a scatter of points) or DIR/ (one PNG per image)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--labels", metavar="K,K,...", help="conditional runs: the classes to sample, one row each "
+                                                          "in a picture (default: every class)")
+    which.add_argument("--class", dest="cls", type=int, metavar="K", help="conditional runs: only class K")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("explore", help="latent interpolation, traversal and D's saliency maps as PNG")
     common(p)
     p.add_argument("--out", help="folder for the pictures (default RUN/explore)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent points (default 0)")
+    p.add_argument("--class", dest="cls", type=int, default=0, metavar="K",
+                   help="conditional runs: the class to explore (default 0)")
     p.set_defaults(func=_cmd_explore)
 
 

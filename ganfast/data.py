@@ -3,14 +3,18 @@
     ring8(n, std=0.01, generator=None)      8 modes at angles 2*pi*k/8 on the unit circle
     grid25(n, std=0.05, generator=None)     25 modes at {-4, -2, 0, 2, 4}^2
     MIXTURES["ring" | "grid25"]             the Mixture behind each (means, std) for the metrics
-    load_digits()                           (1797, 1, 8, 8) in [-1, 1]   (needs scikit-learn)
+    load_digits(labels=False)               (1797, 1, 8, 8) in [-1, 1]   (needs scikit-learn); and the
+                                            digits 0-9 (1797,) with labels=True
     load_image_folder(path, size, channels) (N, C, size, size) in [-1, 1] (needs Pillow), all in memory
-    ImageFolder(path, size, channels, flip) a torch Dataset reading one image at a time from disk
+    ImageFolder(path, size, channels, flip) a torch Dataset reading one image at a time from disk;
+                                            labelled=True: (image, class) items, one subfolder per class
     image_dataset(path, size, channels, flip)  torchvision's ImageFolder + transforms where torchvision
                                             is installed and the folder has one subfolder per class,
                                             else ImageFolder
     make_dataset(name_or_path, ...)         a Dataset: samples + kind ("points" | "images") + mixture;
-                                            a folder is streamed (`stream`), samples holds its first images
+                                            a folder is streamed (`stream`), samples holds its first images;
+                                            labels=True: class labels too (a mixture's mode, a digit, a
+                                            folder's subfolder) for class-conditional training
 
 Every image tensor is float32 in [-1, 1] (pixel p in [0, 255] -> p / 127.5 - 1), the range of a
 tanh generator.
@@ -88,15 +92,18 @@ def grid25(n: int, std: float = 0.05, generator: torch.Generator | None = None) 
 # ----------------------------------------------------------------------------------------------
 # Images
 # ----------------------------------------------------------------------------------------------
-def load_digits() -> torch.Tensor:
+def load_digits(labels: bool = False):
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, no download) as (N, 1, 8, 8)
-    float32 in [-1, 1]. The raw pixels are 0..16, so x / 8 - 1."""
+    float32 in [-1, 1]. The raw pixels are 0..16, so x / 8 - 1. labels=True: (images, digits) with
+    digits a LongTensor (N,) of 0..9."""
     try:
         from sklearn.datasets import load_digits as _sk_load_digits
     except ImportError as e:
         raise ImportError("the 'digits' data set needs scikit-learn: pip install scikit-learn") from e
-    images = torch.as_tensor(_sk_load_digits().images, dtype=torch.float32)  # (N, 8, 8) in [0, 16]
-    return (images / 8.0 - 1.0).unsqueeze(1).contiguous()
+    bunch = _sk_load_digits()
+    images = torch.as_tensor(bunch.images, dtype=torch.float32)  # (N, 8, 8) in [0, 16]
+    images = (images / 8.0 - 1.0).unsqueeze(1).contiguous()
+    return (images, torch.as_tensor(bunch.target, dtype=torch.long)) if labels else images
 
 
 def _require_pil():
@@ -128,6 +135,20 @@ def _check_folder(path, size, channels) -> Path:
     if not root.is_dir():
         raise NotADirectoryError(f"{str(root)!r} is not a folder of images")
     return root
+
+
+def _class_folders(root: Path) -> list[Path]:
+    """The class subfolders of a labelled folder (sorted, non-hidden); ValueError when the folder is not
+    one subfolder per class."""
+    entries = [p for p in sorted(root.iterdir()) if not p.name.startswith(".")]
+    files = [p.name for p in entries if p.is_file()]
+    folders = [p for p in entries if p.is_dir()]
+    if files or not folders:
+        what = f"files directly in it ({', '.join(files[:3])}{' ...' if len(files) > 3 else ''})" if files else \
+            "no subfolders"
+        raise ValueError(f"class labels need a folder with one subfolder per class (root/CLASS/image.png), but "
+                         f"{str(root)!r} has {what}")
+    return folders
 
 
 def _files(root: Path):
@@ -193,21 +214,31 @@ class ImageFolder(torch.utils.data.Dataset):
     load_image_folder does, mirrored left-right with probability 1/2 when `flip` (drawn from torch's
     RNG: the global one, which checkpoints save, or the DataLoader worker's). Files whose header
     Pillow cannot read are skipped at construction and named in a warning; a file that fails later to
-    decode raises an error naming it."""
+    decode raises an error naming it. labelled=True: root holds one subfolder per class (as
+    torchvision's ImageFolder: `classes` are the sorted subfolder names, `targets` each image's class
+    index) and items are (image, class)."""
 
-    def __init__(self, root, size: int = 32, channels: int = 3, flip: bool = False, max_images: int | None = None):
+    def __init__(self, root, size: int = 32, channels: int = 3, flip: bool = False, max_images: int | None = None,
+                 labelled: bool = False):
         Image, _ = _require_pil()
         self.root = _check_folder(root, size, channels)
-        self.size, self.channels, self.flip = size, channels, bool(flip)
-        self.files, skipped = [], []
-        for f in _files(self.root):
-            try:
-                with Image.open(f):  # reads the header only
-                    pass
-            except _UNREADABLE:
-                skipped.append(f)
-                continue
-            self.files.append(f)
+        self.size, self.channels, self.flip, self.labelled = size, channels, bool(flip), bool(labelled)
+        folders = _class_folders(self.root) if labelled else [self.root]
+        self.classes = [p.name for p in folders] if labelled else []
+        self.files, self.targets, skipped = [], [], []
+        for index, folder in enumerate(folders):
+            for f in _files(folder):
+                try:
+                    with Image.open(f):  # reads the header only
+                        pass
+                except _UNREADABLE:
+                    skipped.append(f)
+                    continue
+                self.files.append(f)
+                if labelled:
+                    self.targets.append(index)
+                if max_images is not None and len(self.files) >= max_images:
+                    break
             if max_images is not None and len(self.files) >= max_images:
                 break
         _say_skipped(self.root, skipped)
@@ -225,21 +256,24 @@ class ImageFolder(torch.utils.data.Dataset):
         x = x.float().div_(127.5).sub_(1.0)
         if self.flip and bool(torch.rand(()) < 0.5):
             x = x.flip(-1)
-        return x
+        return (x, self.targets[i]) if self.labelled else x
 
 
-def image_dataset(root, size: int = 32, channels: int = 3, flip: bool = False):
+def image_dataset(root, size: int = 32, channels: int = 3, flip: bool = False, labelled: bool = False):
     """torchvision's ImageFolder with the same preparation (resize the short side, center crop,
     [-1, 1], optional RandomHorizontalFlip) where torchvision is installed and `root` holds one
     subfolder per class and no images of its own; ganfast's ImageFolder otherwise. Items are x or
-    (x, class): the trainer takes x."""
+    (x, class): an unconditional trainer takes x. labelled=True: items are (x, class) either way, and
+    a folder that is not one subfolder per class is an error."""
     root = _check_folder(root, size, channels)
+    if labelled:
+        _class_folders(root)
     try:
         from torchvision import datasets, transforms
     except ImportError:
-        return ImageFolder(root, size, channels, flip)
+        return ImageFolder(root, size, channels, flip, labelled=labelled)
     if not any(p.is_dir() for p in root.iterdir()) or any(p.is_file() for p in root.iterdir()):
-        return ImageFolder(root, size, channels, flip)
+        return ImageFolder(root, size, channels, flip, labelled=labelled)
     Image, _ = _require_pil()
     steps = [transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(size)]
     steps += [transforms.RandomHorizontalFlip()] if flip else []
@@ -257,12 +291,20 @@ PREVIEW = 256  # images of a streamed folder kept in memory (the metrics' real s
 class Dataset:
     """What `ganfast train` trains on. samples: (N, 2) points or (N, C, H, W) images in [-1, 1];
     for a folder streamed from disk (`stream`, a torch Dataset), its first PREVIEW images, read on
-    first use."""
+    first use. labels: None, or a LongTensor (N,) of class indices in [0, num_classes) (every sample's,
+    a stream's included)."""
 
     def __init__(self, name: str, samples: torch.Tensor | None, kind: str, mixture: Mixture | None = None,
-                 info: dict | None = None, stream=None):
+                 info: dict | None = None, stream=None, labels: torch.Tensor | None = None,
+                 num_classes: int | None = None):
         self.name, self.kind, self.mixture, self.info, self.stream = name, kind, mixture, info or {}, stream
         self._samples = samples
+        self.labels, self.num_classes = labels, num_classes
+
+    def class_frequencies(self) -> list[float]:
+        """The fraction of samples of each class (the fake labels' distribution of a conditional run)."""
+        counts = torch.bincount(self.labels, minlength=self.num_classes).double()
+        return (counts / counts.sum()).tolist()
 
     @property
     def samples(self) -> torch.Tensor:
@@ -282,7 +324,7 @@ class Dataset:
         """What Trainer.fit takes: the samples tensor, or a DataLoader streaming the folder (shuffled,
         full batches, pinned memory for a GPU, worker processes where there are cores to spare)."""
         if self.stream is None:
-            return self.samples
+            return self.samples if self.labels is None else (self.samples, self.labels)
         workers = 0 if (os.cpu_count() or 1) <= 2 else min(4, (os.cpu_count() or 1) // 2)
         return torch.utils.data.DataLoader(self.stream, batch_size=batch_size, shuffle=True, drop_last=True,
                                            num_workers=workers, persistent_workers=workers > 0,
@@ -300,27 +342,31 @@ _ALIASES = {"ring8": "ring", "8gaussians": "ring", "grid": "grid25"}
 
 def make_dataset(name_or_path, n_points: int = 20000, image_size: int | None = None, channels: int = 3,
                  generator: torch.Generator | None = None, max_images: int | None = None,
-                 flip: bool = False) -> Dataset:
+                 flip: bool = False, labels: bool = False) -> Dataset:
     """`ring` / `grid25`: n_points samples of the mixture (seeded by `generator`); `digits`: the 8x8
     digits (resized when image_size is given and not 8); anything else must be a folder of images,
     streamed from disk at image_size (default 32) with `channels` channels (flip: random horizontal
-    flips)."""
+    flips). labels=True: with class labels (a mixture's mode, the digit, a folder's class subfolder)."""
     name = str(name_or_path)
     key = _ALIASES.get(name.lower(), name.lower())
     if key in MIXTURES:
         mixture = MIXTURES[key]
-        return Dataset(key, mixture.sample(n_points, generator), "points", mixture)
+        x, modes = mixture.sample_with_modes(n_points, generator)
+        return Dataset(key, x, "points", mixture, labels=modes if labels else None,
+                       num_classes=mixture.n_modes if labels else None)
     if key == "digits":
-        x = load_digits()
+        x, digits = load_digits(labels=True)
         if image_size is not None and image_size != x.shape[-1]:
             x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
                                                 align_corners=False).clamp_(-1, 1)
-        return Dataset("digits", x, "images")
+        return Dataset("digits", x, "images", labels=digits if labels else None, num_classes=10 if labels else None)
     if os.path.isdir(name):
         size = 32 if image_size is None else image_size
-        stream = ImageFolder(name, size, channels, flip, max_images) if max_images is not None else \
-            image_dataset(name, size, channels, flip)
+        stream = ImageFolder(name, size, channels, flip, max_images, labelled=labels) if max_images is not None \
+            else image_dataset(name, size, channels, flip, labelled=labels)
+        targets = torch.as_tensor(stream.targets, dtype=torch.long) if labels else None
         return Dataset(os.path.basename(os.path.normpath(name)) or name, None, "images",
-                       info={"path": os.path.abspath(name)}, stream=stream)
+                       info={"path": os.path.abspath(name)}, stream=stream, labels=targets,
+                       num_classes=len(stream.classes) if labels else None)
     raise ValueError(f"unknown data {name!r}: give one of {', '.join(DATASETS)} or the path of an "
                      f"existing folder of images")

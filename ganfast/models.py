@@ -4,11 +4,16 @@
     MLPGenerator / MLPDiscriminator        2-D points (the Gaussian mixtures)
     DCGANGenerator / DCGANDiscriminator    images, --arch dcgan (Radford et al. 2016)
     ResNetGenerator / ResNetDiscriminator  images, --arch resnet (SNGAN, Miyato et al. 2018)
-    build_models(kind, data_shape, latent_dim=None, arch=None, width=None) -> (G, D, latent_dim)
+    build_models(kind, data_shape, latent_dim=None, arch=None, width=None, num_classes=None)
+                                           -> (G, D, latent_dim)
 
 Every generator maps z (B, latent_dim) to a sample and has a `latent_dim` attribute; every
-discriminator maps a batch to logits (B, 1). Image models take a square power-of-two resolution
->= 8 (8, 16, 32, 64, ...) and any channel count; G ends in tanh, so images are in [-1, 1].
+discriminator maps a batch to logits (B, 1). With num_classes=K each model is class-conditional,
+called as G(z, y) and D(x, y) (y a LongTensor (B,)): G's batch norms become conditional ones
+(ganfast.nn.ConditionalBatchNorm2d; the MLP adds a learned per-class offset to its first layer) and
+D's last layer becomes a projection head (ganfast.nn.ProjectionHead) on its last features. Image
+models take a square power-of-two resolution >= 8 (8, 16, 32, 64, ...) and any channel count; G ends
+in tanh, so images are in [-1, 1].
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from .nn.conditional import ConditionalBatchNorm2d, ProjectionHead
 
 __all__ = ["ARCHS", "DCGANDiscriminator", "DCGANGenerator", "MLPDiscriminator", "MLPGenerator",
            "ResNetDiscriminator", "ResNetGenerator", "build_models", "default_latent_dim"]
@@ -38,6 +45,28 @@ def _n_doublings(resolution: int) -> int:
     return int(math.log2(resolution)) - 2
 
 
+def _labels_for(num_classes, y, what: str):
+    """y checked against the model's conditioning: labels iff num_classes."""
+    if num_classes is None and y is not None:
+        raise ValueError(f"this {what} is unconditional (num_classes=None) but got labels")
+    if num_classes is not None and y is None:
+        raise ValueError(f"this {what} is conditional (num_classes={num_classes}): call it with labels y")
+    return y
+
+
+class _LabelledSequential(nn.Sequential):
+    """nn.Sequential that hands the labels y to its conditional batch norms."""
+
+    def forward(self, x, y=None):
+        for m in self:
+            x = m(x, y) if isinstance(m, ConditionalBatchNorm2d) else m(x)
+        return x
+
+
+def _batch_norm(c: int, num_classes):
+    return nn.BatchNorm2d(c) if num_classes is None else ConditionalBatchNorm2d(c, num_classes)
+
+
 def _flat_latent(z: torch.Tensor, latent_dim: int) -> torch.Tensor:
     if z.dim() == 4 and z.shape[2:] == (1, 1):
         z = z.flatten(1)  # accept DCGAN-style (B, latent, 1, 1) noise too
@@ -50,41 +79,57 @@ def _flat_latent(z: torch.Tensor, latent_dim: int) -> torch.Tensor:
 # 2-D points
 # ----------------------------------------------------------------------------------------------
 class MLPGenerator(nn.Module):
-    """z (B, latent_dim) -> (B, out_dim): `depth` hidden layers of `hidden` ReLU units, linear out."""
+    """z (B, latent_dim) -> (B, out_dim): `depth` hidden layers of `hidden` ReLU units, linear out.
+    Conditional: the first layer's pre-activation gets a learned per-class offset embed(y) (a linear
+    layer on [z, one_hot(y)])."""
 
-    def __init__(self, latent_dim: int = 2, out_dim: int = 2, hidden: int = 128, depth: int = 3):
+    def __init__(self, latent_dim: int = 2, out_dim: int = 2, hidden: int = 128, depth: int = 3,
+                 num_classes: int | None = None):
         super().__init__()
         _check_positive(latent_dim=latent_dim, out_dim=out_dim, hidden=hidden, depth=depth)
-        self.latent_dim, self.out_dim = latent_dim, out_dim
+        self.latent_dim, self.out_dim, self.num_classes = latent_dim, out_dim, num_classes
         layers, d = [], latent_dim
         for _ in range(depth):
             layers += [nn.Linear(d, hidden), nn.ReLU()]
             d = hidden
         layers.append(nn.Linear(d, out_dim))
         self.net = nn.Sequential(*layers)
+        if num_classes is not None:
+            self.embed = nn.Embedding(num_classes, hidden)
+            nn.init.normal_(self.embed.weight, 0.0, 1.0 / math.sqrt(hidden))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(_flat_latent(z, self.latent_dim))
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        z = _flat_latent(z, self.latent_dim)
+        if _labels_for(self.num_classes, y, "generator") is None:
+            return self.net(z)
+        return self.net[1:](self.net[0](z) + self.embed(y))
 
 
 class MLPDiscriminator(nn.Module):
-    """x (B, in_dim) -> logits (B, 1): `depth` hidden layers of `hidden` LeakyReLU(0.2) units."""
+    """x (B, in_dim) -> logits (B, 1): `depth` hidden layers of `hidden` LeakyReLU(0.2) units, then a
+    linear layer, or a projection head on the last hidden layer when conditional."""
 
-    def __init__(self, in_dim: int = 2, hidden: int = 128, depth: int = 3, negative_slope: float = 0.2):
+    def __init__(self, in_dim: int = 2, hidden: int = 128, depth: int = 3, negative_slope: float = 0.2,
+                 num_classes: int | None = None):
         super().__init__()
         _check_positive(in_dim=in_dim, hidden=hidden, depth=depth)
-        self.in_dim = in_dim
+        self.in_dim, self.num_classes = in_dim, num_classes
         layers, d = [], in_dim
         for _ in range(depth):
             layers += [nn.Linear(d, hidden), nn.LeakyReLU(negative_slope)]
             d = hidden
-        layers.append(nn.Linear(d, 1))
+        if num_classes is None:
+            layers.append(nn.Linear(d, 1))
+        else:
+            self.head = ProjectionHead(d, num_classes)
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"expected points of shape (B, {self.in_dim}), got {tuple(x.shape)}")
-        return self.net(x)
+        if _labels_for(self.num_classes, y, "discriminator") is None:
+            return self.net(x)
+        return self.head(self.net(x), y)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,7 +142,7 @@ def _dcgan_init(module: nn.Module) -> None:
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:  # a conditional BN's γ, β start at 1, 0
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 
@@ -122,40 +167,44 @@ class DCGANGenerator(nn.Module):
     `extra_layers` 3x3 convs (BN, ReLU) before the last one (default: 1 up to 16x16, else 0)."""
 
     def __init__(self, latent_dim: int = 128, resolution: int = 32, channels: int = 3, width: int = 64,
-                 extra_layers: int | None = None):
+                 extra_layers: int | None = None, num_classes: int | None = None):
         super().__init__()
         _check_positive(latent_dim=latent_dim, channels=channels, width=width)
         n = _n_doublings(resolution)
         extra = _extra_layers(resolution, extra_layers)
         self.latent_dim, self.resolution, self.channels = latent_dim, resolution, channels
+        self.num_classes = num_classes
+        k = num_classes
         c = _channels(width, n - 1)
-        layers = [nn.ConvTranspose2d(latent_dim, c, 4, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+        layers = [nn.ConvTranspose2d(latent_dim, c, 4, 1, 0, bias=False), _batch_norm(c, k), nn.ReLU(True)]
         for level in range(n - 2, -1, -1):  # 4 -> 8 -> ... -> resolution / 2
             c_out = _channels(width, level)
-            layers += [nn.ConvTranspose2d(c, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(c, c_out, 4, 2, 1, bias=False), _batch_norm(c_out, k), nn.ReLU(True)]
             c = c_out
         for _ in range(extra):
-            layers += [nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+            layers += [nn.Conv2d(c, c, 3, 1, 1, bias=False), _batch_norm(c, k), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(c, channels, 4, 2, 1), nn.Tanh()]  # last doubling to the image
-        self.net = nn.Sequential(*layers)
+        self.net = _LabelledSequential(*layers)
         _dcgan_init(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(_flat_latent(z, self.latent_dim)[:, :, None, None])
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        y = _labels_for(self.num_classes, y, "generator")
+        return self.net(_flat_latent(z, self.latent_dim)[:, :, None, None], y)
 
 
 class DCGANDiscriminator(nn.Module):
     """image -> (4x4 stride-2 conv, LeakyReLU 0.2) x n -> 4x4 conv to one logit. No batch norm by
     default: it mixes samples of a batch, which breaks per-sample gradient penalties.
-    `extra_layers` 3x3 convs follow the first one (default: 1 up to 16x16, else 0)."""
+    `extra_layers` 3x3 convs follow the first one (default: 1 up to 16x16, else 0). Conditional: the
+    last conv (a linear map of the 4x4 features) becomes a projection head on those features."""
 
     def __init__(self, resolution: int = 32, channels: int = 3, width: int = 64, batch_norm: bool = False,
-                 extra_layers: int | None = None):
+                 extra_layers: int | None = None, num_classes: int | None = None):
         super().__init__()
         _check_positive(channels=channels, width=width)
         n = _n_doublings(resolution)
         extra = _extra_layers(resolution, extra_layers)
-        self.resolution, self.channels = resolution, channels
+        self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
         layers, c = [], channels
         for level in range(n):  # resolution -> ... -> 4
             c_out = _channels(width, level)
@@ -166,13 +215,18 @@ class DCGANDiscriminator(nn.Module):
             c = c_out
             for _ in range(extra if level == 0 else 0):
                 layers += [nn.Conv2d(c, c, 3, 1, 1), nn.LeakyReLU(0.2, True)]
-        layers.append(nn.Conv2d(c, 1, 4, 1, 0))  # 4x4 -> 1x1
+        if num_classes is None:
+            layers.append(nn.Conv2d(c, 1, 4, 1, 0))  # 4x4 -> 1x1
+        else:
+            self.head = ProjectionHead(c * 16, num_classes)
         self.net = nn.Sequential(*layers)
         _dcgan_init(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         _check_image(x, self.channels, self.resolution)
-        return self.net(x).flatten(1)
+        if _labels_for(self.num_classes, y, "discriminator") is None:
+            return self.net(x).flatten(1)
+        return self.head(self.net(x).flatten(1), y)
 
 
 def _check_image(x: torch.Tensor, channels: int, resolution: int) -> None:
@@ -185,18 +239,20 @@ def _check_image(x: torch.Tensor, channels: int, resolution: int) -> None:
 # SNGAN-style ResNet
 # ----------------------------------------------------------------------------------------------
 class GBlock(nn.Module):
-    """BN-ReLU-up2-conv3-BN-ReLU-conv3, plus shortcut up2-conv1."""
+    """BN-ReLU-up2-conv3-BN-ReLU-conv3, plus shortcut up2-conv1 (conditional batch norms when
+    num_classes is given)."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, num_classes: int | None = None):
         super().__init__()
-        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
+        self.bn1, self.bn2 = _batch_norm(c_in, num_classes), _batch_norm(c_out, num_classes)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, 1, 1)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
         self.shortcut = nn.Conv2d(c_in, c_out, 1, 1, 0)
 
-    def forward(self, x):
-        h = F.interpolate(F.relu(self.bn1(x)), scale_factor=2, mode="nearest")
-        h = self.conv2(F.relu(self.bn2(self.conv1(h))))
+    def forward(self, x, y=None):
+        bn = (lambda m, h: m(h)) if y is None else (lambda m, h: m(h, y))
+        h = F.interpolate(F.relu(bn(self.bn1, x)), scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(bn(self.bn2, self.conv1(h))))
         return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
@@ -238,37 +294,44 @@ def _resnet_init(module: nn.Module) -> None:
 
 
 class ResNetGenerator(nn.Module):
-    """z -> linear to 4x4 -> GBlock (up 2x) x n -> BN-ReLU-conv3 -> tanh."""
+    """z -> linear to 4x4 -> GBlock (up 2x) x n -> BN-ReLU-conv3 -> tanh. Conditional: the blocks'
+    batch norms are conditional (SNGAN's conditional generator; the last BN stays plain)."""
 
-    def __init__(self, latent_dim: int = 128, resolution: int = 32, channels: int = 3, width: int = 64):
+    def __init__(self, latent_dim: int = 128, resolution: int = 32, channels: int = 3, width: int = 64,
+                 num_classes: int | None = None):
         super().__init__()
         _check_positive(latent_dim=latent_dim, channels=channels, width=width)
         n = _n_doublings(resolution)
         self.latent_dim, self.resolution, self.channels = latent_dim, resolution, channels
+        self.num_classes = num_classes
         c = self._c0 = _channels(width, n)
         self.fc = nn.Linear(latent_dim, 4 * 4 * c)
         blocks = []
         for level in range(n - 1, -1, -1):
-            blocks.append(GBlock(c, _channels(width, level)))
+            blocks.append(GBlock(c, _channels(width, level), num_classes))
             c = _channels(width, level)
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(c)
         self.to_rgb = nn.Conv2d(c, channels, 3, 1, 1)
         _resnet_init(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        y = _labels_for(self.num_classes, y, "generator")
         h = self.fc(_flat_latent(z, self.latent_dim)).view(-1, self._c0, 4, 4)
-        return torch.tanh(self.to_rgb(F.relu(self.bn(self.blocks(h)))))
+        for block in self.blocks:
+            h = block(h, y)
+        return torch.tanh(self.to_rgb(F.relu(self.bn(h))))
 
 
 class ResNetDiscriminator(nn.Module):
-    """image -> DBlock (down 2x) x n to 4x4 -> DBlock -> ReLU -> sum over space -> linear."""
+    """image -> DBlock (down 2x) x n to 4x4 -> DBlock -> ReLU -> sum over space -> linear (a projection
+    head when conditional: SNGAN's projection discriminator)."""
 
-    def __init__(self, resolution: int = 32, channels: int = 3, width: int = 64):
+    def __init__(self, resolution: int = 32, channels: int = 3, width: int = 64, num_classes: int | None = None):
         super().__init__()
         _check_positive(channels=channels, width=width)
         n = _n_doublings(resolution)
-        self.resolution, self.channels = resolution, channels
+        self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
         blocks, c = [], channels
         for level in range(n):
             c_out = _channels(width, level)
@@ -276,12 +339,18 @@ class ResNetDiscriminator(nn.Module):
             c = c_out
         blocks.append(DBlock(c, c, down=False))
         self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(c, 1)
+        if num_classes is None:
+            self.fc = nn.Linear(c, 1)
+        else:
+            self.head = ProjectionHead(c, num_classes)
         _resnet_init(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         _check_image(x, self.channels, self.resolution)
-        return self.fc(F.relu(self.blocks(x)).sum(dim=(2, 3)))
+        h = F.relu(self.blocks(x)).sum(dim=(2, 3))
+        if _labels_for(self.num_classes, y, "discriminator") is None:
+            return self.fc(h)
+        return self.head(h, y)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,11 +365,14 @@ def default_latent_dim(kind: str, data_shape=None) -> int:
 
 
 def build_models(kind: str, data_shape, latent_dim: int | None = None, arch: str | None = None,
-                 width: int | None = None) -> tuple[nn.Module, nn.Module, int]:
+                 width: int | None = None, num_classes: int | None = None) -> tuple[nn.Module, nn.Module, int]:
     """(G, D, latent_dim) for data of `kind` ("points" | "images") whose samples have shape
     `data_shape` ((D,) or (C, H, W)). arch: for images "dcgan" (default) or "resnet"; for points
     only None or "mlp". width: hidden units (points, default 128) or the base channel count
-    (images, default 64)."""
+    (images, default 64). num_classes: K for class-conditional models G(z, y), D(x, y)."""
+    if num_classes is not None:
+        _check_positive(num_classes=num_classes)
+    k = num_classes
     data_shape = tuple(int(s) for s in data_shape)
     if kind == "points":
         if arch not in (None, "mlp"):
@@ -309,8 +381,8 @@ def build_models(kind: str, data_shape, latent_dim: int | None = None, arch: str
             raise ValueError(f"points must have shape (D,), got {data_shape}")
         latent_dim = default_latent_dim(kind) if latent_dim is None else latent_dim
         hidden = 128 if width is None else width
-        return (MLPGenerator(latent_dim, data_shape[0], hidden), MLPDiscriminator(data_shape[0], hidden),
-                latent_dim)
+        return (MLPGenerator(latent_dim, data_shape[0], hidden, num_classes=k),
+                MLPDiscriminator(data_shape[0], hidden, num_classes=k), latent_dim)
     if kind == "images":
         arch = "dcgan" if arch is None else arch
         if arch not in ARCHS:
@@ -321,6 +393,8 @@ def build_models(kind: str, data_shape, latent_dim: int | None = None, arch: str
         latent_dim = default_latent_dim(kind, data_shape) if latent_dim is None else latent_dim
         width = 64 if width is None else width
         if arch == "dcgan":
-            return (DCGANGenerator(latent_dim, res, c, width), DCGANDiscriminator(res, c, width), latent_dim)
-        return (ResNetGenerator(latent_dim, res, c, width), ResNetDiscriminator(res, c, width), latent_dim)
+            return (DCGANGenerator(latent_dim, res, c, width, num_classes=k),
+                    DCGANDiscriminator(res, c, width, num_classes=k), latent_dim)
+        return (ResNetGenerator(latent_dim, res, c, width, num_classes=k),
+                ResNetDiscriminator(res, c, width, num_classes=k), latent_dim)
     raise ValueError(f"kind must be 'points' or 'images', got {kind!r}")

@@ -55,7 +55,8 @@ PENALTY_CHOICES = ("none",) + tuple(p for p in PENALTIES if p is not None)
 RING_DEFAULTS = dict(loss="ns", penalty="r1", penalty_weight=0.1, penalty_interval=1, d_steps=1, sn=False,
                      steps=2500, batch_size=256, lr=2e-3, beta1=0.5, beta2=0.9, lr_decay=0.5, ema=0.995,
                      latent_dim=2, width=128, arch=None, image_size=None, channels=None, n_points=20000,
-                     threads=1, log_every=10, eval_every=250, sample_every=500, checkpoint_every=1000)
+                     threads=1, log_every=10, eval_every=250, sample_every=500, checkpoint_every=1000,
+                     conditional=False)
 POINT_DEFAULTS = RING_DEFAULTS
 # grid25 (25 modes, std 0.05): the same recipe needs twice the steps (seed 0: 2500 steps 24/25 modes,
 # 35% HQ; 5000 steps 25/25, 90% HQ, reverse KL 0.009, 75 s)
@@ -64,7 +65,8 @@ DATA_DEFAULTS = {"grid25": dict(steps=5000)}
 IMAGE_DEFAULTS = dict(loss="ns", penalty="r1", penalty_weight=1.0, penalty_interval=1, d_steps=1, sn=False,
                       steps=5000, batch_size=64, lr=2e-4, beta1=0.0, beta2=0.99, lr_decay=0.0, ema=0.999,
                       latent_dim=None, width=None, arch="dcgan", image_size=None, channels=3, n_points=None,
-                      threads=None, log_every=10, eval_every=500, sample_every=500, checkpoint_every=1000)
+                      threads=None, log_every=10, eval_every=500, sample_every=500, checkpoint_every=1000,
+                      conditional=False)
 
 
 def default_image_threads() -> int:
@@ -210,9 +212,11 @@ class Run:
 def _load_data(cfg: dict) -> Dataset:
     g = torch.Generator().manual_seed(cfg["seed"])
     try:
+        labels = bool(cfg.get("conditional"))
         if cfg["kind"] == "points":
-            return make_dataset(cfg["data"], n_points=cfg["n_points"], generator=g)
-        return make_dataset(cfg["data"], image_size=cfg.get("image_size"), channels=cfg["channels"], generator=g)
+            return make_dataset(cfg["data"], n_points=cfg["n_points"], generator=g, labels=labels)
+        return make_dataset(cfg["data"], image_size=cfg.get("image_size"), channels=cfg["channels"], generator=g,
+                            labels=labels)
     except ValueError as e:  # an empty folder, no readable image
         raise RunError(str(e)) from None
 
@@ -226,13 +230,16 @@ def _setup(cfg: dict) -> None:
 def _build(cfg: dict, run_dir: Path, dataset: Dataset | None) -> Run:
     torch.manual_seed(cfg["seed"])  # the models' initialization
     shape = tuple(cfg["data_shape"])
+    num_classes = cfg["num_classes"] if cfg.get("conditional") else None  # written by _train from the data
     G, D, latent_dim = build_models(cfg["kind"], shape, latent_dim=cfg.get("latent_dim"),
-                                    arch=cfg.get("arch") if cfg["kind"] == "images" else None, width=cfg.get("width"))
+                                    arch=cfg.get("arch") if cfg["kind"] == "images" else None, width=cfg.get("width"),
+                                    num_classes=num_classes)
     betas = (cfg["beta1"], cfg["beta2"])
     g_opt = torch.optim.Adam(G.parameters(), lr=cfg["lr"], betas=betas)
     d_opt = torch.optim.Adam(D.parameters(), lr=cfg["lr"], betas=betas)
     trainer = Trainer(G, D, g_opt, d_opt, config=step_config(cfg), latent_dim=latent_dim, device=cfg["device"],
-                      seed=cfg["seed"])
+                      seed=cfg["seed"], num_classes=num_classes,
+                      class_probs=cfg.get("class_probs") if num_classes is not None else None)
     return Run(Path(run_dir), cfg, trainer, dataset)
 
 
@@ -256,6 +263,7 @@ def load_run(run_dir, need_checkpoint: bool = True, with_data: bool = False, bac
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise RunError(f"{cfg_path} is not valid JSON: {e}") from e
+    cfg.setdefault("conditional", False)  # runs written before conditional training
     missing = [k for k in RUN_KEYS + ("kind", "data_shape") if k not in cfg]
     if missing:
         raise RunError(f"{cfg_path} lacks {', '.join(missing)}: it was not written by this version of ganfast")
@@ -285,9 +293,16 @@ def _eval_noise(run: Run, n: int) -> torch.Tensor:
                                                                               run.trainer.dtype)
 
 
-def _generate(run: Run, z: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    return torch.cat([run.trainer.sample(len(c), z=c).float().cpu() for c in z.split(chunk)]) if len(z) else \
-        torch.empty(0)
+def _generate(run: Run, z: torch.Tensor, labels: torch.Tensor | None = None, chunk: int = 8192) -> torch.Tensor:
+    if not len(z):
+        return torch.empty(0)
+    ys = labels.split(chunk) if labels is not None else [None] * len(z.split(chunk))
+    return torch.cat([run.trainer.sample(len(c), z=c, labels=y).float().cpu() for c, y in zip(z.split(chunk), ys)])
+
+
+def _eval_labels(run: Run, n: int) -> torch.Tensor | None:
+    """A conditional run's evaluation labels: every class in turn (fixed, like the noise)."""
+    return torch.arange(n) % run.trainer.num_classes if run.trainer.num_classes is not None else None
 
 
 def metrics_of(run: Run) -> dict:
@@ -295,10 +310,14 @@ def metrics_of(run: Run) -> dict:
     on real and generated images and the pixel statistics of each."""
     out = {"step": run.trainer.step_count}
     z = _eval_noise(run, N_EVAL_SAMPLES if run.config["kind"] == "points" else 256)
-    x = _generate(run, z)
+    y = _eval_labels(run, len(z))
+    x = _generate(run, z, y)
     if run.config["kind"] == "points":
         m = mode_metrics(x, run.mixture)
         out.update(m.as_dict())
+        if y is not None:  # the fraction of G(z, y) samples whose nearest mode is y
+            nearest = torch.cdist(x.double(), run.mixture.means.double()).argmin(1)
+            out["label_hit_rate"] = float((nearest == y).double().mean())
         return out
     data = run.dataset if run.dataset is not None else _load_data(run.config)
     real = data.samples[:256]
@@ -308,8 +327,12 @@ def metrics_of(run: Run) -> dict:
         D.eval()
         try:
             dev, dt = run.trainer.device, run.trainer.dtype
-            out["d_real_mean"] = float(D(real.to(dev, dt)).float().mean())
-            out["d_fake_mean"] = float(D(x.to(dev, dt)).float().mean())
+            if y is None:
+                d_real, d_fake = D(real.to(dev, dt)), D(x.to(dev, dt))
+            else:  # a conditional D scores each image with its class
+                d_real, d_fake = D(real.to(dev, dt), data.labels[:len(real)].to(dev)), D(x.to(dev, dt), y.to(dev))
+            out["d_real_mean"] = float(d_real.float().mean())
+            out["d_fake_mean"] = float(d_fake.float().mean())
         finally:
             D.train(was)
     out.update(real_pixel_mean=float(real.mean()), real_pixel_std=float(real.std()),
@@ -319,8 +342,9 @@ def metrics_of(run: Run) -> dict:
 
 def format_metrics(m: dict) -> str:
     if "modes_captured" in m:
+        hit = f", label hit rate {100 * m['label_hit_rate']:.1f}%" if "label_hit_rate" in m else ""
         return (f"modes {m['modes_captured']}/{m['n_modes']}, high quality {100 * m['hq_fraction']:.1f}%, "
-                f"reverse KL {m['reverse_kl']:.4f} ({m['n_samples']} samples)")
+                f"reverse KL {m['reverse_kl']:.4f}{hit} ({m['n_samples']} samples)")
     return (f"D(real) {m['d_real_mean']:.3f}, D(fake) {m['d_fake_mean']:.3f}; pixels real "
             f"{m['real_pixel_mean']:.3f}±{m['real_pixel_std']:.3f}, fake {m['fake_pixel_mean']:.3f}±"
             f"{m['fake_pixel_std']:.3f}")
@@ -474,6 +498,12 @@ def _train(cfg: dict, run_dir: Path, resuming: bool, progress: bool, echo, main:
     dataset = _load_data(cfg)
     cfg["data_name"] = dataset.name
     cfg["data_shape"] = list(dataset.shape)
+    if cfg.get("conditional"):
+        if resuming and "num_classes" in cfg and cfg["num_classes"] != dataset.num_classes:
+            raise RunError(f"run {str(run_dir)!r} was trained on {cfg['num_classes']} classes, the data now has "
+                           f"{dataset.num_classes}")
+        cfg["num_classes"] = dataset.num_classes
+        cfg["class_probs"] = dataset.class_frequencies()  # fake labels follow the data's class frequencies
     if cfg["kind"] == "points":
         cfg["latent_dim"] = cfg.get("latent_dim") or 2
     if not resuming and len(dataset) < cfg["batch_size"]:
@@ -525,10 +555,14 @@ def _train(cfg: dict, run_dir: Path, resuming: bool, progress: bool, echo, main:
         extra = {"lr": cfg["lr"] * f}
         if points:
             extra.update(modes_captured=nan, hq_fraction=nan, reverse_kl=nan)
+            if cfg.get("conditional"):
+                extra["label_hit_rate"] = nan
             if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
                 m = metrics_of(run)
                 extra.update(modes_captured=float(m["modes_captured"]), hq_fraction=m["hq_fraction"],
                              reverse_kl=m["reverse_kl"])
+                if "label_hit_rate" in m:
+                    extra["label_hit_rate"] = m["label_hit_rate"]
                 if main:
                     _say(f"step {step}: {format_metrics(m)}", progress)
         return extra
@@ -562,6 +596,8 @@ def format_summary(s: dict) -> str:
         lines.append(f"  modes captured     {m['modes_captured']}/{m['n_modes']}")
         lines.append(f"  high-quality       {100 * m['hq_fraction']:.1f}%  (within 3 std of a mode)")
         lines.append(f"  reverse KL         {m['reverse_kl']:.4f} nats")
+    if "label_hit_rate" in m:
+        lines.append(f"  label hit rate     {100 * m['label_hit_rate']:.1f}%  (G(z, y) nearest to mode y)")
     lines.append(f"  steps/s            {s['steps_per_s']:.1f}")
     lines.append("  wrote              config.json, checkpoints/, metrics.csv, samples/, curves.png, summary.json")
     return "\n".join(lines)
@@ -576,10 +612,13 @@ def evaluate(run_dir, backend: str | None = None, device: str | None = None) -> 
     return {"run": str(run_dir), **metrics_of(run)}
 
 
-def sample(run_dir, n: int, out_path, seed: int = 0, backend: str | None = None, device: str | None = None):
+def sample(run_dir, n: int, out_path, seed: int = 0, backend: str | None = None, device: str | None = None,
+           labels=None):
     """n samples of the run's (EMA) generator, written by the form of out_path: FILE.npy a NumPy array,
     FILE.png one picture (an image grid, or a scatter of 2-D points), DIR/ (or an existing folder) one
-    PNG per image. Returns the array."""
+    PNG per image. Returns the array. A conditional run samples the classes `labels` (a list; default
+    every class) in equal blocks of ceil(n / len(labels)): one row per class in a picture, and
+    FILE.npy is joined by FILE.labels.npy."""
     import numpy as np
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -591,31 +630,66 @@ def sample(run_dir, n: int, out_path, seed: int = 0, backend: str | None = None,
     run = load_run(run_dir, backend=backend, device=device)
     if to_dir and run.config["kind"] != "images":
         raise RunError("-o DIR/ writes one PNG per image; this run's samples are 2-D points: use FILE.png or FILE.npy")
+    y, nrow = _sample_labels(run, n, labels)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((n,) + tuple(run.trainer.latent_shape), generator=g).to(run.trainer.device, run.trainer.dtype)
-    x = _generate(run, z)
+    x = _generate(run, z, y)
     if to_dir:
         from .viz import save_image_grid
         for i, img in enumerate(x):
             save_image_grid(out_path / f"sample-{i:06d}.png", img[None], nrow=1, padding=0, scale=1)
     elif out_path.suffix.lower() == ".png":
         from .viz import save_samples
-        save_samples(out_path, x, mixture=run.mixture)
+        save_samples(out_path, x, mixture=run.mixture, nrow=nrow)
     else:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         np.save(out_path, x.numpy())
+        if y is not None:
+            np.save(out_path.with_suffix(".labels.npy"), y.numpy())
     return x.numpy()
 
 
-def explore(run_dir, out_dir=None, seed: int = 0, backend: str | None = None, device: str | None = None) -> dict:
+def _sample_labels(run: Run, n: int, labels) -> tuple[torch.Tensor | None, int]:
+    """The labels of n samples (blocks of ceil(n / classes), one per class asked) and the grid's row
+    length; (None, 8) for an unconditional run, which refuses labels."""
+    k = run.trainer.num_classes
+    if k is None:
+        if labels is not None:
+            raise RunError(f"--labels / --class: run {run.dir} is not conditional (trained without --conditional)")
+        return None, 8
+    classes = list(range(k)) if labels is None else list(labels)
+    bad = [c for c in classes if not 0 <= c < k]
+    if not classes or bad:
+        raise RunError(f"--labels / --class must be class indices in [0, {k}) for this run of {k} classes, "
+                       f"got {bad or 'none'}")
+    per = math.ceil(n / len(classes))
+    return torch.tensor(classes)[torch.arange(n) // per], per
+
+
+class _OneClass(torch.nn.Module):
+    """A conditional model seen as an unconditional one of class k: forward(x) = model(x, k)."""
+
+    def __init__(self, model: torch.nn.Module, k: int):
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, x):
+        return self.model(x, torch.full((x.shape[0],), self.k, dtype=torch.long, device=x.device))
+
+
+def explore(run_dir, out_dir=None, seed: int = 0, backend: str | None = None, device: str | None = None,
+            cls: int = 0) -> dict:
     """Latent interpolation grid, latent traversal and D's saliency maps (ganfast.viz.explore) as PNG in
-    out_dir (default RUN/explore). Returns {name: path}."""
+    out_dir (default RUN/explore); of class `cls` in a conditional run. Returns {name: path}."""
     from . import viz
 
     run = load_run(run_dir, with_data=True, backend=backend, device=device)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "explore"
     D = run.trainer.D
     G = run.generator
+    if run.trainer.num_classes is not None:
+        _sample_labels(run, 1, [cls])  # checks the class
+        G, D = _OneClass(G, cls), _OneClass(D, cls)
     D.eval()
     G.eval()
     return viz.explore(G, D, run.config["latent_dim"], run.config["kind"], out_dir, run.dataset.samples,

@@ -2,8 +2,10 @@
 as a small state that checkpoints carry, so that a resumed run sees the same batches as one that
 never stopped. Only the current batch is moved to the device.
 
-- a tensor of samples (on any device): shuffled each epoch with the trainer's generator;
-- a DataLoader or any iterable of batches (x, or (x, ...) tuples): restarted at each epoch. A
+- a tensor of samples (on any device), or a pair (samples, labels) for a conditional trainer:
+  shuffled each epoch with the trainer's generator;
+- a DataLoader or any iterable of batches (x, or (x, ...) tuples; (x, y, ...) for a conditional
+  trainer, which then gets (x, y) batches): restarted at each epoch. A
   DataLoader's position is its epoch, the batches taken from it in that epoch and its RandomSampler's
   generator state at the epoch's start; on resume the epoch is rebuilt from that state with a batch
   sampler that skips the batches already taken, so no skipped sample is loaded. A plain iterable
@@ -16,15 +18,28 @@ import itertools
 import torch
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 
+from .labels import check_range
+
 
 class TensorBatches:
     """Batches of a tensor of samples, reshuffled every epoch with the trainer's generator.
 
     With W ranks, every rank draws the same permutation and rank r takes samples [r·B, (r+1)·B) of
-    each global batch of W·B: the ranks' batches concatenated are the single-process batch of W·B."""
+    each global batch of W·B: the ranks' batches concatenated are the single-process batch of W·B.
+    With `labels` (N,) (a conditional trainer, K classes) each batch is a pair (x, y)."""
 
     def __init__(self, data: torch.Tensor, batch_size: int, gen: torch.Generator, state: dict | None,
-                 rank: int = 0, world: int = 1, device=None):
+                 rank: int = 0, world: int = 1, device=None, labels: torch.Tensor | None = None,
+                 num_classes: int | None = None):
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor) or labels.dtype != torch.long or labels.dim() != 1 or \
+                    labels.shape[0] != data.shape[0]:
+                got = f"{labels.dtype} of shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else \
+                    type(labels).__name__
+                raise ValueError(f"fit's labels must be a LongTensor of shape ({data.shape[0]},), one class index "
+                                 f"per sample, got {got}")
+            check_range(labels, num_classes, "fit's labels")
+        self.labels = labels
         if data.shape[0] < batch_size * world:
             raise ValueError(f"the data has {data.shape[0]} samples, fewer than batch_size={batch_size}"
                              + (f" x {world} ranks" if world > 1 else ""))
@@ -43,7 +58,10 @@ class TensorBatches:
         start = self.pos + self.rank * self.batch_size
         idx = self.perm[start:start + self.batch_size]
         self.pos += glob
-        return self.data[idx].to(self.device, non_blocking=True)
+        x = self.data[idx].to(self.device, non_blocking=True)
+        if self.labels is None:
+            return x
+        return x, self.labels[idx.to(self.labels.device)].to(self.device, non_blocking=True)
 
     def state(self) -> dict | None:
         return None if self.perm is None else {"kind": "tensor", "perm": self.perm.cpu(), "pos": self.pos}
@@ -74,10 +92,12 @@ def _resumed_loader(loader: DataLoader, skip: int) -> DataLoader:
 
 
 class LoaderBatches:
-    """Batches of a DataLoader / iterable, restarted at each epoch; (x, label, ...) gives x."""
+    """Batches of a DataLoader / iterable, restarted at each epoch; (x, label, ...) gives x, or
+    (x, label) when num_classes is given (a conditional trainer: labels range-checked on the host)."""
 
-    def __init__(self, data, device: torch.device, seed: int, state: dict | None = None):
-        self.data, self.device, self.seed = data, torch.device(device), seed
+    def __init__(self, data, device: torch.device, seed: int, state: dict | None = None,
+                 num_classes: int | None = None):
+        self.data, self.device, self.seed, self.num_classes = data, torch.device(device), seed, num_classes
         self.non_blocking = bool(getattr(data, "pin_memory", False))  # pinned host memory copies async
         self.epoch, self.taken, self._epoch_gen = 0, 0, None
         gen_state, skip = None, 0
@@ -121,11 +141,26 @@ class LoaderBatches:
                 self.epoch += 1
                 self._start_epoch()
         self.taken += 1
+        if self.num_classes is not None:
+            return self._labelled(batch)
         if isinstance(batch, (tuple, list)):
             batch = batch[0]
         if not isinstance(batch, torch.Tensor):
             raise TypeError(f"a batch must be a tensor or a (tensor, ...) tuple, got {type(batch).__name__}")
         return batch.to(self.device, non_blocking=self.non_blocking)
+
+    def _labelled(self, batch):
+        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[0], torch.Tensor)
+                and isinstance(batch[1], torch.Tensor)):
+            raise ValueError(f"this trainer is conditional (num_classes={self.num_classes}): the data must yield "
+                             f"(x, y, ...) batches with y a LongTensor of class indices, got "
+                             f"{type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list))
+                                                           else ""))
+        x, y = batch[0], batch[1]
+        if y.device.type == "cpu" and y.dtype == torch.long:
+            check_range(y, self.num_classes, "the data's labels")
+        return (x.to(self.device, non_blocking=self.non_blocking),
+                y.to(self.device, non_blocking=self.non_blocking))
 
     def state(self) -> dict:
         return {"kind": "loader", "epoch": self.epoch, "batches": self.taken, "sampler_generator": self._epoch_gen}

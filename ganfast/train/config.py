@@ -96,10 +96,13 @@ class StepConfig:
 @dataclasses.dataclass
 class LossInputs:
     """What one (micro-)batch's D or G loss was computed from; extra_d_loss / extra_g_loss receive it
-    and return a scalar tensor added to that loss (real_logits is None in a G step that needs none)."""
+    and return a scalar tensor added to that loss (real_logits is None in a G step that needs none;
+    real_labels and fake_labels are None in an unconditional run)."""
     trainer: object  # the Trainer
     real: torch.Tensor
     fake: torch.Tensor
     real_logits: torch.Tensor | None
     fake_logits: torch.Tensor
     loss: torch.Tensor
+    real_labels: torch.Tensor | None = None
+    fake_labels: torch.Tensor | None = None

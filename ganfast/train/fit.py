@@ -8,6 +8,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .batches import LoaderBatches, TensorBatches
+from .labels import is_pair, looks_labelled, missing_error, unconditional_error
 from .logging import TrainLogger, save_curves, save_samples
 
 log = logging.getLogger("ganfast.train")
@@ -20,7 +21,9 @@ def fit(trainer, data, steps: int, batch_size: int = 64, *, log_every: int = 1, 
     """Train until `steps` steps in total have run (a resumed trainer continues to the same total).
 
     data: a DataLoader / iterable of batches (x or (x, ...)), or a tensor of samples (batched with
-    batch_size, reshuffled each epoch with the trainer's generator). Only the current batch is moved
+    batch_size, reshuffled each epoch with the trainer's generator). A conditional trainer takes
+    (x, y, ...) batches, or a pair of tensors (samples, labels); its sample pictures hold one row
+    per class. Only the current batch is moved
     to the trainer's device (a DataLoader with pin_memory=True copies without blocking). log_dir gets
     metrics.csv, TensorBoard scalars and samples/; checkpoints go to checkpoint_dir (default
     log_dir/checkpoints) every checkpoint_every steps (default 1000), keeping the last
@@ -50,6 +53,14 @@ def fit(trainer, data, steps: int, batch_size: int = 64, *, log_every: int = 1, 
 
 
 def _source(trainer, data, batch_size: int, state: dict | None):
+    k = trainer.num_classes
+    if k is None and looks_labelled(data):
+        raise unconditional_error("fit")
+    if k is not None and is_pair(data):
+        return TensorBatches(data[0], batch_size, trainer._gen, state, trainer.rank, trainer.world_size,
+                             trainer.device, labels=data[1], num_classes=k)
+    if k is not None and isinstance(data, torch.Tensor):
+        raise missing_error("fit", k)
     if isinstance(data, torch.Tensor):
         return TensorBatches(data, batch_size, trainer._gen, state, trainer.rank, trainer.world_size, trainer.device)
     if trainer.world_size > 1 and isinstance(data, torch.utils.data.DataLoader) and \
@@ -57,7 +68,7 @@ def _source(trainer, data, batch_size: int, state: dict | None):
         log.warning(
             "distributed fit on a DataLoader without a DistributedSampler: the ranks may draw the same samples "
             "(use ganfast.train.distributed.loader)")
-    return LoaderBatches(data, trainer.device, trainer.seed, state)
+    return LoaderBatches(data, trainer.device, trainer.seed, state, num_classes=k)
 
 
 def _fit(tr, data, steps, batch_size, *, log_every, log_dir, checkpoint_dir, checkpoint_every, keep_checkpoints,
@@ -91,6 +102,11 @@ def _fit(tr, data, steps, batch_size, *, log_every, log_dir, checkpoint_dir, che
                          log_dir / "tensorboard" if log_dir and main else None, progress=progress and main,
                          total=steps, initial=tr.step_count, resume_step=resumed_at)
     history: list[dict] = []
+    fixed_y, nrow = None, 8
+    if tr.classes is not None:  # one row per class
+        nrow = max(1, n_samples // tr.num_classes)
+        n_samples = nrow * tr.num_classes
+        fixed_y = tr.classes.balanced_labels(n_samples, tr.device)
     fixed_z = tr._noise(n_samples, torch.Generator(device=tr.device).manual_seed(tr.seed + 2))
     ref_real = None  # a few real samples (on the CPU) drawn under the samples
     n_events = len(tr.monitor.events)
@@ -99,7 +115,7 @@ def _fit(tr, data, steps, batch_size, *, log_every, log_dir, checkpoint_dir, che
         while tr.step_count < steps:
             batches = [next(source) for _ in range(d_steps)]
             if ref_real is None:
-                ref_real = batches[0][:max(n_samples, 1)].cpu()
+                ref_real = (batches[0][0] if fixed_y is not None else batches[0])[:max(n_samples, 1)].cpu()
             nxt = tr.step_count + 1
             read = (nxt % log_every == 0 or nxt == steps
                     or (checkpoint_every is not None and nxt % checkpoint_every == 0))
@@ -128,8 +144,8 @@ def _fit(tr, data, steps, batch_size, *, log_every, log_dir, checkpoint_dir, che
                 # nobody reads or rotates checkpoints while it writes
                 tr._comm.barrier(f"barrier after rank 0 wrote checkpoint {tr.step_count}")
             if main and sample_every is not None and (tr.step_count % sample_every == 0 or last):
-                save_samples(tr.sample(n_samples, z=fixed_z),
-                             log_dir / "samples" / f"step-{tr.step_count:09d}.png", real=ref_real)
+                save_samples(tr.sample(n_samples, z=fixed_z, labels=fixed_y),
+                             log_dir / "samples" / f"step-{tr.step_count:09d}.png", real=ref_real, nrow=nrow)
     finally:
         logger.close()
         if main and log_dir is not None and (log_dir / "metrics.csv").exists():

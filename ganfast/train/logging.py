@@ -101,7 +101,7 @@ class TrainLogger:
             self.bar.close()
 
 
-def save_samples(samples, path, real=None) -> bool:
+def save_samples(samples, path, real=None, nrow: int = 8) -> bool:
     """2-D points: a scatter over the real data; images (N, C, H, W): a grid. Needs ganfast.viz;
     returns False (and logs once) when it is not available."""
     try:
@@ -116,7 +116,7 @@ def save_samples(samples, path, real=None) -> bool:
     if samples.dim() == 2 and samples.shape[1] == 2:
         viz.save_scatter(path, samples, real=None if real is None else real.detach().float().cpu())
     elif samples.dim() == 4:
-        viz.save_image_grid(path, samples)
+        viz.save_image_grid(path, samples, nrow=nrow)
     else:
         log.info("no sample plot for samples of shape %s", tuple(samples.shape))
         return False

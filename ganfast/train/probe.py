@@ -113,10 +113,11 @@ def describe_run(config, latent_shape, G, D, g_optimizer, d_optimizer) -> dict:
 
 
 @torch.no_grad()
-def check_models(G: nn.Module, D: nn.Module, real: torch.Tensor, noise, latent_shape, autocast) -> None:
+def check_models(G: nn.Module, D: nn.Module, real: torch.Tensor, noise, latent_shape, autocast,
+                 labels: torch.Tensor | None = None) -> None:
     """Run G and D once on a few samples, before any update, and say clearly what does not fit.
-    noise(n, generator) draws z. Buffers (BatchNorm statistics, spectral-norm u/v) and the global RNG
-    are restored after."""
+    noise(n, generator) draws z. With labels (a conditional run) G is called as G(z, y) and D as
+    D(x, y). Buffers (BatchNorm statistics, spectral-norm u/v) and the global RNG are restored after."""
     n = min(real.shape[0], 4)
     mods = [G, D]
     saved = [[b.clone() for b in m.buffers()] for m in mods]
@@ -124,21 +125,24 @@ def check_models(G: nn.Module, D: nn.Module, real: torch.Tensor, noise, latent_s
     try:
         with torch.random.fork_rng(devices=devices), autocast():
             z = noise(n, torch.Generator(device=real.device).manual_seed(0))
+            y = labels[:n] if labels is not None else None
+            call = "G(z, y)" if y is not None else "G(z)"
             try:
-                fake = G(z)
+                fake = G(z) if y is None else G(z, y)
             except Exception as e:
                 raise ValueError(f"the generator failed on noise of shape {tuple(z.shape)} (latent shape "
-                                 f"{latent_shape}; pass latent_dim= if that is wrong): {e}") from e
+                                 f"{latent_shape}; pass latent_dim= if that is wrong), called as {call}: {e}") from e
             if not isinstance(fake, torch.Tensor):
                 raise TypeError(f"the generator must return a tensor, got {type(fake).__name__}")
             if fake.shape[1:] != real.shape[1:]:
                 raise ValueError(f"the generator's output shape {tuple(fake.shape[1:])} (per sample) does "
                                  f"not match the data's {tuple(real.shape[1:])}")
             try:
-                out = D(real[:n])
+                out = D(real[:n]) if y is None else D(real[:n], y)
             except Exception as e:
                 raise ValueError(f"the discriminator failed on a real batch of shape {tuple(real[:n].shape)} "
-                                 f"(per sample {tuple(real.shape[1:])}): {e}") from e
+                                 f"(per sample {tuple(real.shape[1:])})"
+                                 + (", called as D(x, y)" if y is not None else "") + f": {e}") from e
             if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(f"the discriminator must return one logit (or patch map) per sample: "

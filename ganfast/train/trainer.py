@@ -7,6 +7,11 @@ One `step(real)` = `d_steps` discriminator updates + one generator update:
     G step:            L_G = g_loss(D(fake))  (the last D step's fake, with its graph: one G forward
                        per step, as in PyTorch's DCGAN example)
 
+Class-conditional (num_classes=K): batches are (x, y) pairs, G is called as G(z, y_fake) and D as
+D(x, y); y_fake is drawn with z (labels.py). The penalties differentiate with respect to x only;
+WGAN-GP's and DRAGAN's points x̂ keep the real sample's label (x̂ lies on the segment from a real
+sample, or around it, so D is asked about it as that sample's class).
+
 With accumulate=k each batch is split into k micro-batches whose gradients (loss / k) add up before
 the one update; noise and penalty draws are made for the whole batch at once.
 
@@ -33,6 +38,7 @@ from . import distributed as _dist
 from .config import LossInputs, StepConfig
 from .monitor import StabilityMonitor, step_schedulers
 from .ema import EMA
+from .labels import ClassDistribution, is_pair, looks_labelled, missing_error, unconditional_error
 from .penalty import PenaltyTerm
 from .probe import (check_models, check_optimizer_holds, check_real_batch, checked_schedulers, describe_run,
                     infer_latent_shape, place_models, sigma_range, spectral_norm_module,
@@ -58,7 +64,9 @@ class Trainer:
     added to that loss. distributed: None runs data-parallel when launched on several processes
     (torchrun, distributed.launch), True requires it, False trains alone; step(real) then takes this
     rank's batch and the update is one process's on all ranks' batches concatenated.
-    dist_timeout: seconds a collective waits for the other ranks.
+    dist_timeout: seconds a collective waits for the other ranks. num_classes: K makes the run
+    class-conditional (batches (x, y), G(z, y), D(x, y)); class_probs: the K probabilities of the
+    fake labels (default uniform; e.g. the data's class frequencies).
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, g_optimizer: torch.optim.Optimizer,
@@ -69,7 +77,8 @@ class Trainer:
                  seed: int | None = None, monitor: StabilityMonitor | None = None,
                  distributed: bool | None = None, dist_timeout: float = _dist.DEFAULT_TIMEOUT, *,
                  ema_rampup: float | None = None, accumulate: int = 1, schedulers=None, extra_d_loss=None,
-                 extra_g_loss=None, config: StepConfig | None = None):
+                 extra_g_loss=None, config: StepConfig | None = None, num_classes: int | None = None,
+                 class_probs=None):
         # --- checks, all before anything is changed ---------------------------------------------
         if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
             raise TypeError("generator and discriminator must be torch.nn.Module instances")
@@ -82,6 +91,9 @@ class Trainer:
             raise ValueError("pass the step's options one by one or as config=StepConfig(...), not both")
         self.config = cfg = (config or given).checked()
         distributed = _dist.wanted(distributed)
+        if class_probs is not None and num_classes is None:
+            raise ValueError("class_probs needs num_classes (a conditional run)")
+        self.classes = ClassDistribution(num_classes, class_probs) if num_classes is not None else None
         self.schedulers = checked_schedulers(schedulers, g_optimizer, d_optimizer)
         self.device = place_models(generator, discriminator, device, distributed)
         self.G, self.D = generator, discriminator
@@ -99,6 +111,8 @@ class Trainer:
         self._sync_buffers = self._comm.share_models(generator, discriminator, self._nn)
         # what a checkpoint must match to be resumed by this trainer (the optimizers as given)
         self.description = describe_run(cfg, self.latent_shape, generator, discriminator, g_optimizer, d_optimizer)
+        if self.classes is not None:
+            self.description.update(self.classes.describe())
         if self._penalty is not None:
             self._penalty.adjust_optimizer(d_optimizer)
         self.ema = EMA(generator, cfg.ema, cfg.ema_rampup) if cfg.ema is not None else None
@@ -129,6 +143,11 @@ class Trainer:
         """The EMA copy of G (None without ema)."""
         return self.ema.model if self.ema is not None else None
 
+    @property
+    def num_classes(self) -> int | None:
+        """K of a conditional run, None for an unconditional one."""
+        return self.classes.num_classes if self.classes is not None else None
+
     rank = property(lambda self: self._comm.rank)
     world_size = property(lambda self: self._comm.world)
 
@@ -145,6 +164,12 @@ class Trainer:
     def _sn(self):
         return self._nn.sn_step(self.D) if self._nn is not None else contextlib.nullcontext()
 
+    def _generate(self, model, z, y):
+        return model(z) if y is None else model(z, y)
+
+    def _disc(self, x, y):
+        return self.D(x) if y is None else self.D(x, y)
+
     def _noise(self, n: int, gen: torch.Generator) -> torch.Tensor:
         return torch.randn((n,) + self.latent_shape, generator=gen, device=self.device, dtype=self.dtype)
 
@@ -155,11 +180,24 @@ class Trainer:
         full = fn((n * w,) + tuple(shape[1:]), generator=self._gen, device=self.device, dtype=dtype)
         return full[r * n:(r + 1) * n]
 
-    def _prepare(self, real) -> torch.Tensor:
+    def _split(self, batch):
+        """(x, y) of one batch; y None for an unconditional trainer, which refuses labels."""
+        if self.classes is None:
+            if looks_labelled(batch):
+                raise unconditional_error("step")
+            return batch, None
+        if not is_pair(batch):
+            raise missing_error("step", self.classes.num_classes)
+        return batch[0], batch[1]
+
+    def _prepare(self, real, labels=None) -> torch.Tensor:
         check_real_batch(real, self.device, self.config.accumulate)
         real = real.to(self.dtype)
+        if labels is not None:  # values read on the CPU, and once on an accelerator (labels.py)
+            self.classes.check(labels, real.shape[0], self.device,
+                               read_values=labels.device.type == "cpu" or self._data_shape is None)
         if self._data_shape is None:
-            check_models(self.G, self.D, real, self._noise, self.latent_shape, self._autocast)
+            check_models(self.G, self.D, real, self._noise, self.latent_shape, self._autocast, labels)
             self._data_shape = real.shape[1:]
         elif real.shape[1:] != self._data_shape:
             raise ValueError(f"a real batch of per-sample shape {tuple(real.shape[1:])} differs from the first "
@@ -189,20 +227,22 @@ class Trainer:
             return real_logits, fake_logits
         return self._comm.gather_logits(real_logits, fake_logits)
 
-    def _d_update(self, real, fake, want: bool):
+    def _d_update(self, real, fake, want: bool, real_y=None, fake_y=None):
         cfg, k = self.config, self.config.accumulate
         self.d_optimizer.zero_grad(set_to_none=True)
         apply_pen = cfg.penalty is not None and self.d_step_count % cfg.penalty_interval == 0
         alphas, noises = self._penalty.draws(real) if apply_pen else ([None] * k, [None] * k)
         loss_sum, stats, pen_sum = 0.0, {}, 0.0
+        real_ys = real_y.chunk(k) if real_y is not None else [None] * k
+        fake_ys = fake_y.chunk(k) if fake_y is not None else [None] * k
         with self._sn():
-            for r, f, alpha, noise in zip(real.chunk(k), fake.chunk(k), alphas, noises):
+            for r, f, alpha, noise, ry, fy in zip(real.chunk(k), fake.chunk(k), alphas, noises, real_ys, fake_ys):
                 with self._autocast():
                     if apply_pen and cfg.penalty == "r1":
                         r = r.detach().requires_grad_(True)  # D(real) serves the loss and R1
                     if apply_pen and cfg.penalty == "r2":
                         f = f.detach().requires_grad_(True)
-                    real_logits, fake_logits = self.D(r), self.D(f)
+                    real_logits, fake_logits = self._disc(r, ry), self._disc(f, fy)
                     self._probability_head.watch(self.step_count, real_logits, fake_logits)
                     pair = self._logit_pair(real_logits, fake_logits)
                     # the stats come out of the loss kernel's pass, but cost a few ops: only when read
@@ -210,12 +250,14 @@ class Trainer:
                         losses.d_loss(*pair, cfg.loss), None)
                     total = loss
                     if apply_pen:
-                        pen = self._penalty.value(self.D, r, f, real_logits, fake_logits, alpha, noise,
+                        D = self.D if ry is None else (lambda x, y=ry: self.D(x, y))  # x̂ keeps the real label
+                        pen = self._penalty.value(D, r, f, real_logits, fake_logits, alpha, noise,
                                                   self.d_scaler if self.d_scaler.is_enabled() else None)
                         pen_sum = pen_sum + pen.detach() if k > 1 else pen.detach()
                         total = loss + pen * cfg.penalty_interval if cfg.penalty_interval > 1 else loss + pen
                     if self.extra_d_loss is not None:
-                        total = total + self.extra_d_loss(LossInputs(self, r, f, real_logits, fake_logits, loss))
+                        inputs = LossInputs(self, r, f, real_logits, fake_logits, loss, ry, fy)
+                        total = total + self.extra_d_loss(inputs)
                 self.d_scaler.scale(total / k if k > 1 else total).backward()
                 loss_sum = loss_sum + loss.detach() if k > 1 else loss.detach()
                 if want:
@@ -232,19 +274,20 @@ class Trainer:
             loss_sum, stats = loss_sum / k, {n: v / k for n, v in stats.items()}
         return loss_sum, stats, gn
 
-    def _g_loss(self, fake, real):
+    def _g_loss(self, fake, real, fake_y=None, real_y=None):
         with self._autocast():
-            fake_logits, real_logits = self.D(fake), None
+            fake_logits, real_logits = self._disc(fake, fake_y), None
             if self.config.loss in losses.RELATIVISTIC:
                 with torch.no_grad():
-                    real_logits = self.D(real)
+                    real_logits = self._disc(real, real_y)
                 real_logits, fake_logits = self._logit_pair(real_logits, fake_logits)
             loss = losses.g_loss(fake_logits, self.config.loss, real_logits)
             if self.extra_g_loss is None:
                 return loss, loss
-            return loss, loss + self.extra_g_loss(LossInputs(self, real, fake, real_logits, fake_logits, loss))
+            return loss, loss + self.extra_g_loss(LossInputs(self, real, fake, real_logits, fake_logits, loss, real_y,
+                                                             fake_y))
 
-    def _g_update(self, fake, z, real, want: bool):
+    def _g_update(self, fake, z, real, want: bool, fake_y=None, real_y=None):
         cfg, k = self.config, self.config.accumulate
         self.g_optimizer.zero_grad(set_to_none=True)
         for p in self._d_params:  # no weight gradients for D in the G step
@@ -252,14 +295,16 @@ class Trainer:
         try:
             with self._sn():
                 if k == 1:  # the D step's fake, with its graph
-                    loss, total = self._g_loss(fake, real)
+                    loss, total = self._g_loss(fake, real, fake_y, real_y)
                     self.g_scaler.scale(total).backward()
                 else:
                     loss = 0.0
-                    for z_i, r_i in zip(z.chunk(k), real.chunk(k)):
+                    fake_ys = fake_y.chunk(k) if fake_y is not None else [None] * k
+                    real_ys = real_y.chunk(k) if real_y is not None else [None] * k
+                    for z_i, r_i, fy, ry in zip(z.chunk(k), real.chunk(k), fake_ys, real_ys):
                         with self._autocast():
-                            f = self.G(z_i)
-                        part, total = self._g_loss(f, r_i)
+                            f = self._generate(self.G, z_i, fy)
+                        part, total = self._g_loss(f, r_i, fy, ry)
                         self.g_scaler.scale(total / k).backward()
                         loss = loss + part.detach() / k
         finally:
@@ -274,8 +319,9 @@ class Trainer:
     # --- public API -----------------------------------------------------------------------------
     def step(self, real, return_stats: bool = True) -> dict | None:
         """d_steps D updates and one G update. `real`: a batch (reused by every D step) or a list of
-        d_steps batches. Returns the stats as plain floats (one host sync), or None. Distributed: `real`
-        is this rank's batch, every rank passes the same return_stats, and an error aborts the group."""
+        d_steps batches; a conditional trainer's batch is a pair (x, y). Returns the stats as plain
+        floats (one host sync), or None. Distributed: `real` is this rank's batch, every rank passes
+        the same return_stats, and an error aborts the group."""
         self._comm.step = self.step_count + 1
         try:
             return self._step(real, return_stats)
@@ -285,10 +331,15 @@ class Trainer:
 
     def _step(self, real, return_stats: bool) -> dict | None:
         d_steps = self.config.d_steps
-        reals = list(real) if isinstance(real, (list, tuple)) else [real] * d_steps
+        # one batch, or a list of d_steps: an (x, y) pair is one batch (with float y too when d_steps is 1,
+        # so that its check names the labels' dtype)
+        one = not isinstance(real, (list, tuple)) or looks_labelled(real) or \
+            (self.classes is not None and d_steps == 1 and is_pair(real))
+        reals = [real] * d_steps if one else list(real)
         if len(reals) != d_steps:
             raise ValueError(f"step got {len(reals)} real batches; pass one batch or a list of d_steps={d_steps}")
-        reals = [self._prepare(r) for r in reals]
+        reals, labels = zip(*[self._split(r) for r in reals])
+        reals = [self._prepare(r, y) for r, y in zip(reals, labels)]
         self._comm.check_batch_sizes([r.shape[0] for r in reals])
         self.monitor.ensure_snapshot(self)
         self.rolled_back, self.last_reals = False, reals
@@ -296,17 +347,18 @@ class Trainer:
             self.G.train()
             self.D.train()
         whole = self.config.accumulate == 1
-        for i, r in enumerate(reals):
+        for i, (r, y) in enumerate(zip(reals, labels)):
             z = self._draw(torch.randn, (r.shape[0],) + self.latent_shape, self.dtype)
+            fake_y = self.classes.draw(self._draw, r.shape[0]) if y is not None else None
             if i == len(reals) - 1 and whole:
                 with self._autocast():
-                    fake = self.G(z)  # kept with its graph for the G step
+                    fake = self._generate(self.G, z, fake_y)  # kept with its graph for the G step
                 fake_d = fake.detach()
             else:
                 with torch.no_grad(), self._autocast():
-                    fake = fake_d = self.G(z)
-            d_loss, st, d_gn = self._d_update(r, fake_d, return_stats)
-        g_loss, g_gn = self._g_update(fake, z, reals[-1], return_stats)
+                    fake = fake_d = self._generate(self.G, z, fake_y)
+            d_loss, st, d_gn = self._d_update(r, fake_d, return_stats, y, fake_y)
+        g_loss, g_gn = self._g_update(fake, z, reals[-1], return_stats, fake_y, labels[-1])
         self.step_count += 1
         step_schedulers(self.schedulers, self.optimizers, self.monitor.lr_scale)
         if not return_stats:
@@ -328,19 +380,37 @@ class Trainer:
         return stats
 
     @torch.no_grad()
-    def sample(self, n: int, z: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, n: int, z: torch.Tensor | None = None, labels=None) -> torch.Tensor:
         """n samples from G (the EMA copy when ema is set), in eval mode, with noise from a generator
-        separate from the training noise (so sampling never changes training)."""
+        separate from the training noise (so sampling never changes training). Conditional runs:
+        labels is a class index (all n of that class) or a LongTensor (n,); None draws them from the
+        class probabilities with the sampling generator."""
         model = self.ema_g if self.ema_g is not None else self.G
         if z is None:
             z = self._noise(n, self._sample_gen)
+        y = self._sample_labels(z.shape[0], labels)
         was_training = model.training
         model.eval()
         try:
             with self._autocast():
-                return model(z)
+                return self._generate(model, z, y)
         finally:
             model.train(was_training)
+
+    def _sample_labels(self, n: int, labels):
+        if self.classes is None:
+            if labels is not None:
+                raise ValueError("sample got labels, but this trainer is unconditional (num_classes=None)")
+            return None
+        if labels is None:
+            u = torch.rand((n,), generator=self._sample_gen, device=self.device, dtype=torch.float32)
+            return self.classes.from_uniform(u)
+        if isinstance(labels, int) and not isinstance(labels, bool):
+            labels = torch.full((n,), labels, dtype=torch.long)
+        if isinstance(labels, torch.Tensor):
+            labels = labels.to(self.device)
+        self.classes.check(labels, n, self.device, read_values=True, what="sample's labels")
+        return labels
 
     # --- state and checkpoints ------------------------------------------------------------------
     def state_dict(self, data_state: dict | None = None, include_monitor: bool = True) -> dict:

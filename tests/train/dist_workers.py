@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 import ganfast
-from trainer_models import mlp_pair, points
+from trainer_models import cond_mlp_pair, labelled_points, mlp_pair, points
 
 B = 8  # per-rank batch
 CASES = [  # every penalty, with spectral norm and EMA; a relativistic loss; lazy R1 with 2 D steps
@@ -99,3 +99,33 @@ def failing(out_dir, mode, timeout):
                 break
             time.sleep(0.1)
         raise own
+
+
+# --- conditional (labels) ---------------------------------------------------------------------------
+COND_CASES = [dict(loss="ns", penalty="r1"), dict(loss="hinge", penalty="wgan-gp", class_probs=[1, 2, 3]),
+              dict(loss="rahinge", penalty="dragan")]
+
+
+def build_conditional(case, model_seed=0, seed=5, distributed=None):
+    G, D = cond_mlp_pair(3, seed=model_seed)
+    g_opt = torch.optim.SGD(G.parameters(), lr=0.05, momentum=0.9)
+    d_opt = torch.optim.SGD(D.parameters(), lr=0.05, momentum=0.9)
+    return ganfast.Trainer(G, D, g_opt, d_opt, spectral_norm=True, ema=0.9, seed=seed, penalty_weight=1.0,
+                           num_classes=3, distributed=distributed, dist_timeout=30.0, **case)
+
+
+def global_labelled_batch(step, world=2):
+    return labelled_points(B * world, 3, seed=20 + step)
+
+
+def cond_equivalence(out_dir, steps):
+    rank = int(os.environ["RANK"])
+    results = []
+    for case in COND_CASES:
+        tr = build_conditional(case, model_seed=rank, seed=5 if rank == 0 else None)
+        stats = []
+        for s in range(steps):
+            x, y = global_labelled_batch(s)
+            stats.append(tr.step((x[rank * B:(rank + 1) * B], y[rank * B:(rank + 1) * B])))
+        results.append({"state": states(tr), "stats": stats})
+    torch.save(results, Path(out_dir) / f"cond{rank}.pt")

@@ -49,6 +49,22 @@ def test_distributed_step_equals_single_process_step_on_the_concatenation(tmp_pa
                 assert ranks[0][i]["stats"][s][k] == pytest.approx(v, rel=1e-5, abs=1e-6), f"{what}: stat {k}"
 
 
+def test_conditional_distributed_step_equals_single_process_step_on_the_concatenation(tmp_path):
+    """Labels travel with each rank's batch, and the fake labels are each rank's slice of one draw."""
+    launch(2, W.cond_equivalence, str(tmp_path), STEPS)
+    ranks = [torch.load(tmp_path / f"cond{r}.pt") for r in range(2)]
+    for i, case in enumerate(W.COND_CASES):
+        single = W.build_conditional(case, distributed=False)
+        stats = [single.step(W.global_labelled_batch(s)) for s in range(STEPS)]
+        what = f"conditional case {case}"
+        assert_equal_states(ranks[0][i]["state"], ranks[1][i]["state"], what)
+        assert_close_states(ranks[0][i]["state"], W.states(single), 1e-6, what)
+        assert any(k.startswith("embed.parametrizations") for k in ranks[0][i]["state"]["D"])  # SN on the embedding
+        for s in range(STEPS):
+            for k, v in stats[s].items():
+                assert ranks[0][i]["stats"][s][k] == pytest.approx(v, rel=1e-5, abs=1e-6), f"{what}: stat {k}"
+
+
 def test_killed_two_process_run_resumes_on_one_then_two_processes(tmp_path):
     torch.manual_seed(0)
     data = W.points(96, seed=3)
