@@ -40,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 # reshape-as-view, expand, t, select, slice, unbind, split...) are excluded by that flag.
 NO_LAUNCH = frozenset({
     "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty", "aten::new_empty_strided",
-    "aten::set_", "aten::resize_", "aten::detach", "aten::lift_fresh", "aten::_reshape_alias",
+    "aten::set_", "aten::resize_", "aten::detach", "aten::detach_", "aten::lift_fresh", "aten::_reshape_alias",
     "aten::is_same_size", "aten::_has_compatible_shallow_copy_type", "aten::record_stream",
 })
 # .item() / .tolist() on a GPU tensor: a device-to-host copy that also waits for the device.

@@ -138,6 +138,7 @@ def _setup_multi(ctx, inputs, output):
     ctx.n = len(weights)
     ctx.save_for_backward(*weights, *u_out, *v_out, *sigma)
     ctx.dims, ctx.eps = list(dims), eps
+    ctx.set_materialize_grads(False)  # u', v', sigma get no gradient: no zero tensors for them
     ctx.mark_non_differentiable(*u_out, *v_out, *sigma)
 
 
@@ -161,13 +162,19 @@ for _device in ("CPU", "CUDA"):  # CPU: Triton under TRITON_INTERPRET=1
     LIBRARY.impl("spectral_norm_multi_triton", _triton_multi, _device)
     LIBRARY.impl("spectral_norm_backward_multi_triton", _triton_bwd_multi, _device)
 _multi = torch.ops.ganfast.spectral_norm_multi.default
+_bwd_multi = torch.ops.ganfast.spectral_norm_backward_multi.default
 _multi_triton = torch.ops.ganfast.spectral_norm_multi_triton.default
-torch.library.register_autograd("ganfast::spectral_norm_multi",
-                                _make_backward_multi(torch.ops.ganfast.spectral_norm_backward_multi.default),
+_bwd_multi_triton = torch.ops.ganfast.spectral_norm_backward_multi_triton.default
+torch.library.register_autograd("ganfast::spectral_norm_multi", _make_backward_multi(_bwd_multi),
                                 setup_context=_setup_multi, lib=LIBRARY)
-torch.library.register_autograd("ganfast::spectral_norm_multi_triton",
-                                _make_backward_multi(torch.ops.ganfast.spectral_norm_backward_multi_triton.default),
+torch.library.register_autograd("ganfast::spectral_norm_multi_triton", _make_backward_multi(_bwd_multi_triton),
                                 setup_context=_setup_multi, lib=LIBRARY)
+
+
+def has_cuda_multi() -> bool:
+    """Whether ganfast._C registers a CUDA kernel for the multi-tensor ops (extensions built before
+    they had one do not)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("ganfast::spectral_norm_multi", "CUDA")
 
 
 def spectral_norm_multi(weights, us, vs, dims, n_iter: int, eps: float, backend: str = "cpu"):
