@@ -294,24 +294,44 @@ def _sn_cases(device):
 _D_SHAPES = ((32, 3, 4, 4), (64, 32, 4, 4), (128, 64, 4, 4), (1, 128, 4, 4))
 
 
+class _MultiTensorSN:
+    """ganfast.nn as the trainer sees it, with sn_step(multi_tensor=True): what a step costs when every
+    layer of D is normalized in one multi-tensor call per D-call group."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def sn_step(self, model):
+        return self._module.sn_step(model, multi_tensor=True)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
 def _step_cases(device):
     from ..models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
     from ..train import Trainer
 
-    def trainer(G, D):
+    def trainer(G, D, multi_tensor=False):
         G, D = G.to(device), D.to(device)
         opts = (torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999)),
                 torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999)))
-        return Trainer(G, D, *opts, loss="ns", penalty="r1", spectral_norm=True, seed=0)
+        t = Trainer(G, D, *opts, loss="ns", penalty="r1", spectral_norm=True, seed=0)
+        if multi_tensor:
+            t._nn = _MultiTensorSN(t._nn)
+        return t
 
-    torch.manual_seed(0)
-    mlp = trainer(MLPGenerator(2, 2, 64), MLPDiscriminator(2, 64))
     real_2d = torch.randn(64, 2, device=device)
-    dcgan = trainer(DCGANGenerator(32, 32, 3, 16), DCGANDiscriminator(32, 3, 16))
     real_img = torch.rand(16, 3, 32, 32, device=device) * 2 - 1
-    for name, t, real in (("Trainer.step MLP sn+r1", mlp, real_2d), ("Trainer.step DCGAN sn+r1", dcgan, real_img)):
-        t.step(real, return_stats=False)  # first step: checks and lazy state, not a steady step
-        yield name, t, real
+    for multi in (False, True):
+        torch.manual_seed(0)
+        suffix = ", multi-tensor SN" if multi else ""
+        for name, t, real in ((f"MLP sn+r1{suffix}", trainer(MLPGenerator(2, 2, 64), MLPDiscriminator(2, 64), multi),
+                               real_2d),
+                              (f"DCGAN sn+r1{suffix}",
+                               trainer(DCGANGenerator(32, 32, 3, 16), DCGANDiscriminator(32, 3, 16), multi), real_img)):
+            t.step(real, return_stats=False)  # first step: checks and lazy state, not a steady step
+            yield name, t, real
 
 
 def triton_rows(device: torch.device) -> list[tuple]:
@@ -330,14 +350,17 @@ def triton_rows(device: torch.device) -> list[tuple]:
     return rows
 
 
-def step_counts(device: torch.device) -> list[tuple[str, Counts]]:
-    """(case, Counts) of one steady Trainer.step (SN + R1) with the triton backend selected."""
+def step_counts(device: torch.device, limit: int | None = None) -> list[tuple[str, Counts]]:
+    """(case, Counts) of one steady Trainer.step (SN + R1) with the triton backend selected (the first
+    `limit` cases only, when given)."""
     from .. import backends
 
     out = []
     with backends.use_backend("triton"):
         for name, t, real in _step_cases(device):
             out.append((name, count(t.step, real, return_stats=True)))
+            if limit is not None and len(out) >= limit:
+                break
     return out
 
 
@@ -415,10 +438,11 @@ def format_table(rows: list[Row], steps: list[tuple[str, Counts]], cuda_note: st
         lines.append(f"{r.case:<{w}} {target:>7} {'' if tri is None else tri:>7} "
                      f"{'' if r.cuda is None else r.cuda:>5}  {met:<4} {r.triton.describe() if r.triton else r.note}")
     if steps:
-        lines += ["", f"{'Trainer.step (triton backend)':<32} {'ganfast ops':>11} {'trainer':>8} "
-                      f"{'model+optim+autograd':>21} {'all':>5} {'host syncs':>10}"]
+        sw = max(len(n) for n, _ in steps) + 2
+        lines += ["", f"{'Trainer.step, triton backend':<{sw}} {'ganfast ops':>11} {'trainer':>8} "
+                      f"{'model+optim+autograd':>21} {'all':>5} {'host reads':>10}"]
         for name, c in steps:
-            lines.append(f"{name:<32} {c.total(Origin.GANFAST):>11} {c.total(Origin.TRAINER):>8} "
+            lines.append(f"{name:<{sw}} {c.total(Origin.GANFAST):>11} {c.total(Origin.TRAINER):>8} "
                          f"{c.total(Origin.MODEL):>21} {c.total():>5} {c.syncs:>10}")
         for name, c in steps:
             lines.append(f"  {name}, ganfast ops: {c.describe(Origin.GANFAST)}")

@@ -82,11 +82,11 @@ class SpectralNorm(nn.Module):
             return out
         n_iter = self.n_power_iterations if self.training else 0
         out, u, v, sigma = _ops.dispatch_spectral_norm(weight, self._u, self._v, self.dim, n_iter, self.eps)
-        with torch.no_grad():
+        with torch.no_grad():  # one foreach copy: one launch on a GPU instead of three
             if n_iter:
-                self._u.copy_(u)
-                self._v.copy_(v)
-            self._sigma.copy_(sigma)
+                torch._foreach_copy_([self._u, self._v, self._sigma], [u, v, sigma])
+            else:
+                self._sigma.copy_(sigma)
         return out
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
