@@ -46,10 +46,12 @@ def test_ops_inside_ganfast_ops_are_counted_as_ganfast():
     from ganfast.ops import spectral_norm as ops
 
     w, u, v = torch.randn(5, 7), torch.randn(5), torch.randn(7)
+    x = torch.randn(40)
     with LaunchCounter() as c:
         out = ops.spectral_norm(w, u, v, 0, 1, 1e-12, "triton")[0]
         out.sum()  # the caller's op: not ganfast's
-    assert c.counts.triton == {"_mv_kernel": 1, "_mtv_kernel": 1, "_finish_kernel": 1}
+        _add_one[(3,)](x, 40, BLOCK=16)  # still counted after the op (the mode re-entered and left)
+    assert c.counts.triton == {"_mv_kernel": 1, "_mtv_kernel": 1, "_finish_kernel": 1, "_add_one": 1}
     assert dict(c.counts.aten) == {(Origin.MODEL, "aten::sum"): 1}
 
 

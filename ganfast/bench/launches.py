@@ -126,10 +126,12 @@ class LaunchCounter(TorchDispatchMode):
         super().__init__()
         self.counts = Counts()
         self._in_kernel = 0
+        self._depth = 0  # __torch_dispatch__ re-enters the mode: the hook goes at the outermost exit
         self._patched = None
 
     # --- Triton kernel launches ---------------------------------------------------------------
     def __enter__(self):
+        self._depth += 1
         try:
             from triton.runtime.jit import KernelInterface
         except ImportError:
@@ -159,7 +161,8 @@ class LaunchCounter(TorchDispatchMode):
         try:
             return super().__exit__(*exc)
         finally:
-            if self._patched is not None:
+            self._depth -= 1
+            if self._depth == 0 and self._patched is not None:
                 cls, original = self._patched
                 cls.__getitem__ = original
                 self._patched = None
@@ -216,7 +219,7 @@ TARGETS = {
 
 
 @dataclasses.dataclass
-class Row:
+class LaunchRow:
     case: str
     target: Target | None
     triton: Counts | None  # None: the path cannot run here
@@ -419,13 +422,13 @@ def collect(device: torch.device | None = None, with_cuda: bool = True, with_ste
             cuda = cuda_launch_counts()
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
             cuda_note = f"cuda column not counted: {e}"
-    rows = [Row(name, TARGETS.get(target), counts, cuda.get(key), error)
+    rows = [LaunchRow(name, TARGETS.get(target), counts, cuda.get(key), error)
             for name, target, counts, key, error in triton_rows(device)]
     steps = step_counts(device) if with_steps else []
     return rows, steps, cuda_note
 
 
-def format_table(rows: list[Row], steps: list[tuple[str, Counts]], cuda_note: str = "") -> str:
+def format_table(rows: list[LaunchRow], steps: list[tuple[str, Counts]], cuda_note: str = "") -> str:
     w = max(len(r.case) for r in rows) + 2
     head = f"{'case':<{w}} {'target':>7} {'triton':>7} {'cuda':>5}  {'met':<4} triton launches"
     lines = [head, "-" * len(head)]
