@@ -38,8 +38,10 @@ inline void check_sn_vectors(const at::Tensor& w, SnDims d, const at::Tensor& u,
   TORCH_CHECK(u.device() == w.device() && v.device() == w.device(), op, ": weight, u and v must be on one device");
 }
 
+// fill_vectors: u_out, v_out start as copies of u, v (kernels that update them in place: CPU); else
+// they are only allocated and u, v are kept (CUDA writes u_out, v_out from u, v: no copy launches).
 inline SpectralNormCall prepare_spectral_norm(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v,
-                                              int64_t dim, int64_t n_iter, double eps) {
+                                              int64_t dim, int64_t n_iter, double eps, bool fill_vectors = true) {
   const char* op = "ganfast::spectral_norm_fused";
   const SnDims d = check_sn_weight(weight, dim, op);
   check_sn_vectors(weight, d, u, v, op);
@@ -51,9 +53,15 @@ inline SpectralNormCall prepare_spectral_norm(const at::Tensor& weight, const at
   c.outer = d.outer;
   c.h = d.h;
   c.inner = d.inner;
-  // Fresh output vectors, filled from the inputs: the kernels update them in place.
-  c.u_out = u.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  c.v_out = v.to(acc, false, true).contiguous();
+  if (fill_vectors) {  // fresh output vectors, filled from the inputs: the kernels update them in place
+    c.u_out = u.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
+    c.v_out = v.to(acc, false, true).contiguous();
+  } else {  // no copy for u, v of the opmath dtype that are contiguous already
+    c.u = u.to(acc).contiguous();
+    c.v = v.to(acc).contiguous();
+    c.u_out = at::empty_like(c.u);
+    c.v_out = at::empty_like(c.v);
+  }
   c.out = at::empty_like(c.w);
   c.sigma = at::empty({}, c.w.options().dtype(acc));
   return c;

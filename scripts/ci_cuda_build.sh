@@ -122,10 +122,7 @@ def from_cpp(op, key):
 cpp_cpu = [op for op in ops if from_cpp(op, "CPU")]
 assert cpp_cpu, "no ganfast:: op has a C++ CPU kernel: was ganfast._C built with its CPU kernels?"
 # Ops that have no CUDA kernel yet on purpose, and why; an entry that gains one must be removed here.
-CPU_ONLY = {
-    "ganfast::spectral_norm_multi": "multi-tensor spectral norm: a CPU kernel only (ganfast/ops/spectral_norm.py)",
-    "ganfast::spectral_norm_backward_multi": "multi-tensor spectral norm: a CPU kernel only",
-}
+CPU_ONLY: dict[str, str] = {}  # the multi-tensor spectral norm gained its CUDA kernels (issue 17)
 has_cuda = {op: torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA") and from_cpp(op, "CUDA") for op in cpp_cpu}
 missing = [op for op in cpp_cpu if not has_cuda[op] and op not in CPU_ONLY]
 stale = [op for op in CPU_ONLY if has_cuda.get(op)]

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One-shot GPU check, for the lent GPU machine: no network, the `python3` found there (torch with
 # CUDA, Triton, pytest, numpy, tqdm already installed). Builds ganfast._C with its CUDA kernels, runs the
-# test suite (CUDA and Triton tests included), `ganfast validate` and `ganfast bench`, each step with
-# its own time limit (under 8 minutes in all), and ends with one summary table.
+# test suite (CUDA and Triton tests included), `ganfast validate` and `ganfast bench`, times cuda against
+# triton for every op family and single-layer against multi-tensor spectral norm (the data for auto's GPU
+# order: $OUT/backend_order.txt and .json), counts the launches per call on the GPU (`ganfast bench
+# launches`), each step with its own time limit (under 10 minutes in all), and ends with one summary table.
 # Every log goes to $OUT (default /tmp/ganfast-gpu-check); the table is also $OUT/summary.txt.
 # Without a GPU (a rehearsal) the build still runs and the GPU steps are reported as skipped.
-# Step limits in seconds can be changed: GPU_CHECK_LIMITS="build=120 tests=170 validate=60 bench=60" (8 min in all).
+# Step limits in seconds can be changed: GPU_CHECK_LIMITS="build=120 tests=170 validate=60 bench=60 order=60
+# launches=50" (under 10 min in all). A failed or timed-out step is reported in the table; the next steps still run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/ganfast-gpu-check}"
@@ -14,7 +17,7 @@ py=${PYTHON:-python3}
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1  # nothing can be fetched there: never try
 export PYTHONUNBUFFERED=1
 
-declare -A limit=([env]=40 [build]=120 [tests]=170 [validate]=60 [bench]=60 [info]=20)
+declare -A limit=([env]=40 [build]=120 [tests]=170 [validate]=60 [bench]=60 [info]=20 [order]=60 [launches]=50)
 for kv in ${GPU_CHECK_LIMITS:-}; do limit[${kv%%=*}]=${kv#*=}; done
 steps=() status=() seconds=()
 
@@ -76,14 +79,19 @@ if [ $built -eq 0 ]; then  # the CUDA kernels must be in it: `ganfast info` name
 fi
 
 if [ "$has_gpu" != 1 ]; then
-  for s in tests validate bench; do skip_step $s "no GPU visible to torch"; done
+  for s in tests validate bench order launches; do skip_step $s "no GPU visible to torch"; done
 elif [ $built -ne 0 ]; then
-  skip_step tests "the build failed"; skip_step validate "the build failed"; skip_step bench "the build failed"
+  for s in tests validate bench; do skip_step $s "the build failed"; done
+  # Triton alone still decides its own rows (the cuda ones are reported as errors)
+  run_step order "$py" -m ganfast.bench.backend_order --quick --out "$out"
+  skip_step launches "the build failed"
 else
   run_step info "$py" -m ganfast info
   run_step tests "$py" -m pytest -q -p no:cacheprovider tests
   run_step validate "$py" -m ganfast validate
   run_step bench "$py" -m ganfast bench --quick --device cuda
+  run_step order "$py" -m ganfast.bench.backend_order --quick --out "$out"
+  run_step launches "$py" -m ganfast bench launches --device cuda
 fi
 
 {

@@ -130,8 +130,27 @@ def _spectral_norm_cases() -> list[Case]:
         k.spectral_norm_backward(_rand(*shape, dtype=dtype), w, torch.randn(h), torch.randn(w.numel() // h),
                                  torch.tensor(1.5), dim, 1e-12)
 
-    return ([Case("spectral_norm_fused", f"n_iter={n}", forward(n), layouts) for n in (0, 1)]
-            + [Case("spectral_norm_backward", "", backward, layouts)])
+    def multi_forward(n_iter):
+        def call(dtype, layouts):
+            ws = [_rand(*shape, dtype=dtype) for shape, _ in layouts]
+            hs = [shape[dim] for shape, dim in layouts]
+            k.spectral_norm_multi(ws, [torch.randn(h) for h in hs], [torch.randn(w.numel() // h) for w, h in zip(ws, hs)],
+                                  [dim for _, dim in layouts], n_iter, 1e-12)
+        return call
+
+    def multi_backward(dtype, layouts):
+        ws = [_rand(*shape, dtype=dtype) for shape, _ in layouts]
+        hs = [shape[dim] for shape, dim in layouts]
+        k.spectral_norm_backward_multi([_rand(*w.shape, dtype=dtype) for w in ws], ws, [torch.randn(h) for h in hs],
+                                       [torch.randn(w.numel() // h) for w, h in zip(ws, hs)],
+                                       [torch.tensor(1.5) for _ in ws], [dim for _, dim in layouts], 1e-12)
+
+    # multi-tensor: the layer sizes come from the table, so one mixed model (and one layer) covers them
+    models = ((((1, 1), 0),), layouts)
+    return ([Case("spectral_norm_fused", f"n_iter={n}", forward(n), layouts) for n in (0, 1, 2)]
+            + [Case("spectral_norm_backward", "", backward, layouts)]
+            + [Case("spectral_norm_multi", f"n_iter={n}", multi_forward(n), models) for n in (0, 1, 2)]
+            + [Case("spectral_norm_backward_multi", "", multi_backward, models)])
 
 
 def cases() -> list[Case]:

@@ -104,8 +104,7 @@ __global__ void __launch_bounds__(kThreads) gan_loss_kernel(GanLossArgs a) {
 
 template <typename scalar_t>
 cudaError_t launch(const GanLossArgs& args, cudaStream_t stream) {
-  gan_loss_kernel<scalar_t><<<1, kThreads, 0, stream>>>(args);
-  return cudaGetLastError();
+  return launch_kernel(gan_loss_kernel<scalar_t>, 1, kThreads, 0, stream, args);
 }
 
 }  // namespace

@@ -26,20 +26,26 @@ struct GanLossArgs {
 
 cudaError_t gan_loss(const GanLossArgs& args, DType dtype, cudaStream_t stream);
 
-// Spectral norm (csrc/cuda/spectral_norm.cu). W3[a, r, b] = M[r, a * inner + b], contiguous.
+// Spectral norm (csrc/cuda/spectral_norm.cu). W3[a, r, b] = M[r, a * inner + b], contiguous. One call
+// takes any number of layers of one dtype (all with the same n_iter and eps): 2 * n_iter + 1 launches
+// (2 in eval) forward and 2 backward for up to 24 layers.
 struct SpectralNormArgs {
   const void* w;   // outer * h * inner elements, weight dtype
   int64_t outer, h, inner;
   int64_t n_iter;  // 0: eval, sigma = u^T M v with the given u, v
   double eps;
-  float* u;        // h, fp32: in: u, out: u'
-  float* v;        // outer * inner, fp32: in: v, out: v'
-  float* t;        // workspace: max(h, outer * inner) floats
-  float* scalars;  // workspace: 2 floats
+  const float* u;  // h, fp32
+  const float* v;  // outer * inner, fp32
+  float* u_out;    // h: u' (training), u (eval)
+  float* v_out;    // outer * inner: v' (training), v (eval)
+  float* t;        // workspace: h floats
+  float* s;        // workspace: outer * inner floats
+  float* part;     // workspace: spectral_norm_partials(outer, h, inner) floats
   float* sigma;    // 1 float
   void* out;       // W / sigma, weight dtype
 };
-cudaError_t spectral_norm_forward(const SpectralNormArgs& args, DType dtype, cudaStream_t stream);
+int64_t spectral_norm_partials(int64_t outer, int64_t h, int64_t inner);
+cudaError_t spectral_norm_forward(const SpectralNormArgs* layers, int n_layers, DType dtype, cudaStream_t stream);
 
 struct SpectralNormBackwardArgs {
   const void* grad;
@@ -49,10 +55,12 @@ struct SpectralNormBackwardArgs {
   const float* u;
   const float* v;
   const float* sigma;
-  float* scratch;  // 1 float, zeroed by the launcher
   void* grad_w;
 };
-cudaError_t spectral_norm_backward(const SpectralNormBackwardArgs& args, DType dtype, cudaStream_t stream);
+int64_t spectral_norm_backward_partials(int64_t outer, int64_t h, int64_t inner);
+// partials[i]: spectral_norm_backward_partials(...) floats of workspace for layer i
+cudaError_t spectral_norm_backward(const SpectralNormBackwardArgs* layers, float* const* partials, int n_layers,
+                                   DType dtype, cudaStream_t stream);
 // Gradient penalties (penalties.cu). One block per sample writes its norm, its penalty term and its
 // row of d P/d g; a one-block kernel sums the terms in row order (deterministic).
 struct GradPenaltyArgs {

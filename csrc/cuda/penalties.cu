@@ -95,12 +95,10 @@ __global__ void interp_kernel(InterpolateArgs a) {
 template <typename scalar_t>
 cudaError_t launch_gp(const GradPenaltyArgs& args, cudaStream_t stream) {
   using T = typename OpMath<scalar_t>::type;
-  gp_rows_kernel<scalar_t><<<unsigned(args.rows), kThreads, 0, stream>>>(args);
-  cudaError_t err = cudaGetLastError();
+  cudaError_t err = launch_kernel(gp_rows_kernel<scalar_t>, unsigned(args.rows), kThreads, 0, stream, args);
   if (err != cudaSuccess) return err;
-  gp_mean_kernel<T><<<1, kSumThreads, 0, stream>>>(static_cast<const T*>(args.terms), args.rows, args.weight,
-                                                    static_cast<T*>(args.penalty));
-  return cudaGetLastError();
+  return launch_kernel(gp_mean_kernel<T>, 1, kSumThreads, 0, stream, static_cast<const T*>(args.terms), args.rows,
+                       args.weight, static_cast<T*>(args.penalty));
 }
 
 template <typename scalar_t>
@@ -108,14 +106,14 @@ cudaError_t launch_interp(const InterpolateArgs& args, cudaStream_t stream) {
   using T = typename OpMath<scalar_t>::type;
   const int64_t n = args.rows * args.cols;
   if (args.perturb) {
-    std_kernel<scalar_t><<<1, kSumThreads, 0, stream>>>(static_cast<const scalar_t*>(args.real), n, args.c,
-                                                         static_cast<T*>(args.workspace));
-    cudaError_t err = cudaGetLastError();
+    const cudaError_t err = launch_kernel(std_kernel<scalar_t>, 1, kSumThreads, 0, stream,
+                                          static_cast<const scalar_t*>(args.real), n, args.c,
+                                          static_cast<T*>(args.workspace));
     if (err != cudaSuccess) return err;
   }
   const int64_t blocks = (n + kElemThreads - 1) / kElemThreads;
-  interp_kernel<scalar_t><<<unsigned(blocks < 65535 * 8 ? blocks : 65535 * 8), kElemThreads, 0, stream>>>(args);
-  return cudaGetLastError();
+  return launch_kernel(interp_kernel<scalar_t>, unsigned(blocks < 65535 * 8 ? blocks : 65535 * 8), kElemThreads, 0,
+                       stream, args);
 }
 
 }  // namespace

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-SUITES = ("losses", "sn", "gp", "step", "dist")
+SUITES = ("losses", "sn", "gp", "step", "dist", "launches")  # launches prints its own table
 # while `run(progress=True)` runs a suite: [suite name, cases timed so far]; each case (one call of
 # interleaved_medians) then prints a progress line on stderr
 _progress: list | None = None
@@ -196,6 +196,7 @@ def run(suites: list[str] | None = None, quick: bool = False, device: str | None
             suite_rows = add_ratios(module.run(quick=quick, device=dev))
         finally:
             _progress = None
-        print(format_rows(suite_rows), flush=True)
+        if suite_rows:
+            print(format_rows(suite_rows), flush=True)
         rows.extend(suite_rows)
     return rows

@@ -99,14 +99,16 @@ def dispatch_spectral_norm(weight: torch.Tensor, u: torch.Tensor, v: torch.Tenso
     return spectral_norm(weight, u, v, dim, n_iter, eps, backend)
 
 
-# --- multi-tensor (CPU): all normalized layers of a model in one call, one parallel loop ---------
+# --- multi-tensor: all normalized layers of a model in one call -----------------------------------
 # ganfast::spectral_norm_multi(weights, u, v, dims, n_iter, eps) -> (outs, u's, v's, sigmas) and
 # ganfast::spectral_norm_backward_multi(grads, weights, u's, v's, sigmas, dims, eps) -> dWs:
-# the single-layer math for each layer (used by ganfast.nn.sn_step(model, multi_tensor=True)).
-LIBRARY.define("spectral_norm_multi(Tensor[] weights, Tensor[] u, Tensor[] v, int[] dims, int n_iter, float eps) "
-               "-> (Tensor[] out, Tensor[] u_out, Tensor[] v_out, Tensor[] sigma)")
-LIBRARY.define("spectral_norm_backward_multi(Tensor[] grads, Tensor[] weights, Tensor[] u, Tensor[] v, "
-               "Tensor[] sigma, int[] dims, float eps) -> Tensor[]")
+# the single-layer math for each layer (used by ganfast.nn.sn_step(model, multi_tensor=True)). CPU:
+# one parallel loop per phase; CUDA and Triton (*_multi_triton): one launch per phase for all layers.
+_MULTI = "(Tensor[] weights, Tensor[] u, Tensor[] v, int[] dims, int n_iter, float eps) " \
+         "-> (Tensor[] out, Tensor[] u_out, Tensor[] v_out, Tensor[] sigma)"
+_BWD_MULTI = "(Tensor[] grads, Tensor[] weights, Tensor[] u, Tensor[] v, Tensor[] sigma, int[] dims, float eps) " \
+             "-> Tensor[]"
+MULTI_BACKENDS = ("cpu", "cuda", "triton")
 
 
 def _fake_multi(weights, us, vs, dims, n_iter, eps):
@@ -118,10 +120,16 @@ def _fake_bwd_multi(grads, weights, us, vs, sigmas, dims, eps):
     return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
 
 
-torch.library.register_fake("ganfast::spectral_norm_multi", _fake_multi, lib=LIBRARY)
-torch.library.register_fake("ganfast::spectral_norm_backward_multi", _fake_bwd_multi, lib=LIBRARY)
-_multi = torch.ops.ganfast.spectral_norm_multi.default
-_bwd_multi = torch.ops.ganfast.spectral_norm_backward_multi.default
+def _triton_multi(weights, us, vs, dims, n_iter, eps):
+    from ..kernels.triton.spectral_norm import spectral_norm_multi
+
+    return spectral_norm_multi(weights, us, vs, dims, n_iter, eps)
+
+
+def _triton_bwd_multi(grads, weights, us, vs, sigmas, dims, eps):
+    from ..kernels.triton.spectral_norm import spectral_norm_backward_multi
+
+    return spectral_norm_backward_multi(grads, weights, us, vs, sigmas, dims, eps)
 
 
 def _setup_multi(ctx, inputs, output):
@@ -130,21 +138,47 @@ def _setup_multi(ctx, inputs, output):
     ctx.n = len(weights)
     ctx.save_for_backward(*weights, *u_out, *v_out, *sigma)
     ctx.dims, ctx.eps = list(dims), eps
+    ctx.set_materialize_grads(False)  # u', v', sigma get no gradient: no zero tensors for them
     ctx.mark_non_differentiable(*u_out, *v_out, *sigma)
 
 
-def _backward_multi(ctx, grad_outs, _gu, _gv, _gs):
-    n, saved = ctx.n, ctx.saved_tensors
-    weights, us, vs, sigmas = (list(saved[i * n:(i + 1) * n]) for i in range(4))
-    # a layer unused in the step gets a zero upstream gradient
-    grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grad_outs, weights)]
-    none = [None] * n
-    return _bwd_multi(grads, weights, us, vs, sigmas, ctx.dims, ctx.eps), none, none, None, None, None
+def _make_backward_multi(bwd_multi_op):
+    def backward(ctx, grad_outs, _gu, _gv, _gs):
+        n, saved = ctx.n, ctx.saved_tensors
+        weights, us, vs, sigmas = (list(saved[i * n:(i + 1) * n]) for i in range(4))
+        # a layer unused in the step gets a zero upstream gradient
+        grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grad_outs, weights)]
+        none = [None] * n
+        return bwd_multi_op(grads, weights, us, vs, sigmas, ctx.dims, ctx.eps), none, none, None, None, None
+    return backward
 
 
-torch.library.register_autograd("ganfast::spectral_norm_multi", _backward_multi, setup_context=_setup_multi, lib=LIBRARY)
+for _suffix in ("", "_triton"):
+    LIBRARY.define(f"spectral_norm_multi{_suffix}{_MULTI}")
+    LIBRARY.define(f"spectral_norm_backward_multi{_suffix}{_BWD_MULTI}")
+    torch.library.register_fake(f"ganfast::spectral_norm_multi{_suffix}", _fake_multi, lib=LIBRARY)
+    torch.library.register_fake(f"ganfast::spectral_norm_backward_multi{_suffix}", _fake_bwd_multi, lib=LIBRARY)
+for _device in ("CPU", "CUDA"):  # CPU: Triton under TRITON_INTERPRET=1
+    LIBRARY.impl("spectral_norm_multi_triton", _triton_multi, _device)
+    LIBRARY.impl("spectral_norm_backward_multi_triton", _triton_bwd_multi, _device)
+_multi = torch.ops.ganfast.spectral_norm_multi.default
+_bwd_multi = torch.ops.ganfast.spectral_norm_backward_multi.default
+_multi_triton = torch.ops.ganfast.spectral_norm_multi_triton.default
+_bwd_multi_triton = torch.ops.ganfast.spectral_norm_backward_multi_triton.default
+torch.library.register_autograd("ganfast::spectral_norm_multi", _make_backward_multi(_bwd_multi),
+                                setup_context=_setup_multi, lib=LIBRARY)
+torch.library.register_autograd("ganfast::spectral_norm_multi_triton", _make_backward_multi(_bwd_multi_triton),
+                                setup_context=_setup_multi, lib=LIBRARY)
 
 
-def spectral_norm_multi(weights, us, vs, dims, n_iter: int, eps: float):
-    """Lists (W / sigma, u', v', sigma) for every layer, from one call of the CPU multi-tensor kernel."""
-    return _multi(list(weights), list(us), list(vs), list(dims), n_iter, eps)
+def has_cuda_multi() -> bool:
+    """Whether ganfast._C registers a CUDA kernel for the multi-tensor ops (extensions built before
+    they had one do not)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("ganfast::spectral_norm_multi", "CUDA")
+
+
+def spectral_norm_multi(weights, us, vs, dims, n_iter: int, eps: float, backend: str = "cpu"):
+    """Lists (W / sigma, u', v', sigma) for every layer, from one call of the multi-tensor kernel of
+    `backend` ("cpu", "cuda" or "triton"), unchecked."""
+    op = _multi_triton if backend == "triton" else _multi
+    return op(list(weights), list(us), list(vs), list(dims), n_iter, eps)

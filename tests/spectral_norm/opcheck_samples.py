@@ -16,12 +16,14 @@ def samples(backend: str, device: str):
     out = [(fwd, (w, u, v, dim, n_iter, 1e-12)) for n_iter in (0, 1)]
     _, u2, v2, sigma = fwd(w.detach(), u, v, dim, 1, 1e-12)
     out.append((bwd, (torch.randn(shape, generator=g).to(device), w.detach(), u2, v2, sigma, dim, 1e-12)))
-    if backend == "cpu":  # the multi-tensor path is CPU only
-        ws = [torch.randn(5, 3, generator=g, requires_grad=True), torch.randn(2, 3, 4, generator=g, requires_grad=True)]
-        us = [torch.nn.functional.normalize(torch.randn(5, generator=g), dim=0), torch.randn(3, generator=g)]
-        vs = [torch.randn(3, generator=g), torch.randn(8, generator=g)]
-        out.append((ops._multi, (ws, us, vs, [0, 1], 1, 1e-12)))
-        _, u3, v3, s3 = ops._multi(ws, us, vs, [0, 1], 1, 1e-12)
-        out.append((ops._bwd_multi, ([torch.randn_like(x) for x in ws], [x.detach() for x in ws], u3, v3, s3,
-                                     [0, 1], 1e-12)))
+    if backend == "cuda" and not ops.has_cuda_multi():
+        return out  # an extension built before the CUDA multi-tensor kernels
+    multi, bwd_multi = (ops._multi_triton, ops._bwd_multi_triton) if backend == "triton" else (ops._multi, ops._bwd_multi)
+    ws = [torch.randn(5, 3, generator=g).to(device).requires_grad_(),
+          torch.randn(2, 3, 4, generator=g).to(device).requires_grad_()]
+    us = [torch.nn.functional.normalize(torch.randn(5, generator=g), dim=0).to(device), torch.randn(3, generator=g).to(device)]
+    vs = [torch.randn(3, generator=g).to(device), torch.randn(8, generator=g).to(device)]
+    out += [(multi, (ws, us, vs, [0, 1], n_iter, 1e-12)) for n_iter in (0, 1)]
+    _, u3, v3, s3 = multi(ws, us, vs, [0, 1], 1, 1e-12)
+    out.append((bwd_multi, ([torch.randn_like(x) for x in ws], [x.detach() for x in ws], u3, v3, s3, [0, 1], 1e-12)))
     return out

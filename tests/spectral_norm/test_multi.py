@@ -1,0 +1,112 @@
+"""The multi-tensor spectral norm of the GPU backends (triton here under the interpreter; cuda where
+a GPU is present) against their single-layer op: the same math for every layer, bitwise."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import ganfast
+from ganfast import backends
+from ganfast.nn import apply_spectral_norm, sn_step, spectral_norms
+from ganfast.ops import spectral_norm as ops
+from ganfast.reference import spectral_norm as reference
+
+
+def _device_of(backend: str) -> str | None:
+    st = backends.status(backend)
+    if not st.available:
+        return None
+    if backend == "cuda":
+        return "cuda" if ops.has_cuda_multi() else None
+    return "cpu" if "cpu" in st.device_types else ("cuda" if "cuda" in st.device_types else None)
+
+
+GPU_PATHS = [pytest.param(b, marks=pytest.mark.skipif(_device_of(b) is None, reason=f"{b}: not available here"))
+             for b in ("triton", "cuda")]
+
+# mixed layouts (dim 0 and 1, inner 1 and > 1, a 1x1 weight), sizes 1, 7, 123, mixed dtypes
+LAYERS = [((123, 7), 0, torch.float32), ((6, 17, 3, 3), 1, torch.float32), ((7, 13), 0, torch.bfloat16),
+          ((1, 1), 0, torch.float32), ((40, 9, 3, 3), 0, torch.float16), ((1, 129), 0, torch.float32)]
+
+
+def _layers(device, noncontig_u=False):
+    g = torch.Generator().manual_seed(3)
+    ws, us, vs, ups, dims = [], [], [], [], []
+    for shape, dim, dtype in LAYERS:
+        outer, h, inner = reference.split_dims(shape, dim)
+        ws.append(torch.randn(shape, generator=g).to(device, dtype).requires_grad_())
+        u = torch.randn(2 * h, generator=g).to(device)
+        us.append(u[::2] if noncontig_u else u[:h])  # fresh random vectors, not normalized
+        vs.append(torch.randn(outer * inner, generator=g).to(device))
+        ups.append(torch.randn(shape, generator=g).to(device, dtype))
+        dims.append(dim)
+    return ws, us, vs, ups, dims
+
+
+@pytest.mark.parametrize("backend", GPU_PATHS)
+@pytest.mark.parametrize("n_iter", [0, 1, 2])
+def test_multi_equals_single(backend, n_iter):
+    ws, us, vs, ups, dims = _layers(_device_of(backend), noncontig_u=n_iter == 1)
+    outs, u2, v2, s2 = ops.spectral_norm_multi(ws, us, vs, dims, n_iter, 1e-12, backend)
+    torch.autograd.backward(outs, ups)
+    multi_grads = [w.grad for w in ws]
+    for w in ws:
+        w.grad = None
+    for i in range(len(ws)):
+        single = ops.spectral_norm(ws[i], us[i], vs[i], dims[i], n_iter, 1e-12, backend)
+        single[0].backward(ups[i])
+        for name, a, b in zip(("out", "u", "v", "sigma"), (outs[i], u2[i], v2[i], s2[i]), single):
+            assert a.dtype == b.dtype and a.shape == b.shape, (i, name)
+            assert torch.equal(a, b), (i, n_iter, name)
+        assert torch.equal(multi_grads[i], ws[i].grad), (i, n_iter)
+
+
+@pytest.mark.parametrize("backend", GPU_PATHS)
+def test_multi_matches_reference(backend):
+    """Every output element written and right (fp64 reference, fp32 layers)."""
+    device = _device_of(backend)
+    ws, us, vs, _, dims = _layers(device)
+    keep = [i for i, (_, _, dt) in enumerate(LAYERS) if dt == torch.float32]
+    ws, us, vs, dims = ([x[i] for i in keep] for x in (ws, us, vs, dims))
+    outs, u2, v2, s2 = ops.spectral_norm_multi(ws, us, vs, dims, 1, 1e-12, backend)
+    for i in range(len(ws)):
+        exp = reference.spectral_norm(ws[i].detach().double(), us[i].double(), vs[i].double(), dims[i], 1, 1e-12)
+        for a, b in zip((outs[i], u2[i], v2[i], s2[i]), exp):
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a.double(), b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("backend", GPU_PATHS)
+def test_sn_step_multi_tensor_matches_lazy(backend):
+    device = _device_of(backend)
+    torch.manual_seed(0)
+    model = apply_spectral_norm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.ConvTranspose2d(4, 2, 3), nn.Flatten(),
+                                              nn.Linear(2 * 7 * 7, 1), nn.Linear(1, 1))).to(device)
+    model[5].eval()  # one layer in eval mode: its own (n_iter=0) group
+    twin = copy.deepcopy(model)
+    xs = [torch.randn(2, 3, 7, 7, device=device) for _ in range(3)]
+    with ganfast.use_backend(backend):
+        for m, multi in ((model, True), (twin, False)):
+            with sn_step(m, multi_tensor=multi):
+                if multi:
+                    assert all(p._step_cache is not None for p in m.modules() if isinstance(p, ganfast.nn.SpectralNorm))
+                loss = m(xs[0]).sum() - m(xs[1]).sum() + m(xs[2]).square().sum()
+                loss.backward()
+    for (k, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items()):
+        assert torch.equal(a, b), k
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a.grad, b.grad)
+    for k, s in spectral_norms(model).items():
+        assert torch.equal(s, spectral_norms(twin)[k])
+
+
+@pytest.mark.parametrize("backend", GPU_PATHS)
+def test_multi_bad_input(backend):
+    device = _device_of(backend)
+    w = torch.randn(4, 3, device=device)
+    with pytest.raises((ValueError, RuntimeError), match="same length"):
+        ops.spectral_norm_multi([w], [torch.randn(4, device=device)], [], [0], 1, 1e-12, backend)
+    with pytest.raises((ValueError, RuntimeError), match="u must have shape"):
+        ops.spectral_norm_multi([w], [torch.randn(5, device=device)], [torch.randn(3, device=device)], [0], 1, 1e-12,
+                                backend)
