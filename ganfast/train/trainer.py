@@ -16,7 +16,8 @@ frozen during the G step (no wasted weight gradients), and no host-device synchr
 stats are read (`return_stats=True`: one `.tolist()` of one stacked tensor).
 
 Beside this file: batches.py, fit.py (the loop), monitor.py (checks, rollback), checkpoint.py (files,
-RNG state), distributed.py (communicators), config.py (options), probe.py (model checks).
+RNG state), distributed.py (communicators), config.py (options), probe.py (model checks), augment.py
+(DiffAugment / ADA of what D sees).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from . import checkpoint as ckpt
 from . import distributed as _dist
 from .config import LossInputs, StepConfig
 from .monitor import StabilityMonitor, step_schedulers
+from .augment import Augmenter
 from .ema import EMA
 from .penalty import PenaltyTerm
 from .probe import (check_models, check_optimizer_holds, check_real_batch, checked_schedulers, describe_run,
@@ -59,6 +61,13 @@ class Trainer:
     (torchrun, distributed.launch), True requires it, False trains alone; step(real) then takes this
     rank's batch and the update is one process's on all ranks' batches concatenated.
     dist_timeout: seconds a collective waits for the other ranks.
+    augment: a DiffAugment policy ("color,translation,cutout", ganfast.augment): every real and fake
+    batch is augmented before D, in the D and G steps alike (independent draws for each batch, from
+    the trainer's generator). augment_p: the probability a sample is augmented, or "ada" (ADA's
+    adaptive p; ganfast.train.augment.Adaptive(...) to set its target, interval and speed); p is
+    reported as the stat "augment_p". R1/R2 and the other penalties see the augmented batches: R1 is
+    the gradient norm at the augmented real, D's actual input (StyleGAN2-ADA differentiates through
+    its augmentation to the unaugmented image instead).
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, g_optimizer: torch.optim.Optimizer,
@@ -69,7 +78,8 @@ class Trainer:
                  seed: int | None = None, monitor: StabilityMonitor | None = None,
                  distributed: bool | None = None, dist_timeout: float = _dist.DEFAULT_TIMEOUT, *,
                  ema_rampup: float | None = None, accumulate: int = 1, schedulers=None, extra_d_loss=None,
-                 extra_g_loss=None, config: StepConfig | None = None):
+                 extra_g_loss=None, config: StepConfig | None = None, augment: str | None = None,
+                 augment_p=1.0):
         # --- checks, all before anything is changed ---------------------------------------------
         if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
             raise TypeError("generator and discriminator must be torch.nn.Module instances")
@@ -110,6 +120,8 @@ class Trainer:
         self.seed = self._comm.broadcast_int(int(seed))  # one noise stream, sliced per rank
         self._gen = torch.Generator(device=self.device).manual_seed(self.seed)
         self._sample_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        self._augment = Augmenter(augment, augment_p, self.device, self._draw) if augment is not None else None
+        self.description["augment"] = self._augment.describe() if self._augment is not None else None
         self._d_params = [p for p in discriminator.parameters() if p.requires_grad]
         self._g_params = [p for p in generator.parameters() if p.requires_grad]
         self._stat_dtype = torch.float32 if self.device.type == "mps" else torch.float64
@@ -154,6 +166,10 @@ class Trainer:
         full = fn((n * w,) + tuple(shape[1:]), generator=self._gen, device=self.device, dtype=dtype)
         return full[r * n:(r + 1) * n]
 
+    def _aug(self, x: torch.Tensor) -> torch.Tensor:
+        """What D sees of a batch: x, augmented when the run augments."""
+        return x if self._augment is None else self._augment(x)
+
     def _prepare(self, real) -> torch.Tensor:
         check_real_batch(real, self.device, self.config.accumulate)
         real = real.to(self.dtype)
@@ -194,6 +210,7 @@ class Trainer:
         apply_pen = cfg.penalty is not None and self.d_step_count % cfg.penalty_interval == 0
         alphas, noises = self._penalty.draws(real) if apply_pen else ([None] * k, [None] * k)
         loss_sum, stats, pen_sum = 0.0, {}, 0.0
+        real, fake = self._aug(real), self._aug(fake)  # whole batches: the draws do not depend on k
         with self._sn():
             for r, f, alpha, noise in zip(real.chunk(k), fake.chunk(k), alphas, noises):
                 with self._autocast():
@@ -203,6 +220,8 @@ class Trainer:
                         f = f.detach().requires_grad_(True)
                     real_logits, fake_logits = self.D(r), self.D(f)
                     self._probability_head.watch(self.step_count, real_logits, fake_logits)
+                    if self._augment is not None:
+                        self._augment.observe(real_logits)
                     loss, st = losses.d_loss(*self._logit_pair(real_logits, fake_logits), cfg.loss, return_stats=True)
                     total = loss
                     if apply_pen:
@@ -227,10 +246,10 @@ class Trainer:
 
     def _g_loss(self, fake, real):
         with self._autocast():
-            fake_logits, real_logits = self.D(fake), None
+            fake_logits, real_logits = self.D(self._aug(fake)), None
             if self.config.loss in losses.RELATIVISTIC:
                 with torch.no_grad():
-                    real_logits = self.D(real)
+                    real_logits = self.D(self._aug(real))
                 real_logits, fake_logits = self._logit_pair(real_logits, fake_logits)
             loss = losses.g_loss(fake_logits, self.config.loss, real_logits)
             if self.extra_g_loss is None:
@@ -300,6 +319,8 @@ class Trainer:
             d_loss, st, d_gn = self._d_update(r, fake_d, return_stats)
         g_loss, g_gn = self._g_update(fake, z, reals[-1], return_stats)
         self.step_count += 1
+        if self._augment is not None:
+            self._augment.after_step(self.step_count, reals[-1].shape[0] * self.world_size, self._comm.average_)
         step_schedulers(self.schedulers, self.optimizers, self.monitor.lr_scale)
         if not return_stats:
             return None
@@ -308,6 +329,8 @@ class Trainer:
         names = list(STAT_NAMES)
         if self._nn is not None and (sigmas := self._nn.spectral_norms(self.D)):
             vals, names = vals + sigma_range(sigmas, self.device, self._stat_dtype), names + ["sigma_max", "sigma_min"]
+        if self._augment is not None:
+            vals, names = vals + [self._augment.p], names + ["augment_p"]
         if self._probability_head.flag is not None:
             vals.append(self._probability_head.flag)
         packed = torch.stack([v.detach().to(self._stat_dtype).reshape(()) for v in vals])
@@ -347,6 +370,7 @@ class Trainer:
             "rng": ckpt.rng_state(), "noise_generator": self._gen.get_state(),
             "sample_generator": self._sample_gen.get_state(), "last_penalty": self._last_pen.cpu(),
             "monitor": self.monitor.state_dict() if include_monitor else None, "data": data_state,
+            "augment": self._augment.state_dict() if self._augment is not None else None,
         }
 
     def load_state(self, state: dict, restore_monitor: bool = True, force: bool = False, source: str = "") -> None:
@@ -373,6 +397,8 @@ class Trainer:
         self._gen.set_state(state["noise_generator"])
         self._sample_gen.set_state(state["sample_generator"])
         self._last_pen = state["last_penalty"].to(self.device, self._stat_dtype)
+        if self._augment is not None and state.get("augment") is not None:
+            self._augment.load_state_dict(state["augment"])
         self.step_count = int(state["step"])
         self.d_step_count = int(state["d_step_count"])
         if restore_monitor and state.get("monitor") is not None:
