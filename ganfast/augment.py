@@ -69,13 +69,12 @@ def _layout(height: int, width: int, transforms: tuple[str, ...], device: torch.
     low = torch.tensor([-sy, -sx, 0, 0, 0, 0], dtype=torch.float32)
     high = torch.tensor([sy, sx, height, height, width, width], dtype=torch.float32)
     used = torch.tensor([*(("translation" in transforms),) * 2, *(("cutout" in transforms),) * 4], dtype=torch.float32)
+    columns = torch.tensor([0, 1, 2, 2, 3, 3])  # the integer draw behind each geometry column
     color_scale = torch.tensor([1.0, 2.0, 1.0])  # β = u - 0.5, s = 2u, k = u + 0.5
     color_shift = torch.tensor([-0.5, 0.0, 0.5])
     identity = torch.tensor([0.0, 1.0, 1.0])
-    return tuple(t.to(device) for t in (choices, offset, low, high, used, color_scale, color_shift, identity))
-
-
-_COLUMNS = [0, 1, 2, 2, 3, 3]
+    return tuple(t.to(device) for t in (choices, choices - 1, columns, offset, low, high, used, color_scale,
+                                        color_shift, identity))
 
 
 def draw_params(batch: int, height: int, width: int, policy: str | tuple[str, ...], p,
@@ -86,10 +85,11 @@ def draw_params(batch: int, height: int, width: int, policy: str | tuple[str, ..
     number or a 0-dim tensor (ADA's p, kept on the device: no host sync)."""
     transforms = parse_policy(policy) if isinstance(policy, str) else policy
     u = rand((batch, DRAWS_PER_SAMPLE))
-    choices, offset, low, high, used, color_scale, color_shift, identity = _layout(height, width, transforms, u.device)
+    (choices, largest, columns, offset, low, high, used, color_scale, color_shift,
+     identity) = _layout(height, width, transforms, u.device)
     applied = (u[:, :1] < p) if not (isinstance(p, (int, float)) and p >= 1) else None
-    integers = torch.minimum(torch.floor(u[:, 4:] * choices), choices - 1)
-    geometry = torch.clamp(integers[:, _COLUMNS] + offset, low, high) * used
+    integers = torch.minimum(torch.floor(u[:, 4:] * choices), largest)
+    geometry = torch.clamp(integers.index_select(1, columns) + offset, low, high) * used
     if applied is not None:
         geometry = geometry * applied
     color = None
