@@ -5,7 +5,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "../../common/augment.h"
 #include "../kernels.h"
@@ -95,8 +94,12 @@ void forward_sample(const AugmentArgs& a, int64_t s) {
   }
 }
 
+// Source row u of sample s receives the gradient of output row i = u - dy: on its columns
+// v = j + dx for the output columns j in [lo, hi), except those the cutout zeroed; the rest of x got
+// no gradient through the shift. With color, each pixel then gets the color transpose (augment.h);
+// a pixel without gradient (G_p = 0) gets the constant -b G/(C H W).
 template <typename scalar_t>
-void backward_sample(const AugmentArgs& a, int64_t s, std::vector<opmath_t<scalar_t>>& buf) {
+void backward_sample(const AugmentArgs& a, int64_t s) {
   using T = opmath_t<scalar_t>;
   using Vec = Vectorized<T>;
   constexpr int64_t VW = Vec::size();
@@ -127,33 +130,47 @@ void backward_sample(const AugmentArgs& a, int64_t s, std::vector<opmath_t<scala
       }
     big_g = T(sums.total(0));
   }
-  const Vec va(cc.a), k_pixel((cc.b - cc.a) / T(C)), k_all(cc.b * big_g / T(C * HW));
-  T* g_row = buf.data();  // g_row[c·W + v]: the gradient at x[c, u, v] before the color transpose
+  const T k_all = cc.b * big_g / T(C * HW);
+  const scalar_t no_grad = scalar_t(-k_all);  // dx where the output took nothing from x
+  const Vec va(cc.a), k_pixel((cc.b - cc.a) / T(C)), vk_all(k_all);
+  auto fill = [&](scalar_t* dst, int64_t v0, int64_t v1) {
+    for (int64_t c = 0; c < C; ++c)
+      if (v1 > v0) std::fill(dst + c * HW + v0, dst + c * HW + v1, no_grad);
+  };
   for (int64_t u = 0; u < H; ++u) {
-    std::fill(buf.begin(), buf.end(), T(0));
-    const int64_t i = u - g.dy;  // the output row that read source row u
-    if (i >= 0 && i < H && lo < hi) {
-      const bool cut_row = i >= g.y0 && i < g.y1;
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* row = grad + c * HW + i * W;
-        for (int64_t j = lo; j < hi; ++j) g_row[c * W + j + g.dx] = T(row[j]);
-        if (cut_row) std::fill(g_row + c * W + c0 + g.dx, g_row + c * W + c1 + g.dx, T(0));
-      }
-    }
     scalar_t* dst = out + u * W;
-    for (int64_t v = 0; v < W; v += VW) {
-      const int64_t m = std::min(VW, W - v);
+    const int64_t i = u - g.dy;
+    if (i < 0 || i >= H || lo >= hi) {
+      fill(dst, 0, W);
+      continue;
+    }
+    // src(c, v) = grad[c, i, v - dx], for v in [lo + dx, hi + dx)
+    auto segment = [&](int64_t v0, int64_t v1) {
+      if (v1 <= v0) return;
+      const scalar_t* src = grad + i * W + (v0 - g.dx);  // src[c·HW + t] = grad[c, i, v0 + t - dx]
       if (!color) {
-        for (int64_t c = 0; c < C; ++c) store(dst + c * HW + v, load(g_row + c * W + v, m), m);
-        continue;
+        for (int64_t c = 0; c < C; ++c) std::copy(src + c * HW, src + c * HW + (v1 - v0), dst + c * HW + v0);
+        return;
       }
-      Vec sum(T(0));
-      for (int64_t c = 0; c < C; ++c) sum += load(g_row + c * W + v, m);
-      const Vec common = k_pixel * sum - k_all;
-      for (int64_t c = 0; c < C; ++c) {
-        const Vec gv = load(g_row + c * W + v, m);
-        store(dst + c * HW + v, gv + (va * gv + common), m);
+      for (int64_t t = 0; t < v1 - v0; t += VW) {
+        const int64_t m = std::min(VW, v1 - v0 - t), v = v0 + t;
+        Vec sum(T(0));
+        for (int64_t c = 0; c < C; ++c) sum += load(src + c * HW + t, m);
+        const Vec common = k_pixel * sum - vk_all;
+        for (int64_t c = 0; c < C; ++c) {
+          const Vec gv = load(src + c * HW + t, m);
+          store(dst + c * HW + v, gv + (va * gv + common), m);
+        }
       }
+    };
+    fill(dst, 0, lo + g.dx);
+    fill(dst, hi + g.dx, W);
+    if (i >= g.y0 && i < g.y1) {
+      segment(lo + g.dx, c0 + g.dx);
+      fill(dst, c0 + g.dx, c1 + g.dx);
+      segment(c1 + g.dx, hi + g.dx);
+    } else {
+      segment(lo + g.dx, hi + g.dx);
     }
   }
 }
@@ -168,8 +185,7 @@ void forward_typed(const AugmentArgs& a) {
 template <typename scalar_t>
 void backward_typed(const AugmentArgs& a) {
   at::parallel_for(0, a.batch, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<opmath_t<scalar_t>> buf(a.channels * a.width);
-    for (int64_t s = b0; s < b1; ++s) backward_sample<scalar_t>(a, s, buf);
+    for (int64_t s = b0; s < b1; ++s) backward_sample<scalar_t>(a, s);
   });
 }
 
