@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from ..augment import DRAWS_PER_SAMPLE, apply_params, draw_params, parse_policy
+from ..augment import apply_params, draw_params, parse_policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,4 +107,4 @@ class Augmenter:
         self._count.copy_(state["count"])
 
 
-__all__ = ["Adaptive", "Augmenter", "DRAWS_PER_SAMPLE", "checked_p"]
+__all__ = ["Adaptive", "Augmenter", "checked_p"]
