@@ -3,7 +3,7 @@
 Backends: ``reference`` (plain PyTorch, always there), ``cpu`` (C++ kernels of ganfast._C),
 ``cuda`` (CUDA kernels of ganfast._C) and ``triton``.
 
-The dispatch rule, one for every op family (losses, penalties, spectral_norm):
+The dispatch rule, one for every op family (losses, penalties, spectral_norm, augment):
 - each backend declares what it takes per family (`TAKES`: device types and dtypes; the kernels take
   dense (strided) tensors only) and optionally a size range per (family, backend, device type)
   (`SIZE_LIMITS`);
@@ -32,7 +32,7 @@ import torch
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 CHOICES = ("auto",) + BACKENDS
-FAMILIES = ("losses", "penalties", "spectral_norm")
+FAMILIES = ("losses", "penalties", "spectral_norm", "augment")
 # Preference order of `auto` for each device type (any other device type: the reference).
 AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
 
@@ -44,10 +44,11 @@ _NO_FP64 = (torch.float32, torch.float16, torch.bfloat16)
 # no real-valued meaning, so those stay an error in the public functions.
 TAKES: dict[str, dict[str, tuple[torch.dtype, ...]]] = {
     "reference": {"losses": _REAL, "penalties": _REAL,
-                  "spectral_norm": _REAL + (torch.complex64, torch.complex128)},
-    "cpu": {"losses": _REAL, "penalties": _REAL, "spectral_norm": _REAL},
-    "cuda": {"losses": _REAL, "penalties": _REAL, "spectral_norm": _NO_FP64},  # the SN kernel has no fp64
-    "triton": {"losses": _NO_FP64, "penalties": _NO_FP64, "spectral_norm": _NO_FP64},
+                  "spectral_norm": _REAL + (torch.complex64, torch.complex128), "augment": _REAL},
+    "cpu": {"losses": _REAL, "penalties": _REAL, "spectral_norm": _REAL, "augment": _REAL},
+    "cuda": {"losses": _REAL, "penalties": _REAL, "spectral_norm": _NO_FP64,  # the SN kernel has no fp64
+             "augment": _REAL},
+    "triton": {"losses": _NO_FP64, "penalties": _NO_FP64, "spectral_norm": _NO_FP64, "augment": _NO_FP64},
 }
 # The per-size hook of `auto`: (family, backend, device type) -> (min numel, max numel), both
 # inclusive, counted on the op's main input (the fake logits; g, or the data for the interpolation;

@@ -119,7 +119,7 @@ def _cmd_train(args) -> int:
     from ganfast.train import distributed
 
     options = {k: getattr(args, k) for k in run.RUN_KEYS if k not in ("data",) and hasattr(args, k)}
-    options["data"] = args.data
+    options.update(data=args.data, augment=args.augment, augment_p=args.augment_p)
     progress = not args.no_progress
     try:
         if isinstance(args.nproc, bool) or args.nproc < 1:
@@ -237,6 +237,10 @@ def _add_train(sub) -> None:
     p.add_argument("--eval-every", type=int, help=f"mode metrics every N steps (default {R['eval_every']})")
     p.add_argument("--sample-every", type=int, help=f"sample picture every N steps (default {R['sample_every']})")
     p.add_argument("--checkpoint-every", type=int, help=f"(default {R['checkpoint_every']})")
+    p.add_argument("--augment", metavar="POLICY",
+                   help="DiffAugment what D sees (images): transforms from color,translation,cutout (default none)")
+    p.add_argument("--augment-p", metavar="P|ada",
+                   help="probability a sample is augmented (default 1), or ada: adapted to keep E[sign D(real)] at 0.6")
     p.add_argument("--backend", help="ganfast backend: auto (default), reference, cpu, cuda, triton")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, help="seed of data, initialization and noise (default 0)")

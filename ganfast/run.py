@@ -36,6 +36,8 @@ from .models import ARCHS, build_models
 from .train import Trainer
 from .train import checkpoint as ckpt
 from .train import distributed
+from .augment import parse_policy
+from .train.augment import checked_p as augment_checked_p
 from .train.config import PENALTIES, StepConfig, cli_name
 
 __all__ = ["RunError", "Run", "resolve_options", "prepare", "train", "load_run", "evaluate", "sample", "explore",
@@ -139,6 +141,7 @@ def _check(cfg: dict) -> None:
     if cfg["backend"] not in backends.CHOICES:
         raise RunError(f"unknown backend {cfg['backend']!r}; choose one of {', '.join(backends.CHOICES)}")
     _check_device(cfg["device"])
+    _check_augment(cfg)
     for k in ("steps", "batch_size", "log_every", "eval_every", "sample_every", "checkpoint_every"):
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -167,6 +170,29 @@ def _check(cfg: dict) -> None:
         s = cfg.get("image_size")
         if s is not None and (s < 8 or s & (s - 1)):
             raise RunError(f"--image-size must be a power of two >= 8 (8, 16, 32, 64, ...), got {s}")
+
+
+def _check_augment(cfg: dict) -> None:
+    """--augment POLICY [--augment-p P|ada]: a valid policy, for images; p a probability or "ada"
+    (a number given on the command line arrives as text and is stored as a number)."""
+    policy, p = cfg.get("augment"), cfg.get("augment_p")
+    if policy is None:
+        if p is not None:
+            raise RunError("--augment-p needs --augment POLICY (the transforms to apply)")
+        return
+    if cfg["kind"] != "images":
+        raise RunError("--augment is for image data; the 2-D mixtures are not images")
+    try:
+        parse_policy(policy)
+        if isinstance(p, str) and p != "ada":
+            try:
+                p = float(p)
+            except ValueError:
+                raise ValueError(f"augment_p must be a probability in [0, 1] or 'ada', got {p!r}") from None
+        if p is not None:
+            cfg["augment_p"] = p = augment_checked_p(p) if p != "ada" else p
+    except ValueError as e:
+        raise RunError(f"--augment / --augment-p: {e}") from None
 
 
 def _check_device(device: str) -> None:
@@ -237,9 +263,11 @@ def _build(cfg: dict, run_dir: Path, dataset: Dataset | None) -> Run:
     betas = (cfg["beta1"], cfg["beta2"])
     g_opt = torch.optim.Adam(G.parameters(), lr=cfg["lr"], betas=betas)
     d_opt = torch.optim.Adam(D.parameters(), lr=cfg["lr"], betas=betas)
+    augment_p = cfg.get("augment_p")
     trainer = Trainer(G, D, g_opt, d_opt, config=step_config(cfg), latent_dim=latent_dim, device=cfg["device"],
                       seed=cfg["seed"], num_classes=num_classes,
-                      class_probs=cfg.get("class_probs") if num_classes is not None else None)
+                      class_probs=cfg.get("class_probs") if num_classes is not None else None,
+                      augment=cfg.get("augment"), augment_p=1.0 if augment_p is None else augment_p)
     return Run(Path(run_dir), cfg, trainer, dataset)
 
 

@@ -10,7 +10,7 @@ from ganfast.ops import ganfast_ops
 from .conftest import kernel_backends
 
 
-FAMILIES = ("losses", "spectral_norm", "penalties")  # each has tests/<family>/opcheck_samples.py
+FAMILIES = ("losses", "spectral_norm", "penalties", "augment")  # each has tests/<family>/opcheck_samples.py
 
 
 def op_samples():

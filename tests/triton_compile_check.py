@@ -153,8 +153,25 @@ def _spectral_norm_cases() -> list[Case]:
             + [Case("spectral_norm_backward_multi", "", multi_backward, models)])
 
 
+def _augment_cases() -> list[Case]:
+    from ganfast.kernels.triton import augment as k
+
+    def call(backward: bool, color: bool):
+        def run(dtype, shape):
+            b, _, h, w = shape
+            geometry = torch.zeros(b, 6, dtype=torch.int32)
+            colors = torch.rand(b, 3) if color else None
+            (k.diffaugment_backward if backward else k.diffaugment)(_rand(*shape, dtype=dtype), colors, geometry)
+        return run
+
+    # C = 1 / 3 (a channel loop of one or several), H·W below and above one block, widths 1, 16k, other
+    shapes = ((1, 1, 1, 1), (3, 3, 5, 7), (2, 3, 32, 32), (2, 1, 48, 40))
+    return [Case("diffaugment_backward" if bw else "diffaugment", f"color={c}", call(bw, c), shapes)
+            for bw in (False, True) for c in (True, False)]
+
+
 def cases() -> list[Case]:
-    return _loss_cases() + _penalty_cases() + _spectral_norm_cases()
+    return _loss_cases() + _penalty_cases() + _spectral_norm_cases() + _augment_cases()
 
 
 def case_ids() -> list[str]:

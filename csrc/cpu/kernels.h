@@ -53,11 +53,23 @@ struct InterpolateArgs {
   void* out;  // rows x cols
 };
 
-#define GANFAST_DECLARE_CPU_KERNELS(CAP)            \
-  namespace CAP {                                    \
-  void gan_loss_kernel(const GanLossArgs& a);        \
-  void grad_penalty_kernel(const GradPenaltyArgs& a); \
-  void interpolate_kernel(const InterpolateArgs& a); \
+// DiffAugment (csrc/common/augment.h): forward (in = x) or backward (in = the upstream gradient).
+struct AugmentArgs {
+  c10::ScalarType dtype;
+  const void* in;           // batch x channels x height x width, contiguous
+  int64_t batch, channels, height, width;
+  const float* color;       // batch x 3, or null: no color transforms
+  const int32_t* geometry;  // batch x 6
+  void* out;                // like in
+};
+
+#define GANFAST_DECLARE_CPU_KERNELS(CAP)                   \
+  namespace CAP {                                           \
+  void gan_loss_kernel(const GanLossArgs& a);               \
+  void grad_penalty_kernel(const GradPenaltyArgs& a);       \
+  void interpolate_kernel(const InterpolateArgs& a);        \
+  void augment_forward_kernel(const AugmentArgs& a);        \
+  void augment_backward_kernel(const AugmentArgs& a);       \
   }
 
 GANFAST_DECLARE_CPU_KERNELS(DEFAULT)

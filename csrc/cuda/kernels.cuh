@@ -90,5 +90,18 @@ struct InterpolateArgs {
 
 cudaError_t gp_interpolate(const InterpolateArgs& args, DType dtype, cudaStream_t stream);
 
+// DiffAugment (augment.cu; math in csrc/common/augment.h): one block per sample, forward (in = x)
+// or backward (in = the upstream gradient).
+struct AugmentArgs {
+  const void* in;           // batch x channels x height x width, contiguous
+  int64_t batch, channels, height, width;
+  const float* color;       // batch x 3, or null: no color transforms
+  const int32_t* geometry;  // batch x 6
+  void* out;                // like in
+};
+
+cudaError_t diffaugment_forward(const AugmentArgs& args, DType dtype, cudaStream_t stream);
+cudaError_t diffaugment_backward(const AugmentArgs& args, DType dtype, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace ganfast

@@ -21,7 +21,8 @@ frozen during the G step (no wasted weight gradients), and no host-device synchr
 stats are read (`return_stats=True`: one `.tolist()` of one stacked tensor).
 
 Beside this file: batches.py, fit.py (the loop), monitor.py (checks, rollback), checkpoint.py (files,
-RNG state), distributed.py (communicators), config.py (options), probe.py (model checks).
+RNG state), distributed.py (communicators), config.py (options), probe.py (model checks), augment.py
+(DiffAugment / ADA of what D sees).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from . import checkpoint as ckpt
 from . import distributed as _dist
 from .config import LossInputs, StepConfig
 from .monitor import StabilityMonitor, step_schedulers
+from .augment import Augmenter
 from .ema import EMA
 from .labels import ClassDistribution, is_pair, looks_labelled, missing_error, unconditional_error
 from .penalty import PenaltyTerm
@@ -67,6 +69,13 @@ class Trainer:
     dist_timeout: seconds a collective waits for the other ranks. num_classes: K makes the run
     class-conditional (batches (x, y), G(z, y), D(x, y)); class_probs: the K probabilities of the
     fake labels (default uniform; e.g. the data's class frequencies).
+    augment: a DiffAugment policy ("color,translation,cutout", ganfast.augment): every real and fake
+    batch is augmented before D, in the D and G steps alike (independent draws for each batch, from
+    the trainer's generator). augment_p: the probability a sample is augmented, or "ada" (ADA's
+    adaptive p; ganfast.train.augment.Adaptive(...) to set its target, interval and speed); p is
+    reported as the stat "augment_p". R1/R2 and the other penalties see the augmented batches: R1 is
+    the gradient norm at the augmented real, D's actual input (StyleGAN2-ADA differentiates through
+    its augmentation to the unaugmented image instead).
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, g_optimizer: torch.optim.Optimizer,
@@ -78,7 +87,7 @@ class Trainer:
                  distributed: bool | None = None, dist_timeout: float = _dist.DEFAULT_TIMEOUT, *,
                  ema_rampup: float | None = None, accumulate: int = 1, schedulers=None, extra_d_loss=None,
                  extra_g_loss=None, config: StepConfig | None = None, num_classes: int | None = None,
-                 class_probs=None):
+                 class_probs=None, augment: str | None = None, augment_p=1.0):
         # --- checks, all before anything is changed ---------------------------------------------
         if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
             raise TypeError("generator and discriminator must be torch.nn.Module instances")
@@ -124,6 +133,8 @@ class Trainer:
         self.seed = self._comm.broadcast_int(int(seed))  # one noise stream, sliced per rank
         self._gen = torch.Generator(device=self.device).manual_seed(self.seed)
         self._sample_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        self._augment = Augmenter(augment, augment_p, self.device, self._draw) if augment is not None else None
+        self.description["augment"] = self._augment.describe() if self._augment is not None else None
         self._d_params = [p for p in discriminator.parameters() if p.requires_grad]
         self._all_modules = [*generator.modules(), *discriminator.modules()]  # put in train mode by each step
         self._g_params = [p for p in generator.parameters() if p.requires_grad]
@@ -190,6 +201,10 @@ class Trainer:
             raise missing_error("step", self.classes.num_classes)
         return batch[0], batch[1]
 
+    def _aug(self, x: torch.Tensor) -> torch.Tensor:
+        """What D sees of a batch: x, augmented when the run augments."""
+        return x if self._augment is None else self._augment(x)
+
     def _prepare(self, real, labels=None) -> torch.Tensor:
         check_real_batch(real, self.device, self.config.accumulate)
         real = real.to(self.dtype)
@@ -235,6 +250,7 @@ class Trainer:
         loss_sum, stats, pen_sum = 0.0, {}, 0.0
         real_ys = real_y.chunk(k) if real_y is not None else [None] * k
         fake_ys = fake_y.chunk(k) if fake_y is not None else [None] * k
+        real, fake = self._aug(real), self._aug(fake)  # whole batches: the draws do not depend on k
         with self._sn():
             for r, f, alpha, noise, ry, fy in zip(real.chunk(k), fake.chunk(k), alphas, noises, real_ys, fake_ys):
                 with self._autocast():
@@ -244,6 +260,8 @@ class Trainer:
                         f = f.detach().requires_grad_(True)
                     real_logits, fake_logits = self._disc(r, ry), self._disc(f, fy)
                     self._probability_head.watch(self.step_count, real_logits, fake_logits)
+                    if self._augment is not None:
+                        self._augment.observe(real_logits)
                     pair = self._logit_pair(real_logits, fake_logits)
                     # the stats come out of the loss kernel's pass, but cost a few ops: only when read
                     loss, st = losses.d_loss(*pair, cfg.loss, return_stats=True) if want else (
@@ -276,10 +294,10 @@ class Trainer:
 
     def _g_loss(self, fake, real, fake_y=None, real_y=None):
         with self._autocast():
-            fake_logits, real_logits = self._disc(fake, fake_y), None
+            fake_logits, real_logits = self._disc(self._aug(fake), fake_y), None
             if self.config.loss in losses.RELATIVISTIC:
                 with torch.no_grad():
-                    real_logits = self._disc(real, real_y)
+                    real_logits = self._disc(self._aug(real), real_y)
                 real_logits, fake_logits = self._logit_pair(real_logits, fake_logits)
             loss = losses.g_loss(fake_logits, self.config.loss, real_logits)
             if self.extra_g_loss is None:
@@ -360,6 +378,8 @@ class Trainer:
             d_loss, st, d_gn = self._d_update(r, fake_d, return_stats, y, fake_y)
         g_loss, g_gn = self._g_update(fake, z, reals[-1], return_stats, fake_y, labels[-1])
         self.step_count += 1
+        if self._augment is not None:
+            self._augment.after_step(self.step_count, reals[-1].shape[0] * self.world_size, self._comm.average_)
         step_schedulers(self.schedulers, self.optimizers, self.monitor.lr_scale)
         if not return_stats:
             return None
@@ -368,6 +388,8 @@ class Trainer:
         names = list(STAT_NAMES)
         if self._nn is not None and (sigmas := self._nn.spectral_norms(self.D)):
             vals, names = vals + sigma_range(sigmas, self.device, self._stat_dtype), names + ["sigma_max", "sigma_min"]
+        if self._augment is not None:
+            vals, names = vals + [self._augment.p], names + ["augment_p"]
         if self._probability_head.flag is not None:
             vals.append(self._probability_head.flag)
         packed = torch.stack([v.detach().reshape(()) for v in vals]).to(self._stat_dtype)  # stack promotes
@@ -425,6 +447,7 @@ class Trainer:
             "rng": ckpt.rng_state(), "noise_generator": self._gen.get_state(),
             "sample_generator": self._sample_gen.get_state(), "last_penalty": self._last_pen.cpu(),
             "monitor": self.monitor.state_dict() if include_monitor else None, "data": data_state,
+            "augment": self._augment.state_dict() if self._augment is not None else None,
         }
 
     def load_state(self, state: dict, restore_monitor: bool = True, force: bool = False, source: str = "") -> None:
@@ -451,6 +474,8 @@ class Trainer:
         self._gen.set_state(state["noise_generator"])
         self._sample_gen.set_state(state["sample_generator"])
         self._last_pen = state["last_penalty"].to(self.device, self._stat_dtype)
+        if self._augment is not None and state.get("augment") is not None:
+            self._augment.load_state_dict(state["augment"])
         self.step_count = int(state["step"])
         self.d_step_count = int(state["d_step_count"])
         if restore_monitor and state.get("monitor") is not None:

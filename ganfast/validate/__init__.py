@@ -99,7 +99,7 @@ def check(case: Case, backend: str, dtype: torch.dtype, device: torch.device, se
     return Result(case.family, case.op, backend, DTYPE_NAMES[dtype], err, tol, bool(err <= tol), name)
 
 
-FAMILIES = ("losses", "spectral_norm", "penalties")  # one module of this package each, with a cases() function
+FAMILIES = ("losses", "spectral_norm", "penalties", "augment")  # one module of this package each, with a cases() function
 
 
 def all_cases() -> list[Case]:
