@@ -7,6 +7,10 @@ One `step(real)` = `d_steps` discriminator updates + one generator update:
     G step:            L_G = g_loss(D(fake))  (the last D step's fake, with its graph: one G forward
                        per step, as in PyTorch's DCGAN example)
 
+With pack=m (PacGAN, Lin et al. 2018) D judges m samples at once: every batch D sees, real or fake,
+is packed (B, C, H, W) -> (B/m, m·C, H, W), reals with reals and fakes with fakes, before the loss
+and the penalty (R1 is then the gradient norm of D at the packed reals).
+
 With accumulate=k each batch is split into k micro-batches whose gradients (loss / k) add up before
 the one update; noise and penalty draws are made for the whole batch at once.
 
@@ -35,7 +39,7 @@ from .monitor import StabilityMonitor, step_schedulers
 from .ema import EMA
 from .penalty import PenaltyTerm
 from .probe import (check_models, check_optimizer_holds, check_real_batch, checked_schedulers, describe_run,
-                    infer_latent_shape, place_models, sigma_range, spectral_norm_module,
+                    infer_latent_shape, pack_samples, place_models, sigma_range, spectral_norm_module,
                     ProbabilityHeadCheck)
 
 log = logging.getLogger("ganfast.train")
@@ -69,7 +73,7 @@ class Trainer:
                  seed: int | None = None, monitor: StabilityMonitor | None = None,
                  distributed: bool | None = None, dist_timeout: float = _dist.DEFAULT_TIMEOUT, *,
                  ema_rampup: float | None = None, accumulate: int = 1, schedulers=None, extra_d_loss=None,
-                 extra_g_loss=None, config: StepConfig | None = None):
+                 extra_g_loss=None, pack: int = 1, config: StepConfig | None = None):
         # --- checks, all before anything is changed ---------------------------------------------
         if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
             raise TypeError("generator and discriminator must be torch.nn.Module instances")
@@ -77,7 +81,7 @@ class Trainer:
             if not isinstance(opt, torch.optim.Optimizer):
                 raise TypeError(f"{name} must be a torch.optim.Optimizer, got {type(opt).__name__}")
         given = StepConfig(loss, penalty, penalty_weight, penalty_interval, d_steps, spectral_norm, ema, ema_rampup,
-                           amp, grad_clip, weight_clip, accumulate)
+                           amp, grad_clip, weight_clip, accumulate, pack)
         if config is not None and given != StepConfig():
             raise ValueError("pass the step's options one by one or as config=StepConfig(...), not both")
         self.config = cfg = (config or given).checked()
@@ -155,10 +159,10 @@ class Trainer:
         return full[r * n:(r + 1) * n]
 
     def _prepare(self, real) -> torch.Tensor:
-        check_real_batch(real, self.device, self.config.accumulate)
+        check_real_batch(real, self.device, self.config.accumulate, self.config.pack)
         real = real.to(self.dtype)
         if self._data_shape is None:
-            check_models(self.G, self.D, real, self._noise, self.latent_shape, self._autocast)
+            check_models(self.G, self.D, real, self._noise, self.latent_shape, self._autocast, self.config.pack)
             self._data_shape = real.shape[1:]
         elif real.shape[1:] != self._data_shape:
             raise ValueError(f"a real batch of per-sample shape {tuple(real.shape[1:])} differs from the first "
@@ -190,6 +194,7 @@ class Trainer:
 
     def _d_update(self, real, fake, want: bool):
         cfg, k = self.config, self.config.accumulate
+        real, fake = pack_samples(real, cfg.pack), pack_samples(fake, cfg.pack)
         self.d_optimizer.zero_grad(set_to_none=True)
         apply_pen = cfg.penalty is not None and self.d_step_count % cfg.penalty_interval == 0
         alphas, noises = self._penalty.draws(real) if apply_pen else ([None] * k, [None] * k)
@@ -226,6 +231,7 @@ class Trainer:
         return loss_sum / k, {n: v / k for n, v in stats.items()}, gn
 
     def _g_loss(self, fake, real):
+        fake, real = pack_samples(fake, self.config.pack), pack_samples(real, self.config.pack)
         with self._autocast():
             fake_logits, real_logits = self.D(fake), None
             if self.config.loss in losses.RELATIVISTIC:
