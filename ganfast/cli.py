@@ -118,7 +118,8 @@ def _cmd_train(args) -> int:
     from ganfast import run
     from ganfast.train import distributed
 
-    options = {k: getattr(args, k) for k in run.RUN_KEYS if k not in ("data",) and hasattr(args, k)}
+    options = {k: getattr(args, k) for k in run.RUN_KEYS + tuple(run.LATER_KEYS) if k not in ("data",)
+               and hasattr(args, k)}
     options.update(data=args.data, augment=args.augment, augment_p=args.augment_p)
     progress = not args.no_progress
     try:
@@ -149,13 +150,33 @@ def _cmd_eval(args) -> int:
     from ganfast import run
 
     try:
-        m = run.evaluate(args.run, backend=args.backend, device=args.device)
+        m = run.evaluate(args.run, backend=args.backend, device=args.device, fid=args.fid)
     except _run_errors() as e:
         return _fail(e)
     if args.json:
         print(json.dumps(m, sort_keys=True))
     else:
         print(f"{m['run']} at step {m['step']}: {run.format_metrics(m)}")
+        if "inception_fid" in m:
+            print(f"Inception FID {m['inception_fid']:.3f}, KID {m['inception_kid']:.5f} ± "
+                  f"{m['inception_kid_std']:.5f} "
+                  f"({m['inception_n_fake']} samples vs {m['inception_n_real']} real images; torchmetrics)")
+    return 0
+
+
+def _cmd_classifier(args) -> int:
+    from ganfast import classifier
+    from ganfast.mnist import MNISTNotFound
+
+    try:
+        if args.retrain or not classifier.classifier_path().is_file():
+            _, info = classifier.build_reference_classifier(args.data_dir, epochs=args.epochs, seed=args.seed)
+        else:
+            _, info = classifier.load_classifier()
+    except (classifier.ClassifierError, MNISTNotFound, ValueError) as e:
+        return _fail(e)
+    print(f"MNIST classifier {classifier.classifier_path()}: test accuracy {100 * info['test_accuracy']:.2f}%, "
+          f"sha256 {info['sha256'][:16]}... (verified)")
     return 0
 
 
@@ -207,7 +228,12 @@ def _add_train(sub) -> None:
                        description="Train a GAN into a run folder (config.json, checkpoints/, metrics.csv, "
                                    "samples/, curves.png, summary.json) that is new or empty. Options left out take "
                                    "the measured default for the data's kind; the ring defaults are shown.")
-    p.add_argument("--data", help="ring (default), grid25, digits, or a folder of images")
+    p.add_argument("--data", help="ring (default), grid25, digits, mnist, stacked-mnist, or a folder of images")
+    p.add_argument("--data-dir", help="folder holding the MNIST IDX files (default $GANFAST_DATA, else a "
+                                      "torchvision download)")
+    p.add_argument("--pack", type=int, help="PacGAN packing: D judges this many samples at once (default 1)")
+    p.add_argument("--eval-samples", type=int,
+                   help="MNIST family: samples scored every --eval-every steps (the final score uses 26000)")
     p.add_argument("--loss", choices=losses.KINDS, help=f"GAN loss (default {R['loss']})")
     p.add_argument("--penalty", choices=PENALTY_CHOICES, help=f"gradient penalty (default {R['penalty']})")
     p.add_argument("--penalty-weight", type=float, help=f"its weight, λ or γ (default {R['penalty_weight']})")
@@ -223,6 +249,8 @@ def _add_train(sub) -> None:
     p.add_argument("--lr-decay", type=float,
                    help=f"fraction of the steps at the end over which the lr falls linearly to 0 (default {R['lr_decay']})")
     p.add_argument("--ema", type=float, help=f"decay of the EMA of G, 0 for none (default {R['ema']})")
+    p.add_argument("--ema-rampup", type=float, help="cap the EMA's half-life at this fraction of the steps done "
+                                                    "(StyleGAN's ema_rampup; default none, MNIST family 0.05)")
     p.add_argument("--latent-dim", type=int, help=f"size of z (default {R['latent_dim']} for points)")
     p.add_argument("--width", type=int, help="hidden units (MLP, default 128) or base channels (images, 64)")
     p.add_argument("--arch", choices=("dcgan", "resnet"), help="image models (default dcgan)")
@@ -261,7 +289,17 @@ def _add_run_commands(sub) -> None:
     p = sub.add_parser("eval", help="metrics of a run's last checkpoint")
     common(p)
     p.add_argument("--json", action="store_true", help="one machine-readable JSON line")
+    p.add_argument("--fid", action="store_true", help="also Inception FID and KID (needs torchmetrics: "
+                                                      "pip install 'torchmetrics[image]')")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("classifier", help="train (once) and verify the reference MNIST classifier of the MNIST "
+                                          "metrics, cached under ~/.cache/ganfast (or $GANFAST_CACHE)")
+    p.add_argument("--data-dir", help="folder holding the MNIST IDX files (default $GANFAST_DATA)")
+    p.add_argument("--retrain", action="store_true", help="train it again even when cached")
+    p.add_argument("--epochs", type=int, default=4, help="(default 4)")
+    p.add_argument("--seed", type=int, default=0, help="(default 0)")
+    p.set_defaults(func=_cmd_classifier)
 
     p = sub.add_parser("sample", help="write N samples of a run's generator (EMA copy): an array, a picture or "
                                       "one PNG per image")

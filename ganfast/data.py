@@ -11,6 +11,7 @@
     image_dataset(path, size, channels, flip)  torchvision's ImageFolder + transforms where torchvision
                                             is installed and the folder has one subfolder per class,
                                             else ImageFolder
+    mnist / stacked-mnist                   ganfast.mnist: (1 | 3, 32, 32) digits padded from 28x28, with labels
     make_dataset(name_or_path, ...)         a Dataset: samples + kind ("points" | "images") + mixture;
                                             a folder is streamed (`stream`), samples holds its first images;
                                             labels=True: class labels too (a mixture's mode, a digit, a
@@ -336,17 +337,22 @@ def _item(item) -> torch.Tensor:
     return item[0] if isinstance(item, (tuple, list)) else item
 
 
-DATASETS = ("ring", "grid25", "digits")
-_ALIASES = {"ring8": "ring", "8gaussians": "ring", "grid": "grid25"}
+DATASETS = ("ring", "grid25", "digits", "mnist", "stacked-mnist")
+MNIST_FAMILY = ("mnist", "stacked-mnist")
+_ALIASES = {"ring8": "ring", "8gaussians": "ring", "grid": "grid25", "stacked_mnist": "stacked-mnist",
+            "stackedmnist": "stacked-mnist"}
 
 
 def make_dataset(name_or_path, n_points: int = 20000, image_size: int | None = None, channels: int = 3,
                  generator: torch.Generator | None = None, max_images: int | None = None,
-                 flip: bool = False, labels: bool = False) -> Dataset:
+                 flip: bool = False, labels: bool = False, data_dir=None) -> Dataset:
     """`ring` / `grid25`: n_points samples of the mixture (seeded by `generator`); `digits`: the 8x8
     digits (resized when image_size is given and not 8); anything else must be a folder of images,
     streamed from disk at image_size (default 32) with `channels` channels (flip: random horizontal
-    flips). labels=True: with class labels (a mixture's mode, the digit, a folder's class subfolder)."""
+    flips). `mnist` / `stacked-mnist` (ganfast.mnist, read from data_dir or $GANFAST_DATA): 32x32
+    digits with their labels (stacked: the mode 0..999), the stacks drawn with `generator`.
+    labels=True: with class labels (a mixture's mode, the digit, a folder's class subfolder, MNIST's
+    digit)."""
     name = str(name_or_path)
     key = _ALIASES.get(name.lower(), name.lower())
     if key in MIXTURES:
@@ -360,6 +366,19 @@ def make_dataset(name_or_path, n_points: int = 20000, image_size: int | None = N
             x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
                                                 align_corners=False).clamp_(-1, 1)
         return Dataset("digits", x, "images", labels=digits if labels else None, num_classes=10 if labels else None)
+    if key in MNIST_FAMILY:
+        from . import mnist
+        if image_size not in (None, 28 + 2 * mnist.PAD):
+            raise ValueError(f"{key} is 28x28, padded to {28 + 2 * mnist.PAD}x{28 + 2 * mnist.PAD} for the models; "
+                             f"--image-size {image_size} is not supported")
+        if labels and key != "mnist":
+            raise ValueError("stacked-mnist is unconditional (its 1000 modes are what the benchmark counts); "
+                             "--conditional takes --data mnist")
+        images, digit_labels = mnist.load_mnist("train", data_dir)
+        stream = (mnist.MNISTImages(images, digit_labels) if key == "mnist" else
+                  mnist.StackedMNIST(images, digit_labels, generator=generator))
+        return Dataset(key, None, "images", info={"n_modes": stream.n_modes, "crop": 28}, stream=stream,
+                       labels=digit_labels.long() if labels else None, num_classes=10 if labels else None)
     if os.path.isdir(name):
         size = 32 if image_size is None else image_size
         stream = ImageFolder(name, size, channels, flip, max_images, labelled=labels) if max_images is not None \

@@ -4,7 +4,7 @@
     MLPGenerator / MLPDiscriminator        2-D points (the Gaussian mixtures)
     DCGANGenerator / DCGANDiscriminator    images, --arch dcgan (Radford et al. 2016)
     ResNetGenerator / ResNetDiscriminator  images, --arch resnet (SNGAN, Miyato et al. 2018)
-    build_models(kind, data_shape, latent_dim=None, arch=None, width=None, num_classes=None)
+    build_models(kind, data_shape, latent_dim=None, arch=None, width=None, num_classes=None, pack=1)
                                            -> (G, D, latent_dim)
 
 Every generator maps z (B, latent_dim) to a sample and has a `latent_dim` attribute; every
@@ -365,16 +365,24 @@ def default_latent_dim(kind: str, data_shape=None) -> int:
 
 
 def build_models(kind: str, data_shape, latent_dim: int | None = None, arch: str | None = None,
-                 width: int | None = None, num_classes: int | None = None) -> tuple[nn.Module, nn.Module, int]:
+                 width: int | None = None, num_classes: int | None = None,
+                 pack: int = 1) -> tuple[nn.Module, nn.Module, int]:
     """(G, D, latent_dim) for data of `kind` ("points" | "images") whose samples have shape
     `data_shape` ((D,) or (C, H, W)). arch: for images "dcgan" (default) or "resnet"; for points
     only None or "mlp". width: hidden units (points, default 128) or the base channel count
-    (images, default 64). num_classes: K for class-conditional models G(z, y), D(x, y)."""
+    (images, default 64). num_classes: K for class-conditional models G(z, y), D(x, y). pack: D
+    takes `pack` images at once on the channel axis (PacGAN; images, unconditional only)."""
+    _check_positive(pack=pack)
     if num_classes is not None:
         _check_positive(num_classes=num_classes)
+        if pack != 1:
+            raise ValueError("pack (PacGAN) is for unconditional models: D would judge samples of several classes "
+                             "as one")
     k = num_classes
     data_shape = tuple(int(s) for s in data_shape)
     if kind == "points":
+        if pack != 1:
+            raise ValueError("pack (PacGAN) is for images; the points' MLP D takes one sample at a time")
         if arch not in (None, "mlp"):
             raise ValueError(f"points use the MLP models; --arch {arch!r} is for images ({', '.join(ARCHS)})")
         if len(data_shape) != 1:
@@ -394,7 +402,7 @@ def build_models(kind: str, data_shape, latent_dim: int | None = None, arch: str
         width = 64 if width is None else width
         if arch == "dcgan":
             return (DCGANGenerator(latent_dim, res, c, width, num_classes=k),
-                    DCGANDiscriminator(res, c, width, num_classes=k), latent_dim)
+                    DCGANDiscriminator(res, c * pack, width, num_classes=k), latent_dim)
         return (ResNetGenerator(latent_dim, res, c, width, num_classes=k),
-                ResNetDiscriminator(res, c, width, num_classes=k), latent_dim)
+                ResNetDiscriminator(res, c * pack, width, num_classes=k), latent_dim)
     raise ValueError(f"kind must be 'points' or 'images', got {kind!r}")

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from . import backends
-from .data import DATASETS, MIXTURES, Dataset, make_dataset, _ALIASES
+from .data import DATASETS, MIXTURES, MNIST_FAMILY, Dataset, make_dataset, _ALIASES
 from .metrics import N_EVAL_SAMPLES, mode_metrics
 from .models import ARCHS, build_models
 from .train import Trainer
@@ -62,6 +62,8 @@ RING_DEFAULTS = dict(loss="ns", penalty="r1", penalty_weight=0.1, penalty_interv
 POINT_DEFAULTS = RING_DEFAULTS
 # grid25 (25 modes, std 0.05): the same recipe needs twice the steps (seed 0: 2500 steps 24/25 modes,
 # 35% HQ; 5000 steps 25/25, 90% HQ, reverse KL 0.009, 75 s)
+# MNIST and Stacked MNIST (ganfast.mnist, 28x28 padded to 32x32), scored by ganfast.image_metrics
+# (modes and KL of the reference classifier's labels): see MNIST_DEFAULTS below.
 DATA_DEFAULTS = {"grid25": dict(steps=5000)}
 # Images: DCGAN-style models with R1 (the StyleGAN2 / Mescheder et al. recipe), Adam(0, 0.99), EMA of G.
 IMAGE_DEFAULTS = dict(loss="ns", penalty="r1", penalty_weight=1.0, penalty_interval=1, d_steps=1, sn=False,
@@ -71,6 +73,18 @@ IMAGE_DEFAULTS = dict(loss="ns", penalty="r1", penalty_weight=1.0, penalty_inter
                       conditional=False)
 
 
+# MNIST and Stacked MNIST: DCGAN width 32 at 32x32 (the digits padded), the non-saturating loss with a
+# small R1 (gamma 1), Adam(2e-4, (0.5, 0.99)), batch 64, an EMA of G (0.999) whose half-life ramps up
+# with the steps done (ema_rampup 0.05: early evaluations are not an average with the random start).
+# Modes/KL/classifier FD every eval_every steps on eval_samples samples, 26,000 at the end. Measured
+# on Stacked MNIST: see the README's MNIST section (pack and the figures per seed).
+MNIST_DEFAULTS = dict(arch="dcgan", width=32, loss="ns", penalty="r1", penalty_weight=1.0, ema=0.999,
+                      ema_rampup=0.05, lr=2e-4, beta1=0.5, beta2=0.99, batch_size=64, steps=10000, eval_every=1000,
+                      log_every=50, sample_every=1000, checkpoint_every=1000, eval_samples=10000)
+DATA_DEFAULTS["stacked-mnist"] = dict(MNIST_DEFAULTS, channels=3)
+DATA_DEFAULTS["mnist"] = dict(MNIST_DEFAULTS, channels=1)
+
+
 def default_image_threads() -> int:
     """torch threads of an image run when --threads is not given: half the cores, at least 1. torch's
     threads meet at the end of every op, so a core taken by another process stalls all of them: digits
@@ -78,6 +92,8 @@ def default_image_threads() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 # options that describe the run itself (a resumed run keeps them); the others only say how to execute it
 RUN_KEYS = tuple(RING_DEFAULTS) + ("data", "seed")
+# run options added after config version 1, with the value a run written without them had
+LATER_KEYS = {"pack": 1, "data_dir": None, "eval_samples": None, "ema_rampup": None}
 EXEC_KEYS = ("backend", "device", "progress")
 
 
@@ -93,7 +109,7 @@ def _data_kind(data: str) -> str:
     key = _data_key(data)
     if key in MIXTURES:
         return "points"
-    if key == "digits" or os.path.isdir(str(data)):
+    if key in ("digits",) + MNIST_FAMILY or os.path.isdir(str(data)):
         return "images"
     raise RunError(f"unknown data {data!r}: give one of {', '.join(DATASETS)} or the path of an existing "
                    f"folder of images")
@@ -105,6 +121,7 @@ def resolve_options(**given) -> dict:
     data = given.get("data") or "ring"
     kind = _data_kind(data)
     cfg = dict(POINT_DEFAULTS if kind == "points" else IMAGE_DEFAULTS)
+    cfg.update(LATER_KEYS)
     cfg.update(DATA_DEFAULTS.get(_data_key(data), {}))
     for k, v in given.items():
         if v is not None:
@@ -119,6 +136,8 @@ def resolve_options(**given) -> dict:
     cfg.setdefault("backend", "auto")
     cfg["backend"] = cfg["backend"] or "auto"
     cfg["device"] = cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.get("data_dir") is not None:
+        cfg["data_dir"] = os.path.abspath(os.path.expanduser(str(cfg["data_dir"])))
     _check(cfg)
     return cfg
 
@@ -128,7 +147,8 @@ def step_config(cfg: dict) -> StepConfig:
     pen = None if cfg["penalty"] in (None, "none") else cfg["penalty"]
     return StepConfig(loss=cfg["loss"], penalty=pen, penalty_weight=cfg["penalty_weight"],
                       penalty_interval=cfg["penalty_interval"], d_steps=cfg["d_steps"], spectral_norm=cfg["sn"],
-                      ema=cfg["ema"] or None)
+                      ema=cfg["ema"] or None, ema_rampup=cfg.get("ema_rampup") if cfg["ema"] else None,
+                      pack=cfg.get("pack", 1))
 
 
 def _check(cfg: dict) -> None:
@@ -146,7 +166,7 @@ def _check(cfg: dict) -> None:
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise RunError(f"--{k.replace('_', '-')} must be a positive integer, got {v!r}")
-    for k in ("latent_dim", "width", "image_size", "threads", "n_points"):
+    for k in ("latent_dim", "width", "image_size", "threads", "n_points", "eval_samples"):
         v = cfg.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise RunError(f"--{k.replace('_', '-')} must be a positive integer, got {v!r}")
@@ -158,7 +178,16 @@ def _check(cfg: dict) -> None:
     if not 0 <= cfg["lr_decay"] <= 1:
         raise RunError(f"--lr-decay (the final fraction of steps over which the learning rate falls to 0) "
                        f"must be in [0, 1], got {cfg['lr_decay']!r}")
-    if cfg["kind"] == "points" and cfg["eval_every"] % cfg["log_every"]:  # metrics go on logged steps only
+    if cfg.get("pack", 1) != 1 and cfg["kind"] != "images":
+        raise RunError("--pack (PacGAN) is for images; the 2-D mixtures' MLP D takes one point at a time")
+    if cfg["batch_size"] % cfg.get("pack", 1):
+        raise RunError(f"--batch-size {cfg['batch_size']} must be a multiple of --pack {cfg['pack']} (D judges "
+                       f"groups of {cfg['pack']} samples)")
+    if cfg.get("data_dir") is not None and _data_key(cfg["data"]) not in MNIST_FAMILY:
+        raise RunError(f"--data-dir is where {' and '.join(MNIST_FAMILY)} are read from; --data {cfg['data']} does "
+                       f"not use it")
+    scored = cfg["kind"] == "points" or _data_key(cfg["data"]) in MNIST_FAMILY
+    if scored and cfg["eval_every"] % cfg["log_every"]:  # metrics go on logged steps only
         raise RunError(f"--eval-every ({cfg['eval_every']}) must be a multiple of --log-every ({cfg['log_every']})")
     if cfg["kind"] == "points" and cfg.get("arch") not in (None, "mlp"):
         raise RunError(f"--arch {cfg['arch']} is for images; the 2-D mixtures use an MLP")
@@ -236,14 +265,16 @@ class Run:
 
 
 def _load_data(cfg: dict) -> Dataset:
+    from .mnist import MNISTNotFound
+
     g = torch.Generator().manual_seed(cfg["seed"])
     try:
         labels = bool(cfg.get("conditional"))
         if cfg["kind"] == "points":
             return make_dataset(cfg["data"], n_points=cfg["n_points"], generator=g, labels=labels)
         return make_dataset(cfg["data"], image_size=cfg.get("image_size"), channels=cfg["channels"], generator=g,
-                            labels=labels)
-    except ValueError as e:  # an empty folder, no readable image
+                            labels=labels, data_dir=cfg.get("data_dir"))
+    except (ValueError, MNISTNotFound) as e:  # an empty folder, no readable image, no MNIST
         raise RunError(str(e)) from None
 
 
@@ -259,7 +290,7 @@ def _build(cfg: dict, run_dir: Path, dataset: Dataset | None) -> Run:
     num_classes = cfg["num_classes"] if cfg.get("conditional") else None  # written by _train from the data
     G, D, latent_dim = build_models(cfg["kind"], shape, latent_dim=cfg.get("latent_dim"),
                                     arch=cfg.get("arch") if cfg["kind"] == "images" else None, width=cfg.get("width"),
-                                    num_classes=num_classes)
+                                    num_classes=num_classes, pack=cfg.get("pack", 1))
     betas = (cfg["beta1"], cfg["beta2"])
     g_opt = torch.optim.Adam(G.parameters(), lr=cfg["lr"], betas=betas)
     d_opt = torch.optim.Adam(D.parameters(), lr=cfg["lr"], betas=betas)
@@ -295,6 +326,8 @@ def load_run(run_dir, need_checkpoint: bool = True, with_data: bool = False, bac
     missing = [k for k in RUN_KEYS + ("kind", "data_shape") if k not in cfg]
     if missing:
         raise RunError(f"{cfg_path} lacks {', '.join(missing)}: it was not written by this version of ganfast")
+    for k, v in LATER_KEYS.items():
+        cfg.setdefault(k, v)
     if backend is not None:
         cfg["backend"] = backend
     if device is not None:
@@ -333,9 +366,43 @@ def _eval_labels(run: Run, n: int) -> torch.Tensor | None:
     return torch.arange(n) % run.trainer.num_classes if run.trainer.num_classes is not None else None
 
 
+_SCORERS: dict = {}  # (kind, data_dir) -> image_metrics.MNISTScorer: the classifier and the test features
+
+
+def mnist_scorer(cfg: dict):
+    from .classifier import ClassifierError
+    from .image_metrics import MNISTScorer
+    from .mnist import MNISTNotFound
+
+    key = (_data_key(cfg["data"]), cfg.get("data_dir"))
+    if key not in _SCORERS:
+        try:
+            _SCORERS[key] = MNISTScorer(key[0], data_dir=key[1])
+        except (ClassifierError, MNISTNotFound) as e:
+            raise RunError(str(e)) from None
+    return _SCORERS[key]
+
+
+def mnist_metrics(run: Run, n: int | None = None, with_kid: bool = True) -> dict:
+    """MNIST family: modes of 10 / 1000 and KL(p || uniform) of n samples (default the protocol's
+    26,000) labelled by the reference classifier, and the classifier-feature FD (and KID) against
+    the test set."""
+    from .image_metrics import N_MODE_SAMPLES
+
+    scorer = mnist_scorer(run.config)
+    x = _generate(run, _eval_noise(run, n or N_MODE_SAMPLES))
+    out = {"step": run.trainer.step_count, **scorer.score(x, with_kid=with_kid)}
+    if "test_accuracy" in scorer.classifier_info:
+        out["classifier_test_accuracy"] = scorer.classifier_info["test_accuracy"]
+    return out
+
+
 def metrics_of(run: Run) -> dict:
-    """Points: the mode metrics of N_EVAL_SAMPLES samples of the (EMA) generator. Images: D's mean logit
-    on real and generated images and the pixel statistics of each."""
+    """Points: the mode metrics of N_EVAL_SAMPLES samples of the (EMA) generator. MNIST family:
+    mnist_metrics. Images: D's mean logit on real and generated images and the pixel statistics of
+    each."""
+    if _data_key(run.config["data"]) in MNIST_FAMILY:
+        return mnist_metrics(run)
     out = {"step": run.trainer.step_count}
     z = _eval_noise(run, N_EVAL_SAMPLES if run.config["kind"] == "points" else 256)
     y = _eval_labels(run, len(z))
@@ -369,6 +436,16 @@ def metrics_of(run: Run) -> dict:
 
 
 def format_metrics(m: dict) -> str:
+    if "classifier_fd" in m or "kl" in m:
+        what = "classes" if m["n_modes"] == 10 else "modes"
+        text = f"{what} {m['modes']}/{m['n_modes']}, KL {m['kl']:.4f} ({m['n_samples']} samples)"
+        if "classifier_fd" in m:
+            text += f"; classifier FD {m['classifier_fd']:.3f}"
+        if "classifier_kid" in m:
+            text += f", classifier KID {m['classifier_kid']:.5f} ± {m['classifier_kid_std']:.5f}"
+        if "classifier_fd" in m:
+            text += " (on the MNIST classifier's features vs the test set; not Inception)"
+        return text
     if "modes_captured" in m:
         hit = f", label hit rate {100 * m['label_hit_rate']:.1f}%" if "label_hit_rate" in m else ""
         return (f"modes {m['modes_captured']}/{m['n_modes']}, high quality {100 * m['hq_fraction']:.1f}%, "
@@ -575,6 +652,10 @@ def _train(cfg: dict, run_dir: Path, resuming: bool, progress: bool, echo, main:
 
     nan = float("nan")
     points = cfg["kind"] == "points"
+    family = _data_key(cfg["data"]) in MNIST_FAMILY
+    if family and main:
+        mnist_scorer(cfg)  # the reference classifier (trained on first use), before the clock starts
+    eval_s = [0.0]  # time spent in the MNIST-family evaluations, kept out of the training time
 
     def callback(trainer, step, stats):
         f = set_lr(step)  # for the next update
@@ -593,6 +674,16 @@ def _train(cfg: dict, run_dir: Path, resuming: bool, progress: bool, echo, main:
                     extra["label_hit_rate"] = m["label_hit_rate"]
                 if main:
                     _say(f"step {step}: {format_metrics(m)}", progress)
+        if family:
+            extra.update(modes_captured=nan, mode_kl=nan, classifier_fd=nan, train_s=nan)
+            if main and (step % cfg["eval_every"] == 0 or step == cfg["steps"]):
+                t = time.perf_counter()
+                m = mnist_metrics(run, cfg["eval_samples"], with_kid=False)
+                train_s = t - t0 - eval_s[0]
+                extra.update(modes_captured=float(m["modes"]), mode_kl=m["kl"], classifier_fd=m["classifier_fd"],
+                             train_s=train_s)
+                eval_s[0] += time.perf_counter() - t
+                _say(f"step {step} ({train_s:.0f} s of training): {format_metrics(m)}", progress)
         return extra
 
     set_lr(start_step)
@@ -606,9 +697,11 @@ def _train(cfg: dict, run_dir: Path, resuming: bool, progress: bool, echo, main:
     wall = time.perf_counter() - t0
     done_steps = tr.step_count - start_step
     final = metrics_of(run)
+    train_s = wall - eval_s[0]
     summary = {"run": str(run_dir), "data": cfg["data"], "steps": tr.step_count, "steps_this_session": done_steps,
-               "wall_s": wall, "steps_per_s": done_steps / wall if wall > 0 else nan, "metrics": final,
-               "initial_metrics": m0, "seed": cfg["seed"]}
+               "wall_s": wall, "train_s": train_s, "eval_s": eval_s[0],
+               "steps_per_s": done_steps / train_s if train_s > 0 else nan, "metrics": final,
+               "initial_metrics": m0, "seed": cfg["seed"], "load_average": list(os.getloadavg())}
     if main:
         _write_json(run_dir / "summary.json", summary)
     echo(format_summary(summary))
@@ -616,8 +709,9 @@ def _train(cfg: dict, run_dir: Path, resuming: bool, progress: bool, echo, main:
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"run {s['run']}: {s['steps']} steps ({s['steps_this_session']} this session) in {s['wall_s']:.1f} s, "
-             f"{s['steps_per_s']:.1f} steps/s",
+    evals = f" (of which {s['eval_s']:.1f} s evaluating)" if s.get("eval_s") else ""
+    lines = [f"run {s['run']}: {s['steps']} steps ({s['steps_this_session']} this session) in {s['wall_s']:.1f} s"
+             f"{evals}, {s['steps_per_s']:.1f} steps/s",
              f"final (EMA) generator: {format_metrics(s['metrics'])}"]
     m = s["metrics"]
     if "modes_captured" in m:
@@ -634,10 +728,39 @@ def format_summary(s: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 # eval, sample, explore
 # ----------------------------------------------------------------------------------------------
-def evaluate(run_dir, backend: str | None = None, device: str | None = None) -> dict:
-    """The metrics of the run's newest checkpoint (the same fixed noise as during training)."""
+def evaluate(run_dir, backend: str | None = None, device: str | None = None, fid: bool = False) -> dict:
+    """The metrics of the run's newest checkpoint (the same fixed noise as during training). fid: also
+    Inception FID and KID (torchmetrics) of 10,000 samples against the real images (MNIST family:
+    the test set)."""
     run = load_run(run_dir, backend=backend, device=device)
-    return {"run": str(run_dir), **metrics_of(run)}
+    out = {"run": str(run_dir), **metrics_of(run)}
+    if fid:
+        out.update(_inception_metrics(run))
+    return out
+
+
+def _inception_metrics(run: Run, n: int = 10_000) -> dict:
+    from .image_metrics import inception_fid_kid
+
+    if run.config["kind"] != "images":
+        raise RunError("--fid scores images; this run's samples are 2-D points")
+    if _data_key(run.config["data"]) in MNIST_FAMILY:
+        from .mnist import to_28
+        real = mnist_reference_images(run.config)
+        fake = to_28(_generate(run, _eval_noise(run, n)))
+    else:
+        real = _load_data(run.config).samples
+        fake = _generate(run, _eval_noise(run, min(n, max(len(real), 2))))
+    try:
+        return inception_fid_kid(fake, real)
+    except ImportError as e:
+        raise RunError(str(e)) from None
+
+
+def mnist_reference_images(cfg: dict) -> torch.Tensor:
+    """The MNIST family's real images for Inception FID: the test set (stacked as the scorer stacks it)."""
+    scorer = mnist_scorer(cfg)
+    return scorer.test_images
 
 
 def sample(run_dir, n: int, out_path, seed: int = 0, backend: str | None = None, device: str | None = None,
@@ -662,6 +785,9 @@ def sample(run_dir, n: int, out_path, seed: int = 0, backend: str | None = None,
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((n,) + tuple(run.trainer.latent_shape), generator=g).to(run.trainer.device, run.trainer.dtype)
     x = _generate(run, z, y)
+    if _data_key(run.config["data"]) in MNIST_FAMILY:
+        from .mnist import to_28
+        x = to_28(x).contiguous()  # the 28x28 digits, without the padding the models work at
     if to_dir:
         from .viz import save_image_grid
         for i, img in enumerate(x):

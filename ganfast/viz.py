@@ -168,6 +168,8 @@ CURVE_PANELS = (
     ("spectral norm σ", ("sigma_max", "sigma_min"), False),
     ("modes captured", ("modes_captured",), False),
     ("high-quality samples", ("hq_fraction",), False),
+    ("KL(modes || uniform)", ("mode_kl",), True),
+    ("classifier FD (MNIST family)", ("classifier_fd",), True),
 )
 
 

@@ -36,7 +36,8 @@ class StepConfig:
     interval (lazy). d_steps: D updates per G update. ema: decay of an EMA copy of G; ema_rampup:
     StyleGAN's ramp-up (the EMA's half-life, in steps, is at most ema_rampup × the steps done).
     amp: None | "bf16" | "fp16". grad_clip: max gradient norm, a float or (g, d). weight_clip: clamp
-    D's parameters to [-c, c] after each D update. accumulate: micro-batches per batch."""
+    D's parameters to [-c, c] after each D update. accumulate: micro-batches per batch. pack: PacGAN's
+packing, D judges `pack` samples at once, concatenated on the channel axis (D takes pack × C channels)."""
     loss: str = "ns"
     penalty: str | None = None
     penalty_weight: float = 10.0
@@ -49,6 +50,7 @@ class StepConfig:
     grad_clip: float | tuple | None = None
     weight_clip: float | None = None
     accumulate: int = 1
+    pack: int = 1
 
     def checked(self, name: Callable[[str], str] = python_name) -> "StepConfig":
         """This configuration with grad_clip as a (g, d) pair; ValueError naming a bad option."""
@@ -57,7 +59,7 @@ class StepConfig:
         if self.penalty not in PENALTIES:
             raise ValueError(f"unknown penalty {self.penalty!r}; valid penalties: None, "
                              + ", ".join(repr(p) for p in PENALTIES[1:]))
-        for k in ("d_steps", "penalty_interval", "accumulate"):
+        for k in ("d_steps", "penalty_interval", "accumulate", "pack"):
             if not _positive_int(getattr(self, k)):
                 raise ValueError(f"{name(k)} must be an integer >= 1, got {getattr(self, k)!r}")
         w = self.penalty_weight
@@ -90,7 +92,8 @@ class StepConfig:
     def describe(self) -> dict:
         """What a checkpoint records of the step (compared on resume)."""
         return {"loss": self.loss, "penalty": self.penalty, "penalty_weight": self.penalty_weight,
-                "penalty_interval": self.penalty_interval, "d_steps": self.d_steps}
+                "penalty_interval": self.penalty_interval, "d_steps": self.d_steps,
+                **({"pack": self.pack} if self.pack != 1 else {})}
 
 
 @dataclasses.dataclass

@@ -57,7 +57,15 @@ def spectral_norm_module(D: nn.Module, apply: bool):
         return None
 
 
-def check_real_batch(real, device: torch.device, accumulate: int) -> None:
+def pack_samples(x: torch.Tensor, pack: int) -> torch.Tensor:
+    """PacGAN's packing: (B, C, ...) -> (B / pack, pack * C, ...), each group of `pack` consecutive
+    samples concatenated on the channel axis."""
+    if pack == 1:
+        return x
+    return x.reshape(x.shape[0] // pack, pack * x.shape[1], *x.shape[2:])
+
+
+def check_real_batch(real, device: torch.device, accumulate: int, pack: int = 1) -> None:
     if not isinstance(real, torch.Tensor):
         raise TypeError(f"a real batch must be a tensor, got {type(real).__name__}")
     if real.device != device:
@@ -72,6 +80,10 @@ def check_real_batch(real, device: torch.device, accumulate: int) -> None:
     if real.shape[0] % accumulate:
         raise ValueError(f"accumulate={accumulate} splits each batch into {accumulate} equal micro-batches: the "
                          f"batch size {real.shape[0]} is not a multiple of {accumulate}")
+    if real.shape[0] % (pack * accumulate):
+        what = f"pack={pack}" + (f" x accumulate={accumulate}" if accumulate > 1 else "")
+        raise ValueError(f"pack={pack} has D judge groups of {pack} samples: the batch size {real.shape[0]} must be a "
+                         f"multiple of {what} = {pack * accumulate}")
 
 
 def check_optimizer_holds(opt: torch.optim.Optimizer, module: nn.Module, oname: str, mname: str) -> None:
@@ -114,11 +126,12 @@ def describe_run(config, latent_shape, G, D, g_optimizer, d_optimizer) -> dict:
 
 @torch.no_grad()
 def check_models(G: nn.Module, D: nn.Module, real: torch.Tensor, noise, latent_shape, autocast,
-                 labels: torch.Tensor | None = None) -> None:
+                 labels: torch.Tensor | None = None, pack: int = 1) -> None:
     """Run G and D once on a few samples, before any update, and say clearly what does not fit.
     noise(n, generator) draws z. With labels (a conditional run) G is called as G(z, y) and D as
-    D(x, y). Buffers (BatchNorm statistics, spectral-norm u/v) and the global RNG are restored after."""
-    n = min(real.shape[0], 4)
+    D(x, y). pack: D takes groups of `pack` samples (pack_samples). Buffers (BatchNorm statistics,
+    spectral-norm u/v) and the global RNG are restored after."""
+    n = min(real.shape[0], 4) if pack == 1 else pack
     mods = [G, D]
     saved = [[b.clone() for b in m.buffers()] for m in mods]
     devices = [real.device] if real.device.type == "cuda" else []
@@ -137,16 +150,19 @@ def check_models(G: nn.Module, D: nn.Module, real: torch.Tensor, noise, latent_s
             if fake.shape[1:] != real.shape[1:]:
                 raise ValueError(f"the generator's output shape {tuple(fake.shape[1:])} (per sample) does "
                                  f"not match the data's {tuple(real.shape[1:])}")
+            packed = pack_samples(real[:n], pack)
             try:
-                out = D(real[:n]) if y is None else D(real[:n], y)
+                out = D(packed) if y is None else D(packed, y)
             except Exception as e:
+                how = (f", packed by pack={pack} into {tuple(packed.shape)}: D must take {pack} x "
+                       f"{real.shape[1]} channels" if pack > 1 else "")
                 raise ValueError(f"the discriminator failed on a real batch of shape {tuple(real[:n].shape)} "
-                                 f"(per sample {tuple(real.shape[1:])})"
+                                 f"(per sample {tuple(real.shape[1:])}{how})"
                                  + (", called as D(x, y)" if y is not None else "") + f": {e}") from e
-            if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n:
+            if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != packed.shape[0]:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(f"the discriminator must return one logit (or patch map) per sample: "
-                                 f"for a batch of {n} it returned {got}")
+                                 f"for a batch of {packed.shape[0]} it returned {got}")
     finally:
         for m, bufs in zip(mods, saved):
             for b, s in zip(m.buffers(), bufs):

@@ -12,6 +12,10 @@ D(x, y); y_fake is drawn with z (labels.py). The penalties differentiate with re
 WGAN-GP's and DRAGAN's points x̂ keep the real sample's label (x̂ lies on the segment from a real
 sample, or around it, so D is asked about it as that sample's class).
 
+With pack=m (PacGAN, Lin et al. 2018) D judges m samples at once: every batch D sees, real or fake,
+is packed (B, C, H, W) -> (B/m, m·C, H, W), reals with reals and fakes with fakes, before the loss
+and the penalty (R1 is then the gradient norm of D at the packed reals).
+
 With accumulate=k each batch is split into k micro-batches whose gradients (loss / k) add up before
 the one update; noise and penalty draws are made for the whole batch at once.
 
@@ -43,7 +47,7 @@ from .ema import EMA
 from .labels import ClassDistribution, is_pair, looks_labelled, missing_error, unconditional_error
 from .penalty import PenaltyTerm
 from .probe import (check_models, check_optimizer_holds, check_real_batch, checked_schedulers, describe_run,
-                    infer_latent_shape, place_models, sigma_range, spectral_norm_module,
+                    infer_latent_shape, pack_samples, place_models, sigma_range, spectral_norm_module,
                     ProbabilityHeadCheck)
 
 log = logging.getLogger("ganfast.train")
@@ -86,8 +90,8 @@ class Trainer:
                  seed: int | None = None, monitor: StabilityMonitor | None = None,
                  distributed: bool | None = None, dist_timeout: float = _dist.DEFAULT_TIMEOUT, *,
                  ema_rampup: float | None = None, accumulate: int = 1, schedulers=None, extra_d_loss=None,
-                 extra_g_loss=None, config: StepConfig | None = None, num_classes: int | None = None,
-                 class_probs=None, augment: str | None = None, augment_p=1.0):
+                 extra_g_loss=None, pack: int = 1, config: StepConfig | None = None,
+                 num_classes: int | None = None, class_probs=None, augment: str | None = None, augment_p=1.0):
         # --- checks, all before anything is changed ---------------------------------------------
         if not isinstance(generator, nn.Module) or not isinstance(discriminator, nn.Module):
             raise TypeError("generator and discriminator must be torch.nn.Module instances")
@@ -95,13 +99,16 @@ class Trainer:
             if not isinstance(opt, torch.optim.Optimizer):
                 raise TypeError(f"{name} must be a torch.optim.Optimizer, got {type(opt).__name__}")
         given = StepConfig(loss, penalty, penalty_weight, penalty_interval, d_steps, spectral_norm, ema, ema_rampup,
-                           amp, grad_clip, weight_clip, accumulate)
+                           amp, grad_clip, weight_clip, accumulate, pack)
         if config is not None and given != StepConfig():
             raise ValueError("pass the step's options one by one or as config=StepConfig(...), not both")
         self.config = cfg = (config or given).checked()
         distributed = _dist.wanted(distributed)
         if class_probs is not None and num_classes is None:
             raise ValueError("class_probs needs num_classes (a conditional run)")
+        if num_classes is not None and cfg.pack != 1:
+            raise ValueError("pack (PacGAN) is for unconditional runs: a packed D would judge samples of several "
+                             "classes against one label")
         self.classes = ClassDistribution(num_classes, class_probs) if num_classes is not None else None
         self.schedulers = checked_schedulers(schedulers, g_optimizer, d_optimizer)
         self.device = place_models(generator, discriminator, device, distributed)
@@ -201,18 +208,22 @@ class Trainer:
             raise missing_error("step", self.classes.num_classes)
         return batch[0], batch[1]
 
-    def _aug(self, x: torch.Tensor) -> torch.Tensor:
-        """What D sees of a batch: x, augmented when the run augments."""
-        return x if self._augment is None else self._augment(x)
+    def _d_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What D sees of a batch: x, augmented when the run augments (each sample on its own), then
+        packed when pack > 1 (PacGAN)."""
+        if self._augment is not None:
+            x = self._augment(x)
+        return pack_samples(x, self.config.pack)
 
     def _prepare(self, real, labels=None) -> torch.Tensor:
-        check_real_batch(real, self.device, self.config.accumulate)
+        check_real_batch(real, self.device, self.config.accumulate, self.config.pack)
         real = real.to(self.dtype)
         if labels is not None:  # values read on the CPU, and once on an accelerator (labels.py)
             self.classes.check(labels, real.shape[0], self.device,
                                read_values=labels.device.type == "cpu" or self._data_shape is None)
         if self._data_shape is None:
-            check_models(self.G, self.D, real, self._noise, self.latent_shape, self._autocast, labels)
+            check_models(self.G, self.D, real, self._noise, self.latent_shape, self._autocast, labels,
+                         self.config.pack)
             self._data_shape = real.shape[1:]
         elif real.shape[1:] != self._data_shape:
             raise ValueError(f"a real batch of per-sample shape {tuple(real.shape[1:])} differs from the first "
@@ -250,7 +261,7 @@ class Trainer:
         loss_sum, stats, pen_sum = 0.0, {}, 0.0
         real_ys = real_y.chunk(k) if real_y is not None else [None] * k
         fake_ys = fake_y.chunk(k) if fake_y is not None else [None] * k
-        real, fake = self._aug(real), self._aug(fake)  # whole batches: the draws do not depend on k
+        real, fake = self._d_input(real), self._d_input(fake)  # whole batches: the draws do not depend on k
         with self._sn():
             for r, f, alpha, noise, ry, fy in zip(real.chunk(k), fake.chunk(k), alphas, noises, real_ys, fake_ys):
                 with self._autocast():
@@ -294,10 +305,10 @@ class Trainer:
 
     def _g_loss(self, fake, real, fake_y=None, real_y=None):
         with self._autocast():
-            fake_logits, real_logits = self._disc(self._aug(fake), fake_y), None
+            fake_logits, real_logits = self._disc(self._d_input(fake), fake_y), None
             if self.config.loss in losses.RELATIVISTIC:
                 with torch.no_grad():
-                    real_logits = self._disc(self._aug(real), real_y)
+                    real_logits = self._disc(self._d_input(real), real_y)
                 real_logits, fake_logits = self._logit_pair(real_logits, fake_logits)
             loss = losses.g_loss(fake_logits, self.config.loss, real_logits)
             if self.extra_g_loss is None:
