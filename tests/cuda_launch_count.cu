@@ -106,5 +106,13 @@ int main() {
     report("spectral_norm_multi_forward", "layers=30 n_iter=1",
            [&] { return spectral_norm_forward(layers.data(), int(layers.size()), DType::Float32, nullptr); });
   }
+  {  // the fused augmentation: one launch each way, whatever the policy
+    AugmentArgs a{};
+    a.batch = 64;
+    a.channels = 3;
+    a.height = a.width = 32;
+    report("diffaugment_forward", "", [&] { return diffaugment_forward(a, DType::Float32, nullptr); });
+    report("diffaugment_backward", "", [&] { return diffaugment_backward(a, DType::Float32, nullptr); });
+  }
   return 0;
 }

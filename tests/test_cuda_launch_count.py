@@ -26,6 +26,8 @@ EXPECTED = {
     ("spectral_norm_multi_forward", "layers=4 n_iter=1"): 3,
     ("spectral_norm_multi_backward", "layers=4"): 2,
     ("spectral_norm_multi_forward", "layers=30 n_iter=1"): 6,  # 24 layers per table
+    ("diffaugment_forward", ""): 1,
+    ("diffaugment_backward", ""): 1,
 }
 
 

@@ -114,11 +114,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(AugmentArgs a) {
 template <typename scalar_t, bool Backward>
 cudaError_t launch(const AugmentArgs& args, cudaStream_t stream) {
   if (args.batch == 0) return cudaSuccess;
-  if (Backward)
-    backward_kernel<scalar_t><<<unsigned(args.batch), kThreads, 0, stream>>>(args);
-  else
-    forward_kernel<scalar_t><<<unsigned(args.batch), kThreads, 0, stream>>>(args);
-  return cudaGetLastError();
+  return launch_kernel(Backward ? backward_kernel<scalar_t> : forward_kernel<scalar_t>, unsigned(args.batch), kThreads,
+                       0, stream, args);
 }
 
 }  // namespace

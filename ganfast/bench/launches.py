@@ -370,7 +370,6 @@ def step_counts(device: torch.device, limit: int | None = None) -> list[tuple[st
 # --- the CUDA path: counted from the launchers ---------------------------------------------------
 
 ROOT = _GANFAST.parent
-CUDA_SOURCES = ("csrc/cuda/gan_loss.cu", "csrc/cuda/penalties.cu", "csrc/cuda/spectral_norm.cu")
 COUNT_DRIVER = "tests/cuda_launch_count.cu"
 
 
@@ -385,7 +384,7 @@ def cuda_launch_counts(timeout: float = 600) -> dict[tuple[str, str], int]:
     compiler = nvcc()
     if compiler is None:
         raise RuntimeError("nvcc not found: the CUDA launch counts need the CUDA toolkit (no GPU)")
-    sources = [ROOT / p for p in CUDA_SOURCES + (COUNT_DRIVER,)]
+    sources = sorted((ROOT / "csrc" / "cuda").glob("*.cu")) + [ROOT / COUNT_DRIVER]  # every family's launchers
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "csrc" / "cuda").glob("*"))
                                      + sources)).hexdigest()[:16]
     cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "ganfast"
