@@ -256,12 +256,12 @@ class Trainer:
     def _d_update(self, real, fake, want: bool, real_y=None, fake_y=None):
         cfg, k = self.config, self.config.accumulate
         self.d_optimizer.zero_grad(set_to_none=True)
+        real, fake = self._d_input(real), self._d_input(fake)  # whole batches: the draws do not depend on k
         apply_pen = cfg.penalty is not None and self.d_step_count % cfg.penalty_interval == 0
-        alphas, noises = self._penalty.draws(real) if apply_pen else ([None] * k, [None] * k)
+        alphas, noises = self._penalty.draws(real) if apply_pen else ([None] * k, [None] * k)  # per packed sample
         loss_sum, stats, pen_sum = 0.0, {}, 0.0
         real_ys = real_y.chunk(k) if real_y is not None else [None] * k
         fake_ys = fake_y.chunk(k) if fake_y is not None else [None] * k
-        real, fake = self._d_input(real), self._d_input(fake)  # whole batches: the draws do not depend on k
         with self._sn():
             for r, f, alpha, noise, ry, fy in zip(real.chunk(k), fake.chunk(k), alphas, noises, real_ys, fake_ys):
                 with self._autocast():

@@ -84,3 +84,20 @@ def test_pack_errors_are_clear():
         ganfast.Trainer(G, D, g_opt, d_opt, pack=0)
     with pytest.raises(ValueError, match="pack"):
         build_models("points", (2,), pack=2)
+
+
+def test_pack_after_augmentation_and_not_with_labels():
+    G, D, latent = build_models("images", (3, 8, 8), width=4, pack=2)
+    seen = []
+    D.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    t = ganfast.Trainer(G, D, *adam_pair(G, D, 1e-3), seed=0, pack=2, latent_dim=latent, augment="color,translation")
+    augmented, augment = [], t._augment.__call__
+    t._augment = lambda x: augmented.append(x.shape) or augment(x)
+    stats = t.step(torch.rand(8, 3, 8, 8) * 2 - 1)
+    assert torch.isfinite(torch.tensor(stats["d_loss"]))
+    assert set(augmented) == {torch.Size([8, 3, 8, 8])}  # each image augmented on its own 3 channels...
+    assert set(seen[1:]) == {torch.Size([4, 6, 8, 8])}  # ...then packed
+    with pytest.raises(ValueError, match="pack.*unconditional"):
+        build_models("images", (3, 8, 8), width=4, pack=2, num_classes=3)
+    with pytest.raises(ValueError, match="pack.*unconditional"):
+        ganfast.Trainer(G, D, *adam_pair(G, D, 1e-3), pack=2, num_classes=3, latent_dim=latent)
