@@ -91,8 +91,19 @@ def test_pack_after_augmentation_and_not_with_labels():
     seen = []
     D.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
     t = ganfast.Trainer(G, D, *adam_pair(G, D, 1e-3), seed=0, pack=2, latent_dim=latent, augment="color,translation")
-    augmented, augment = [], t._augment.__call__
-    t._augment = lambda x: augmented.append(x.shape) or augment(x)
+    augmented = []
+
+    class Spy:  # the trainer's augmenter, recording what it is given
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, x):
+            augmented.append(x.shape)
+            return self.inner(x)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+    t._augment = Spy(t._augment)
     stats = t.step(torch.rand(8, 3, 8, 8) * 2 - 1)
     assert torch.isfinite(torch.tensor(stats["d_loss"]))
     assert set(augmented) == {torch.Size([8, 3, 8, 8])}  # each image augmented on its own 3 channels...
