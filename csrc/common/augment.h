@@ -11,13 +11,7 @@
 #pragma once
 #include <cstdint>
 
-#ifndef GF_HD
-#if defined(__CUDACC__)
-#define GF_HD __host__ __device__ __forceinline__
-#else
-#define GF_HD inline
-#endif
-#endif
+#include "hd.h"
 
 namespace ganfast {
 

@@ -9,11 +9,7 @@
 #pragma once
 #include <cmath>
 
-#if defined(__CUDACC__)
-#define GF_HD __host__ __device__ __forceinline__
-#else
-#define GF_HD inline
-#endif
+#include "hd.h"
 
 namespace ganfast {
 

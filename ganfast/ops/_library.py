@@ -52,6 +52,23 @@ def define_fused(name: str, schema: str, fake: Callable, triton_impl: Callable,
                                     lib=LIBRARY)
 
 
+def define_forward_backward(forward: str, forward_schema: str, forward_fake: Callable, backward: str,
+                            backward_schema: str, backward_fake: Callable, triton_forward: Callable,
+                            triton_backward: Callable) -> None:
+    """Define a forward op and its backward op, each with a Triton twin (<name>_triton, the same
+    schema): the fakes of all four, the Triton implementations on CPU (under TRITON_INTERPRET=1) and
+    CUDA. The C++/CUDA kernels of the plain ops register themselves from ganfast._C; the autograd
+    registration is the family's."""
+    for suffix in ("", "_triton"):
+        LIBRARY.define(f"{forward}{suffix}{forward_schema}")
+        LIBRARY.define(f"{backward}{suffix}{backward_schema}")
+        torch.library.register_fake(f"ganfast::{forward}{suffix}", forward_fake, lib=LIBRARY)
+        torch.library.register_fake(f"ganfast::{backward}{suffix}", backward_fake, lib=LIBRARY)
+    for device in ("CPU", "CUDA"):
+        LIBRARY.impl(f"{forward}_triton", triton_forward, device)
+        LIBRARY.impl(f"{backward}_triton", triton_backward, device)
+
+
 def ganfast_ops() -> Sequence[str]:
     """Qualified names of every ganfast:: op defined so far."""
     return sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("ganfast::"))

@@ -26,7 +26,7 @@ import torch
 
 from .. import backends
 from ..reference import augment as _reference
-from ._library import LIBRARY
+from ._library import LIBRARY, define_forward_backward
 
 FAMILY = "augment"
 
@@ -76,14 +76,7 @@ def _make_backward(fwd_op, bwd_op):
     return backward_of_forward, backward_of_backward
 
 
-for _suffix in ("", "_triton"):
-    LIBRARY.define(f"diffaugment{_suffix}{_FWD}")
-    LIBRARY.define(f"diffaugment_backward{_suffix}{_BWD}")
-    torch.library.register_fake(f"ganfast::diffaugment{_suffix}", _fake, lib=LIBRARY)
-    torch.library.register_fake(f"ganfast::diffaugment_backward{_suffix}", _fake, lib=LIBRARY)
-for _device in ("CPU", "CUDA"):  # CPU: Triton under TRITON_INTERPRET=1
-    LIBRARY.impl("diffaugment_triton", _triton_fwd, _device)
-    LIBRARY.impl("diffaugment_backward_triton", _triton_bwd, _device)
+define_forward_backward("diffaugment", _FWD, _fake, "diffaugment_backward", _BWD, _fake, _triton_fwd, _triton_bwd)
 
 _fwd = torch.ops.ganfast.diffaugment.default
 _bwd = torch.ops.ganfast.diffaugment_backward.default

@@ -16,7 +16,7 @@ import torch
 
 from .. import backends
 from ..reference import spectral_norm as _reference
-from ._library import LIBRARY
+from ._library import LIBRARY, define_forward_backward
 
 FAMILY = "spectral_norm"
 
@@ -64,14 +64,8 @@ def _make_backward(bwd_op):
     return backward
 
 
-for _suffix in ("", "_triton"):
-    LIBRARY.define(f"spectral_norm_fused{_suffix}{_FWD}")
-    LIBRARY.define(f"spectral_norm_backward{_suffix}{_BWD}")
-    torch.library.register_fake(f"ganfast::spectral_norm_fused{_suffix}", _fake_fwd, lib=LIBRARY)
-    torch.library.register_fake(f"ganfast::spectral_norm_backward{_suffix}", _fake_bwd, lib=LIBRARY)
-for _device in ("CPU", "CUDA"):  # CPU: Triton under TRITON_INTERPRET=1
-    LIBRARY.impl("spectral_norm_fused_triton", _triton_fwd, _device)
-    LIBRARY.impl("spectral_norm_backward_triton", _triton_bwd, _device)
+define_forward_backward("spectral_norm_fused", _FWD, _fake_fwd, "spectral_norm_backward", _BWD, _fake_bwd, _triton_fwd,
+                        _triton_bwd)
 
 _fwd = torch.ops.ganfast.spectral_norm_fused.default
 _bwd = torch.ops.ganfast.spectral_norm_backward.default
@@ -153,14 +147,8 @@ def _make_backward_multi(bwd_multi_op):
     return backward
 
 
-for _suffix in ("", "_triton"):
-    LIBRARY.define(f"spectral_norm_multi{_suffix}{_MULTI}")
-    LIBRARY.define(f"spectral_norm_backward_multi{_suffix}{_BWD_MULTI}")
-    torch.library.register_fake(f"ganfast::spectral_norm_multi{_suffix}", _fake_multi, lib=LIBRARY)
-    torch.library.register_fake(f"ganfast::spectral_norm_backward_multi{_suffix}", _fake_bwd_multi, lib=LIBRARY)
-for _device in ("CPU", "CUDA"):  # CPU: Triton under TRITON_INTERPRET=1
-    LIBRARY.impl("spectral_norm_multi_triton", _triton_multi, _device)
-    LIBRARY.impl("spectral_norm_backward_multi_triton", _triton_bwd_multi, _device)
+define_forward_backward("spectral_norm_multi", _MULTI, _fake_multi, "spectral_norm_backward_multi", _BWD_MULTI,
+                        _fake_bwd_multi, _triton_multi, _triton_bwd_multi)
 _multi = torch.ops.ganfast.spectral_norm_multi.default
 _bwd_multi = torch.ops.ganfast.spectral_norm_backward_multi.default
 _multi_triton = torch.ops.ganfast.spectral_norm_multi_triton.default
