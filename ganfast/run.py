@@ -81,7 +81,7 @@ IMAGE_DEFAULTS = dict(loss="ns", penalty="r1", penalty_weight=1.0, penalty_inter
 MNIST_DEFAULTS = dict(arch="dcgan", width=32, loss="ns", penalty="r1", penalty_weight=1.0, ema=0.999,
                       ema_rampup=0.05, lr=2e-4, beta1=0.5, beta2=0.99, batch_size=64, steps=10000, eval_every=1000,
                       log_every=50, sample_every=1000, checkpoint_every=1000, eval_samples=10000)
-DATA_DEFAULTS["stacked-mnist"] = dict(MNIST_DEFAULTS, channels=3)
+DATA_DEFAULTS["stacked-mnist"] = dict(MNIST_DEFAULTS, channels=3, pack=2)
 DATA_DEFAULTS["mnist"] = dict(MNIST_DEFAULTS, channels=1)
 
 
