@@ -57,27 +57,14 @@ __device__ int find_layer(const Table& tab, First first) {
   return l;
 }
 
-// Sum of x[0:n] over the block, in a fixed order, returned to every thread.
+// Sum of x[0:n] (of x[i]^2 with Square) over the block, in a fixed order, returned to every thread.
+template <bool Square = false>
 __device__ float block_sum(const float* x, int64_t n) {
   using Reduce = cub::BlockReduce<float, kThreads>;
   __shared__ typename Reduce::TempStorage tmp;
   __shared__ float total;
   float acc = 0.f;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) acc += x[i];
-  acc = Reduce(tmp).Sum(acc);
-  if (threadIdx.x == 0) total = acc;
-  __syncthreads();
-  const float out = total;
-  __syncthreads();
-  return out;
-}
-
-__device__ float block_sum_sq(const float* x, int64_t n) {
-  using Reduce = cub::BlockReduce<float, kThreads>;
-  __shared__ typename Reduce::TempStorage tmp;
-  __shared__ float total;
-  float acc = 0.f;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) acc += x[i] * x[i];
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) acc += Square ? x[i] * x[i] : x[i];
   acc = Reduce(tmp).Sum(acc);
   if (threadIdx.x == 0) total = acc;
   __syncthreads();
@@ -129,7 +116,7 @@ __global__ void __launch_bounds__(kThreads) mtv_kernel(SnTable<kCap> tab) {
   const SnLayer& L = tab.layer[find_layer(tab, [](const SnLayer& l) { return l.cols0; })];
   const SpectralNormArgs& a = L.a;
   const int64_t blk = int64_t(blockIdx.x) - L.cols0, N = a.outer * a.inner;
-  const float denom = fmaxf(sqrtf(block_sum_sq(a.t, a.h)), float(a.eps));
+  const float denom = fmaxf(sqrtf(block_sum<true>(a.t, a.h)), float(a.eps));
   if (blk == 0)
     for (int64_t r = threadIdx.x; r < a.h; r += kThreads) a.u_out[r] = a.t[r] / denom;
   const int64_t c = blk * kThreads + threadIdx.x;
