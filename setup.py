@@ -60,6 +60,19 @@ def capability_build_ext(base):
     return BuildExt
 
 
+def openmp_flags(torch):
+    """(compile, link) flags that make at::parallel_for in ganfast's kernels run on several threads.
+
+    With PyTorch's OpenMP backend, at::parallel_for is a header template around `#pragma omp
+    parallel`: an extension compiled without -fopenmp gets a serial loop, silently. Linking names
+    the libgomp that torch ships, when it ships one, so that the process keeps a single OpenMP runtime
+    (one thread pool, one OMP_NUM_THREADS / torch.set_num_threads)."""
+    if os.name == "nt" or sys.platform == "darwin" or "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return [], []
+    bundled = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*")))
+    return ["-fopenmp"], (bundled[:1] or ["-fopenmp"])
+
+
 def extensions():
     if _flag("GANFAST_NO_EXT"):
         _loud("ganfast: GANFAST_NO_EXT is set: building WITHOUT the C++ extension ganfast._C; ganfast will run "
@@ -82,7 +95,8 @@ def extensions():
 
     csrc = os.path.join(ROOT, "csrc")
     sources = sorted(glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
-    cxx_flags = ["-O3", "-std=c++17"]
+    openmp_compile, openmp_link = openmp_flags(torch)
+    cxx_flags = ["-O3", "-std=c++17"] + openmp_compile
     # the capability copies this build has (csrc/cpu/kernels.h declares and dispatches to them)
     macros = [(f"GANFAST_HAVE_{name}", None) for name in CPU_CAPABILITIES if name != "DEFAULT"]
     nvcc_found = cpp_extension.CUDA_HOME is not None or shutil.which("nvcc") is not None
@@ -94,11 +108,12 @@ def extensions():
             "ganfast._C", [os.path.relpath(s, ROOT) for s in sources],
             define_macros=macros + [("GANFAST_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            extra_link_args=openmp_link,
         )
     else:
         ext = cpp_extension.CppExtension(
             "ganfast._C", [os.path.relpath(s, ROOT) for s in sources],
-            define_macros=macros, extra_compile_args={"cxx": cxx_flags},
+            define_macros=macros, extra_compile_args={"cxx": cxx_flags}, extra_link_args=openmp_link,
         )
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
     return [ext], {"build_ext": capability_build_ext(build_ext)}

@@ -3,9 +3,11 @@
 //   ganfast_cpu::capabilities() -> str[]   those this build has and this CPU supports, best last
 //   ganfast_cpu::capability() -> str       the one in use
 //   ganfast_cpu::set_capability(str)       switch (tests run the kernel tests on every path)
+//   ganfast_cpu::intra_op_parallel() -> bool  whether at::parallel_for in this build uses threads
 // At load the best supported one is chosen, lowered to GANFAST_CPU_CAPABILITY when that is set
 // (default|avx2|avx512, as PyTorch's ATEN_CPU_CAPABILITY). The check is cpuid, through GCC/Clang's
 // __builtin_cpu_supports: the same ISA extensions the copies were compiled with (setup.py).
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Logging.h>
 #include <torch/library.h>
@@ -97,6 +99,16 @@ void set_capability_op(std::string name) {
   active().store(c);
 }
 
+// With ATen's OpenMP backend, at::parallel_for is a header template around `#pragma omp parallel`:
+// compiled without -fopenmp (setup.py's openmp_flags) it silently runs the whole range on one thread.
+bool intra_op_parallel_op() {
+#ifdef INTRA_OP_PARALLEL
+  return true;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 CpuCapability cpu_capability() { return CpuCapability(active().load(std::memory_order_relaxed)); }
@@ -105,6 +117,7 @@ TORCH_LIBRARY(ganfast_cpu, m) {
   m.def("capabilities() -> str[]", &capabilities_op);
   m.def("capability() -> str", &capability_op);
   m.def("set_capability(str name) -> ()", &set_capability_op);
+  m.def("intra_op_parallel() -> bool", &intra_op_parallel_op);
 }
 
 }  // namespace ganfast

@@ -152,6 +152,16 @@ def test_deterministic_over_thread_counts(capability):
                 assert torch.equal(x, y), kind
 
 
+def test_kernels_run_on_several_threads():
+    """at::parallel_for in ganfast._C must be the parallel one torch uses: with ATen's OpenMP
+    backend, an extension compiled without -fopenmp gets a serial loop and no error."""
+    if not CAPABILITIES:
+        pytest.skip("no ganfast._C")
+    info = torch.__config__.parallel_info()
+    if "parallel backend: OpenMP" in info or "parallel backend: native thread pool" in info:
+        assert torch.ops.ganfast_cpu.intra_op_parallel()
+
+
 def test_set_capability_rejects_unknown_names():
     if not CAPABILITIES:
         pytest.skip("no ganfast._C")

@@ -82,6 +82,16 @@ inline void softplus_sigmoid(const Vectorized<T>& y, Vectorized<T>& sp, Vectoriz
   }
 }
 
+// The default copy (no AVX2) runs the scalar terms of common/gan_loss.h (the CUDA kernel's math,
+// with the C library's exp and log1p) instead of Vectorized: ATen's generic Vectorized does each
+// comparison and blend lane by lane through memory, which made this copy 35x slower than the AVX2
+// one and slower than eager PyTorch on the same path. Sums keep the vector loop's lanes and order.
+#if defined(CPU_CAPABILITY_DEFAULT)
+constexpr bool kScalarTerms = true;
+#else
+constexpr bool kScalarTerms = false;
+#endif
+
 // Value and derivative of one term (the vector form of term_eval in common/gan_loss.h).
 template <Term t, typename T>
 inline void term_vec(const Vectorized<T>& x, Vectorized<T>& v, Vectorized<T>& d) {
@@ -132,43 +142,76 @@ std::array<double, kNumSums> term_pass(const scalar_t* a, const scalar_t* b, T s
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
   return chunked_sum<kNumSums>(n, [&](int64_t begin, int64_t end, std::array<double, kNumSums>& acc) {
-    const Vec zero(T(0)), vshift(shift), vscale(scale);
     LaneSums<T, kNumSums> sums;
     for (int64_t block = begin; block < end; block += kBlockVecs * W) {
       const int64_t block_end = std::min(end, block + kBlockVecs * W);
-      Vec sa(zero), ha(zero), sb(zero), hb(zero), sv(zero), sd(zero);
-      for (int64_t i = block; i < block_end; i += W) {
-        const int64_t m = std::min(W, block_end - i);
-        const Vec xa = load(a + i, m);  // lanes past m are 0: they add nothing to sa, ha, sb, hb
-        const Vec xb = kPaired ? load(b + i, m) : vshift;
-        Vec v, d;
-        term_vec<t>(xa - xb, v, d);
-        if (m < W) {
-          const Vec live = lanes_below<T>(m);
-          v = Vec::blendv(zero, v, live);
-          d = Vec::blendv(zero, d, live);
+      if constexpr (kScalarTerms) {
+        // Lane j of the block sums takes elements block + k W + j, as the vector loop's lanes do
+        // (the inner loop over j is the one the compiler can vectorize).
+        T sa[W] = {}, ha[W] = {}, sb[W] = {}, hb[W] = {}, sv[W] = {}, sd[W] = {};
+        for (int64_t k = block; k < block_end; k += W)
+        for (int64_t j = 0; j < std::min(W, block_end - k); ++j) {
+          const int64_t i = k + j;
+          const T xa = T(a[i]), xb = kPaired ? T(b[i]) : shift;
+          T v, d;
+          term_eval<t>(xa - xb, v, d);
+          sv[j] += v;
+          sd[j] += d;
+          sa[j] += xa;
+          ha[j] += (count_a_positive ? xa > T(0) : xa < T(0)) ? T(1) : T(0);
+          if constexpr (kPaired) {
+            sb[j] += xb;
+            hb[j] += xb < T(0) ? T(1) : T(0);
+          }
+          if constexpr (gw == GradWrite::Scaled) {
+            grad_a[i] = scalar_t(d * scale);
+            if constexpr (kPaired) grad_b[i] = scalar_t(-d * scale);
+          } else if constexpr (gw == GradWrite::Raw) {
+            grad_a[i] = scalar_t(d);
+          }
         }
-        sv += v;
-        sd += d;
-        sa += xa;
-        ha += ones_where(count_a_positive ? xa > zero : xa < zero);
-        if constexpr (kPaired) {
-          sb += xb;
-          hb += ones_where(xb < zero);
+        sums.add(kSumA, sa);
+        sums.add(kHitsA, ha);
+        sums.add(kSumB, sb);
+        sums.add(kHitsB, hb);
+        sums.add(kSumValue, sv);
+        sums.add(kSumDeriv, sd);
+      } else {
+        const Vec zero(T(0)), vshift(shift), vscale(scale);
+        Vec sa(zero), ha(zero), sb(zero), hb(zero), sv(zero), sd(zero);
+        for (int64_t i = block; i < block_end; i += W) {
+          const int64_t m = std::min(W, block_end - i);
+          const Vec xa = load(a + i, m);  // lanes past m are 0: they add nothing to sa, ha, sb, hb
+          const Vec xb = kPaired ? load(b + i, m) : vshift;
+          Vec v, d;
+          term_vec<t>(xa - xb, v, d);
+          if (m < W) {
+            const Vec live = lanes_below<T>(m);
+            v = Vec::blendv(zero, v, live);
+            d = Vec::blendv(zero, d, live);
+          }
+          sv += v;
+          sd += d;
+          sa += xa;
+          ha += ones_where(count_a_positive ? xa > zero : xa < zero);
+          if constexpr (kPaired) {
+            sb += xb;
+            hb += ones_where(xb < zero);
+          }
+          if constexpr (gw == GradWrite::Scaled) {
+            store(grad_a + i, d * vscale, m);
+            if constexpr (kPaired) store(grad_b + i, d.neg() * vscale, m);
+          } else if constexpr (gw == GradWrite::Raw) {
+            store(grad_a + i, d, m);
+          }
         }
-        if constexpr (gw == GradWrite::Scaled) {
-          store(grad_a + i, d * vscale, m);
-          if constexpr (kPaired) store(grad_b + i, d.neg() * vscale, m);
-        } else if constexpr (gw == GradWrite::Raw) {
-          store(grad_a + i, d, m);
-        }
+        sums.add(kSumA, sa);
+        sums.add(kHitsA, ha);
+        sums.add(kSumB, sb);
+        sums.add(kHitsB, hb);
+        sums.add(kSumValue, sv);
+        sums.add(kSumDeriv, sd);
       }
-      sums.add(kSumA, sa);
-      sums.add(kHitsA, ha);
-      sums.add(kSumB, sb);
-      sums.add(kHitsB, hb);
-      sums.add(kSumValue, sv);
-      sums.add(kSumDeriv, sd);
     }
     for (int k = 0; k < kNumSums; ++k) acc[k] += sums.total(k);
   });
@@ -182,6 +225,17 @@ template <Term t, typename scalar_t, typename T = opmath_t<scalar_t>>
 void relavg_grad_pass(const scalar_t* a, T shift, int64_t n, T mean_other, T scale, scalar_t* grad) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
+  if constexpr (kScalarTerms) {
+    chunked_for(n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        T v, d;
+        if constexpr (std::is_same_v<scalar_t, T>) d = grad[i];
+        else term_eval<t>(T(a[i]) - shift, v, d);
+        grad[i] = scalar_t((d - mean_other) * scale);
+      }
+    });
+    return;
+  }
   chunked_for(n, [&](int64_t begin, int64_t end) {
     const Vec vshift(shift), vmean(mean_other), vscale(scale);
     for (int64_t i = begin; i < end; i += W) {
