@@ -14,20 +14,18 @@ Which backend runs is decided once per op family, in the `dispatch_*` function o
 The autograd rule, the same for every family: the fused forward computes everything its backward
 needs (the loss's or the penalty's gradient w.r.t. its input; spectral norm's u', v' and sigma), and
 the backward is a rescale by grad_output (losses, penalties) or one more fused kernel (spectral
-norm's dW). Where that autograd is written differs, by cost:
-- gan_loss and grad_penalty, C++/CUDA kernels: a C++ autograd wrapper (ganfast::<name>,
-  csrc/<name>.cpp). These ops sit on the per-step hot path at small sizes (B = 64 logits), where only
-  dispatch and autograd are left: the same op with Python autograd (register_autograd) was measured
-  at 172 µs vs 101 µs per d_loss fwd+bwd with the C++ wrapper (issue 11).
-- Triton kernels: Python autograd (register_autograd on *_fused_triton), since their launcher is
-  Python anyway and a C++ wrapper would call back into it.
-- spectral norm (all backends) and gp_interpolate: Python autograd. Spectral norm's fwd+bwd costs
-  milliseconds of matrix-vector work at GAN layer sizes, so Python's tens of µs are a few percent
-  (Linear 2304->256 on the cpu kernels: 2.36 ms through autograd vs 2.14 ms for the two kernels
-  called directly, medians of 15 alternated runs on a loaded 2-core machine, glibc's mmap threshold
-  raised; without that, both vary between 2 and 10 ms with the page faults of freshly mapped 2.3 MB
-  outputs). gp_interpolate runs on detached data, off the backward path. A C++ wrapper for spectral
-  norm is worth writing only where a measurement shows it faster.
+norm's dW). Where that autograd is written follows one rule: ops with C++/CUDA kernels that run on
+every step, once per call site, have C++ autograd; ops whose launcher is Python have Python autograd.
+- C++ autograd: gan_loss and grad_penalty (a wrapper op ganfast::<name>, csrc/<name>.cpp, whose
+  backward rescales the gradients the fused forward saved) and spectral_norm_fused (an Autograd
+  kernel on the op itself, csrc/spectral_norm.cpp). At GAN sizes only dispatch and autograd are left
+  in these calls: with Python autograd (register_autograd) a d_loss fwd+bwd at B = 64 measured
+  172 us vs 101 us, and a spectral norm fwd+bwd of a 16x64 weight 113 us vs 91 us (30 us of kernels).
+- Python autograd: the Triton kernels (register_autograd on *_triton), whose launcher is Python
+  anyway, so a C++ wrapper would call back into it; and the ops called once per step or off the
+  backward path, where a few tens of us are below 1% of the step: the multi-tensor spectral norm
+  (one call for all layers of a model), DiffAugment (one call per D input) and gp_interpolate (on
+  detached data).
 """
 from __future__ import annotations
 

@@ -71,8 +71,7 @@ _fwd = torch.ops.ganfast.spectral_norm_fused.default
 _bwd = torch.ops.ganfast.spectral_norm_backward.default
 _fwd_triton = torch.ops.ganfast.spectral_norm_fused_triton.default
 _bwd_triton = torch.ops.ganfast.spectral_norm_backward_triton.default
-torch.library.register_autograd("ganfast::spectral_norm_fused", _make_backward(_bwd), setup_context=_setup_context,
-                                lib=LIBRARY)
+# (ganfast::spectral_norm_fused's autograd is C++: csrc/spectral_norm.cpp)
 torch.library.register_autograd("ganfast::spectral_norm_fused_triton", _make_backward(_bwd_triton),
                                 setup_context=_setup_context, lib=LIBRARY)
 
