@@ -182,6 +182,12 @@ class Trainer:
     def _sn(self):
         return self._nn.sn_step(self.D) if self._nn is not None else contextlib.nullcontext()
 
+    def _keep_sn_graph(self, chunk: int) -> bool:
+        """Whether the backward of accumulation chunk `chunk` must keep its graph: inside one sn_step
+        every chunk uses the same W / sigma, so the spectral norm's part of the graph must outlive all
+        but the last chunk's backward (each chunk's own activations are freed with its loss anyway)."""
+        return self._nn is not None and chunk < self.config.accumulate - 1
+
     def _generate(self, model, z, y):
         return model(z) if y is None else model(z, y)
 
@@ -263,7 +269,8 @@ class Trainer:
         real_ys = real_y.chunk(k) if real_y is not None else [None] * k
         fake_ys = fake_y.chunk(k) if fake_y is not None else [None] * k
         with self._sn():
-            for r, f, alpha, noise, ry, fy in zip(real.chunk(k), fake.chunk(k), alphas, noises, real_ys, fake_ys):
+            for i, (r, f, alpha, noise, ry, fy) in enumerate(zip(real.chunk(k), fake.chunk(k), alphas, noises,
+                                                                  real_ys, fake_ys)):
                 with self._autocast():
                     if apply_pen and cfg.penalty == "r1":
                         r = r.detach().requires_grad_(True)  # D(real) serves the loss and R1
@@ -287,10 +294,12 @@ class Trainer:
                     if self.extra_d_loss is not None:
                         inputs = LossInputs(self, r, f, real_logits, fake_logits, loss, ry, fy)
                         total = total + self.extra_d_loss(inputs)
-                self.d_scaler.scale(total / k if k > 1 else total).backward()
+                self.d_scaler.scale(total / k if k > 1 else total).backward(retain_graph=self._keep_sn_graph(i))
                 loss_sum = loss_sum + loss.detach() if k > 1 else loss.detach()
                 if want:
                     stats = {n: stats.get(n, 0.0) + v for n, v in st.items()} if k > 1 else st
+                if k > 1:  # a graph kept by retain_graph lives as long as its tensors: free it before the next chunk
+                    real_logits = fake_logits = pair = loss = total = pen = inputs = None
         if apply_pen:
             self._last_pen = pen_sum / k if k > 1 else pen_sum
         self.d_step_count += 1
@@ -330,12 +339,13 @@ class Trainer:
                     loss = 0.0
                     fake_ys = fake_y.chunk(k) if fake_y is not None else [None] * k
                     real_ys = real_y.chunk(k) if real_y is not None else [None] * k
-                    for z_i, r_i, fy, ry in zip(z.chunk(k), real.chunk(k), fake_ys, real_ys):
+                    for i, (z_i, r_i, fy, ry) in enumerate(zip(z.chunk(k), real.chunk(k), fake_ys, real_ys)):
                         with self._autocast():
                             f = self._generate(self.G, z_i, fy)
                         part, total = self._g_loss(f, r_i, fy, ry)
-                        self.g_scaler.scale(total / k).backward()
+                        self.g_scaler.scale(total / k).backward(retain_graph=self._keep_sn_graph(i))
                         loss = loss + part.detach() / k
+                        f = part = total = None  # free this chunk's graph (kept by retain_graph)
         finally:
             for p in self._d_params:
                 p.requires_grad_(True)

@@ -150,7 +150,8 @@ def test_nonfinite_data_is_named_as_the_cause():
 # --- extension points ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", [dict(), dict(penalty="r1"), dict(penalty="wgan-gp", loss="hinge"),
-                                  dict(penalty="dragan", d_steps=2), dict(penalty="r2", ema=0.9)],
+                                  dict(penalty="dragan", d_steps=2), dict(penalty="r2", ema=0.9),
+                                  dict(penalty="r1", spectral_norm=True)],
                          ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "plain")
 def test_accumulation_equals_the_unsplit_step(case):
     if case.get("penalty"):
