@@ -145,23 +145,25 @@ std::array<double, kNumSums> term_pass(const scalar_t* a, const scalar_t* b, T s
     LaneSums<T, kNumSums> sums;
     for (int64_t block = begin; block < end; block += kBlockVecs * W) {
       const int64_t block_end = std::min(end, block + kBlockVecs * W);
+      const Vec zero(T(0));
+      Vec part[kNumSums];  // this block's sums, lane by lane
       if constexpr (kScalarTerms) {
-        // Lane j of the block sums takes elements block + k W + j, as the vector loop's lanes do
-        // (the inner loop over j is the one the compiler can vectorize).
-        T sa[W] = {}, ha[W] = {}, sb[W] = {}, hb[W] = {}, sv[W] = {}, sd[W] = {};
+        // Lane j takes elements block + k W + j, as the vector loop's lanes do (the inner loop over
+        // j is the one the compiler can vectorize).
+        T lane[kNumSums][W] = {};
         for (int64_t k = block; k < block_end; k += W)
         for (int64_t j = 0; j < std::min(W, block_end - k); ++j) {
           const int64_t i = k + j;
           const T xa = T(a[i]), xb = kPaired ? T(b[i]) : shift;
           T v, d;
           term_eval<t>(xa - xb, v, d);
-          sv[j] += v;
-          sd[j] += d;
-          sa[j] += xa;
-          ha[j] += (count_a_positive ? xa > T(0) : xa < T(0)) ? T(1) : T(0);
+          lane[kSumValue][j] += v;
+          lane[kSumDeriv][j] += d;
+          lane[kSumA][j] += xa;
+          lane[kHitsA][j] += (count_a_positive ? xa > T(0) : xa < T(0)) ? T(1) : T(0);
           if constexpr (kPaired) {
-            sb[j] += xb;
-            hb[j] += xb < T(0) ? T(1) : T(0);
+            lane[kSumB][j] += xb;
+            lane[kHitsB][j] += xb < T(0) ? T(1) : T(0);
           }
           if constexpr (gw == GradWrite::Scaled) {
             grad_a[i] = scalar_t(d * scale);
@@ -170,18 +172,13 @@ std::array<double, kNumSums> term_pass(const scalar_t* a, const scalar_t* b, T s
             grad_a[i] = scalar_t(d);
           }
         }
-        sums.add(kSumA, sa);
-        sums.add(kHitsA, ha);
-        sums.add(kSumB, sb);
-        sums.add(kHitsB, hb);
-        sums.add(kSumValue, sv);
-        sums.add(kSumDeriv, sd);
+        for (int q = 0; q < kNumSums; ++q) part[q] = Vec::loadu(lane[q]);
       } else {
-        const Vec zero(T(0)), vshift(shift), vscale(scale);
-        Vec sa(zero), ha(zero), sb(zero), hb(zero), sv(zero), sd(zero);
+        const Vec vshift(shift), vscale(scale);
+        for (int q = 0; q < kNumSums; ++q) part[q] = zero;
         for (int64_t i = block; i < block_end; i += W) {
           const int64_t m = std::min(W, block_end - i);
-          const Vec xa = load(a + i, m);  // lanes past m are 0: they add nothing to sa, ha, sb, hb
+          const Vec xa = load(a + i, m);  // lanes past m are 0: they add nothing to the sums of a and b
           const Vec xb = kPaired ? load(b + i, m) : vshift;
           Vec v, d;
           term_vec<t>(xa - xb, v, d);
@@ -190,13 +187,13 @@ std::array<double, kNumSums> term_pass(const scalar_t* a, const scalar_t* b, T s
             v = Vec::blendv(zero, v, live);
             d = Vec::blendv(zero, d, live);
           }
-          sv += v;
-          sd += d;
-          sa += xa;
-          ha += ones_where(count_a_positive ? xa > zero : xa < zero);
+          part[kSumValue] += v;
+          part[kSumDeriv] += d;
+          part[kSumA] += xa;
+          part[kHitsA] += ones_where(count_a_positive ? xa > zero : xa < zero);
           if constexpr (kPaired) {
-            sb += xb;
-            hb += ones_where(xb < zero);
+            part[kSumB] += xb;
+            part[kHitsB] += ones_where(xb < zero);
           }
           if constexpr (gw == GradWrite::Scaled) {
             store(grad_a + i, d * vscale, m);
@@ -205,13 +202,8 @@ std::array<double, kNumSums> term_pass(const scalar_t* a, const scalar_t* b, T s
             store(grad_a + i, d, m);
           }
         }
-        sums.add(kSumA, sa);
-        sums.add(kHitsA, ha);
-        sums.add(kSumB, sb);
-        sums.add(kHitsB, hb);
-        sums.add(kSumValue, sv);
-        sums.add(kSumDeriv, sd);
       }
+      for (int q = 0; q < kNumSums; ++q) sums.add(q, part[q]);
     }
     for (int k = 0; k < kNumSums; ++k) acc[k] += sums.total(k);
   });

@@ -71,9 +71,6 @@ struct LaneSums {
     v.store(buf);
     for (int j = 0; j < W; ++j) lane[k][j] += double(buf[j]);
   }
-  void add(int k, const T (&v)[W]) {
-    for (int j = 0; j < W; ++j) lane[k][j] += double(v[j]);
-  }
   double total(int k) const {
     double s = 0;
     for (int j = 0; j < W; ++j) s += lane[k][j];
