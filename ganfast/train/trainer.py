@@ -185,7 +185,8 @@ class Trainer:
     def _keep_sn_graph(self, chunk: int) -> bool:
         """Whether the backward of accumulation chunk `chunk` must keep its graph: inside one sn_step
         every chunk uses the same W / sigma, so the spectral norm's part of the graph must outlive all
-        but the last chunk's backward (each chunk's own activations are freed with its loss anyway)."""
+        but the last chunk's backward. The rest of a kept graph lives as long as the chunk's tensors:
+        the accumulation loops drop them before the next chunk."""
         return self._nn is not None and chunk < self.config.accumulate - 1
 
     def _generate(self, model, z, y):
