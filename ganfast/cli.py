@@ -253,6 +253,8 @@ def _add_train(sub) -> None:
                                                     "(StyleGAN's ema_rampup; default none, MNIST family 0.05)")
     p.add_argument("--latent-dim", type=int, help=f"size of z (default {R['latent_dim']} for points)")
     p.add_argument("--width", type=int, help="hidden units (MLP, default 128) or base channels (images, 64)")
+    p.add_argument("--d-width", type=int, help="D's base channels when they differ from G's (images; --width / 4 is "
+                   "the small-D setting of PacGAN's Table 3)")
     p.add_argument("--arch", choices=("dcgan", "resnet"), help="image models (default dcgan)")
     p.add_argument("--conditional", action="store_true", default=None,
                    help="class-conditional G(z, y) and D(x, y) (projection D, conditional batch norm) on labelled "

@@ -12,7 +12,9 @@ Stacked MNIST (PacGAN, Lin et al. 2018, after VEEGAN, Srivastava et al. 2017): t
 each of the three channels of 26,000 generated samples; the mode of a sample is 100*R + 10*G + B; the
 figures are the number of the 1000 modes that appear at least once and KL(p || uniform) =
 sum_k p_k log(p_k * 1000) of the mode histogram p (natural log, 0 log 0 = 0). MNIST: the same over 10
-digit classes.
+digit classes. For Stacked MNIST the score also gives each channel's KL over its 10 digits
+(`channel_kl`, R, G, B): the channels are independent, so a mode KL far above their sum means the
+channels' digits are correlated, and one large channel KL points at the channel G draws badly.
 
 The Fréchet distance and KID here are computed on the reference classifier's penultimate features
 (128-d per digit; for Stacked MNIST the three channels' features concatenated, 384-d) against the
@@ -161,6 +163,9 @@ class MNISTScorer:
         feats, modes = self.features_and_modes(images)
         st = mode_stats(modes, self.n_modes)
         out = {"modes": st["modes"], "n_modes": self.n_modes, "kl": st["kl"], "n_samples": st["n"]}
+        if self.channels > 1:  # mode = sum_c digit_c * 10^(C-1-c)
+            digits = [modes // 10 ** (self.channels - 1 - c) % 10 for c in range(self.channels)]
+            out["channel_kl"] = [mode_stats(d, 10)["kl"] for d in digits]
         if with_fd:
             mu, sigma = gaussian_stats(feats)
             out["classifier_fd"] = frechet_distance(mu, sigma, self.test_mu, self.test_sigma)

@@ -366,13 +366,17 @@ def default_latent_dim(kind: str, data_shape=None) -> int:
 
 def build_models(kind: str, data_shape, latent_dim: int | None = None, arch: str | None = None,
                  width: int | None = None, num_classes: int | None = None,
-                 pack: int = 1) -> tuple[nn.Module, nn.Module, int]:
+                 pack: int = 1, d_width: int | None = None) -> tuple[nn.Module, nn.Module, int]:
     """(G, D, latent_dim) for data of `kind` ("points" | "images") whose samples have shape
     `data_shape` ((D,) or (C, H, W)). arch: for images "dcgan" (default) or "resnet"; for points
     only None or "mlp". width: hidden units (points, default 128) or the base channel count
     (images, default 64). num_classes: K for class-conditional models G(z, y), D(x, y). pack: D
-    takes `pack` images at once on the channel axis (PacGAN; images, unconditional only)."""
+    takes `pack` images at once on the channel axis (PacGAN; images, unconditional only). d_width: D's
+    width when it differs from G's (images; width // 4 is the small-D setting of Metz et al. 2017 and
+    PacGAN's Table 3)."""
     _check_positive(pack=pack)
+    if d_width is not None:
+        _check_positive(d_width=d_width)
     if num_classes is not None:
         _check_positive(num_classes=num_classes)
         if pack != 1:
@@ -387,6 +391,8 @@ def build_models(kind: str, data_shape, latent_dim: int | None = None, arch: str
             raise ValueError(f"points use the MLP models; --arch {arch!r} is for images ({', '.join(ARCHS)})")
         if len(data_shape) != 1:
             raise ValueError(f"points must have shape (D,), got {data_shape}")
+        if d_width is not None:
+            raise ValueError("d_width is for images; the points' MLPs share one width")
         latent_dim = default_latent_dim(kind) if latent_dim is None else latent_dim
         hidden = 128 if width is None else width
         return (MLPGenerator(latent_dim, data_shape[0], hidden, num_classes=k),
@@ -400,9 +406,10 @@ def build_models(kind: str, data_shape, latent_dim: int | None = None, arch: str
         c, res = data_shape[0], data_shape[1]
         latent_dim = default_latent_dim(kind, data_shape) if latent_dim is None else latent_dim
         width = 64 if width is None else width
+        d_width = width if d_width is None else d_width
         if arch == "dcgan":
             return (DCGANGenerator(latent_dim, res, c, width, num_classes=k),
-                    DCGANDiscriminator(res, c * pack, width, num_classes=k), latent_dim)
+                    DCGANDiscriminator(res, c * pack, d_width, num_classes=k), latent_dim)
         return (ResNetGenerator(latent_dim, res, c, width, num_classes=k),
-                ResNetDiscriminator(res, c * pack, width, num_classes=k), latent_dim)
+                ResNetDiscriminator(res, c * pack, d_width, num_classes=k), latent_dim)
     raise ValueError(f"kind must be 'points' or 'images', got {kind!r}")

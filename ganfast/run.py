@@ -93,7 +93,7 @@ def default_image_threads() -> int:
 # options that describe the run itself (a resumed run keeps them); the others only say how to execute it
 RUN_KEYS = tuple(RING_DEFAULTS) + ("data", "seed")
 # run options added after config version 1, with the value a run written without them had
-LATER_KEYS = {"pack": 1, "data_dir": None, "eval_samples": None, "ema_rampup": None}
+LATER_KEYS = {"pack": 1, "data_dir": None, "eval_samples": None, "ema_rampup": None, "d_width": None}
 EXEC_KEYS = ("backend", "device", "progress")
 
 
@@ -166,7 +166,7 @@ def _check(cfg: dict) -> None:
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise RunError(f"--{k.replace('_', '-')} must be a positive integer, got {v!r}")
-    for k in ("latent_dim", "width", "image_size", "threads", "n_points", "eval_samples"):
+    for k in ("latent_dim", "width", "d_width", "image_size", "threads", "n_points", "eval_samples"):
         v = cfg.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise RunError(f"--{k.replace('_', '-')} must be a positive integer, got {v!r}")
@@ -178,6 +178,8 @@ def _check(cfg: dict) -> None:
     if not 0 <= cfg["lr_decay"] <= 1:
         raise RunError(f"--lr-decay (the final fraction of steps over which the learning rate falls to 0) "
                        f"must be in [0, 1], got {cfg['lr_decay']!r}")
+    if cfg.get("d_width") is not None and cfg["kind"] != "images":
+        raise RunError("--d-width is for images; the 2-D mixtures' MLPs share one --width")
     if cfg.get("pack", 1) != 1 and cfg["kind"] != "images":
         raise RunError("--pack (PacGAN) is for images; the 2-D mixtures' MLP D takes one point at a time")
     if cfg["batch_size"] % cfg.get("pack", 1):
@@ -290,7 +292,7 @@ def _build(cfg: dict, run_dir: Path, dataset: Dataset | None) -> Run:
     num_classes = cfg["num_classes"] if cfg.get("conditional") else None  # written by _train from the data
     G, D, latent_dim = build_models(cfg["kind"], shape, latent_dim=cfg.get("latent_dim"),
                                     arch=cfg.get("arch") if cfg["kind"] == "images" else None, width=cfg.get("width"),
-                                    num_classes=num_classes, pack=cfg.get("pack", 1))
+                                    num_classes=num_classes, pack=cfg.get("pack", 1), d_width=cfg.get("d_width"))
     betas = (cfg["beta1"], cfg["beta2"])
     g_opt = torch.optim.Adam(G.parameters(), lr=cfg["lr"], betas=betas)
     d_opt = torch.optim.Adam(D.parameters(), lr=cfg["lr"], betas=betas)
@@ -439,6 +441,8 @@ def format_metrics(m: dict) -> str:
     if "classifier_fd" in m or "kl" in m:
         what = "classes" if m["n_modes"] == 10 else "modes"
         text = f"{what} {m['modes']}/{m['n_modes']}, KL {m['kl']:.4f} ({m['n_samples']} samples)"
+        if "channel_kl" in m:
+            text += " [per-channel digit KL " + " / ".join(f"{k:.4f}" for k in m["channel_kl"]) + "]"
         if "classifier_fd" in m:
             text += f"; classifier FD {m['classifier_fd']:.3f}"
         if "classifier_kid" in m:

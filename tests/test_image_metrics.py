@@ -199,6 +199,9 @@ def test_scorer_modes_on_stacked_digits(tmp_path, monkeypatch, one_thread):
     predicted = model(digits.unsqueeze(1)).argmax(1)
     expect = im.mode_stats(predicted[0:100] * 100 + predicted[100:200] * 10 + predicted[200:300], 1000)
     assert (m["modes"], m["kl"], m["n_samples"]) == (expect["modes"], expect["kl"], 100)
+    # each channel's digit KL is that of its own predicted digits
+    assert m["channel_kl"] == pytest.approx([im.mode_stats(predicted[c * 100:(c + 1) * 100], 10)["kl"]
+                                             for c in range(3)], abs=1e-12)
     padded = torch.nn.functional.pad(stacks, (2, 2, 2, 2), value=-1.0)
     assert scorer.score(padded, with_fd=False)["modes"] == m["modes"]
     with pytest.raises(ValueError, match=r"\(N, 3, 28, 28\)"):

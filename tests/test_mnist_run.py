@@ -41,11 +41,12 @@ def small_world(mnist_subset, tmp_path, monkeypatch):
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("data,channels,pack", [("mnist", 1, 1), ("stacked-mnist", 3, 2)])
-def test_smoke_training_eval_and_sample(small_world, tmp_path, capsys, data, channels, pack):
+@pytest.mark.parametrize("data,channels,pack,d_width", [("mnist", 1, 1, None), ("stacked-mnist", 3, 2, 2)])
+def test_smoke_training_eval_and_sample(small_world, tmp_path, capsys, data, channels, pack, d_width):
     out = tmp_path / "run"
     options = dict(data=data, data_dir=str(small_world), steps=50, batch_size=16, width=8, eval_every=25,
-                   log_every=25, eval_samples=300, sample_every=50, checkpoint_every=50, threads=1, pack=pack)
+                   log_every=25, eval_samples=300, sample_every=50, checkpoint_every=50, threads=1, pack=pack,
+                   d_width=d_width)
     summary = run.train(options, out=out, progress=False)
     m = summary["metrics"]
     n_modes = 10 if data == "mnist" else 1000
@@ -54,7 +55,7 @@ def test_smoke_training_eval_and_sample(small_world, tmp_path, capsys, data, cha
     assert m["classifier_fd"] >= 0 and np.isfinite(m["classifier_kid"])
     assert summary["steps"] == 50 and summary["eval_s"] > 0
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["pack"] == pack and cfg["data_shape"] == [channels, 32, 32]
+    assert cfg["pack"] == pack and cfg["data_shape"] == [channels, 32, 32] and cfg["d_width"] == d_width
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     scored = [r for r in rows if r["modes_captured"] not in ("", "nan")]
     assert [int(r["step"]) for r in scored] == [25, 50]
@@ -85,6 +86,8 @@ def test_train_errors(small_world, tmp_path, monkeypatch, capsys):
     assert "multiple of --pack 3" in capsys.readouterr().err
     assert cli.main(["train", "--data", "ring", "--pack", "2", "--out", str(tmp_path / "c")]) == 2
     assert "--pack (PacGAN) is for images" in capsys.readouterr().err
+    assert cli.main(["train", "--data", "ring", "--d-width", "8", "--out", str(tmp_path / "e")]) == 2
+    assert "--d-width is for images" in capsys.readouterr().err
     assert cli.main(["train", "--data", "ring", "--data-dir", str(small_world), "--out", str(tmp_path / "d")]) == 2
     assert "--data-dir" in capsys.readouterr().err
 
