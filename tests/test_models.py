@@ -47,13 +47,16 @@ def test_image_models_get_gradients_digits(arch):
     _check_grads(G, D, latent)
 
 
+def _n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
 @pytest.mark.parametrize("arch", ["dcgan", "resnet"])
 def test_d_width_sizes_only_the_discriminator(arch):
     # the small-D setting: D at a quarter of G's channels, so about 1/16 of its conv weights
     G, D, _ = models.build_models("images", (3, 32, 32), arch=arch, width=16)
     G4, D4, _ = models.build_models("images", (3, 32, 32), arch=arch, width=16, d_width=4)
-    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert n(G4) == n(G) and n(D4) < n(D) / 8
+    assert _n_params(G4) == _n_params(G) and _n_params(D4) < _n_params(D) / 8
     assert D4(G4(torch.randn(2, G4.latent_dim))).shape == (2, 1)
     with pytest.raises(ValueError, match="d_width must be a positive int"):
         models.build_models("images", (3, 32, 32), d_width=0)
