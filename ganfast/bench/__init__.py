@@ -25,6 +25,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def under_backend(name: str, step: Callable[[], object]) -> Callable[[], None]:
+    """`step` run under the backend selection `name`; any name that is not a backend ("eager",
+    "floor", ...) runs under "auto", so that every variant of a case pays the same harness cost."""
+    from .. import backends
+
+    selection = name if name in backends.CHOICES else "auto"
+
+    def run() -> None:
+        with backends.use_backend(selection):
+            step()
+    return run
+
+
 def interleaved_medians(fns: dict[str, Callable[[], object]], device: torch.device = torch.device("cpu"), *,
                         rounds: int = 9, round_time: float = 0.05, warmup: int = 2) -> dict[str, float]:
     """Median seconds per call of each function. Calls per round are calibrated so that a round of

@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 from .. import backends, losses, penalties
 from ..ops import penalties as penalty_ops
 from ..reference import penalties as penalty_reference
-from . import Floor, Row, bytes_floor, copy_bandwidth, interleaved_medians, mark_auto
+from . import Floor, Row, bytes_floor, copy_bandwidth, interleaved_medians, mark_auto, under_backend
 
 PENALTIES = ("wgan_gp", "r1", "r2", "dragan")
 LOSS_KIND = {"wgan_gp": "wasserstein", "r1": "ns", "r2": "ns", "dragan": "ns"}
@@ -192,14 +192,7 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu"), nets=No
             for backend in backends.available_backends(device.type):
                 D = copy.deepcopy(D_fast)
                 opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.0, 0.9))
-                steps[backend] = _under(backend, ganfast_step(D, opt, real, fake, name, sn_ctx))
+                steps[backend] = under_backend(backend, ganfast_step(D, opt, real, fake, name, sn_ctx))
             for variant, t in interleaved_medians(steps, device, rounds=5 if quick else 9, round_time=0.0).items():
                 rows.append(Row("gp", case, variant, t))
     return rows
-
-
-def _under(backend: str, step):
-    def run_step():
-        with backends.use_backend(backend):
-            step()
-    return run_step

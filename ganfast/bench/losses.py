@@ -12,7 +12,7 @@ import torch
 
 from .. import backends, losses
 from ..reference import losses as reference
-from . import Floor, Row, bytes_floor, copy_bandwidth, interleaved_medians, mark_auto
+from . import Floor, Row, bytes_floor, copy_bandwidth, interleaved_medians, mark_auto, under_backend
 
 SIZES = (64, 4096, 57600, 1_048_576)
 FLOOR_BYTES_FROM = 57600
@@ -76,27 +76,18 @@ def moved_bytes(real, fake, kind, generator) -> int:
     return sum(2 * t.numel() * t.element_size() for t in used)
 
 
-def _under_backend(variant: str, step):
-    """The step under the backend a ganfast variant names (eager/compiled call the reference directly)."""
-    backend = variant if variant in backends.BACKENDS else "auto"
-
-    def run_step():
-        with backends.use_backend(backend):
-            step()
-    return run_step
-
-
 def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list[Row]:
     kinds = ("ns", "hinge", "rahinge") if quick else losses.KINDS
     sizes = (64, 4096) if quick else SIZES
     bandwidth = copy_bandwidth(device)
     rows = []
     for case, kind, gen, real, fake in cases(kinds, sizes, device):
-        steps = {variant: _under_backend(variant, make_step(fn, real, fake))
+        steps = {variant: under_backend(variant, make_step(fn, real, fake))
                  for variant, fn in variants(kind, device, generator=gen).items()}
         small = fake.numel() < FLOOR_BYTES_FROM
         if small:
-            steps["floor"] = autograd_floor_step(real, fake, kind, gen)
+            # under the same harness as the variants (the backend selection around each call)
+            steps["floor"] = under_backend("floor", autograd_floor_step(real, fake, kind, gen))
         times = interleaved_medians(steps, device)
         floor = (Floor(times.pop("floor"), "autograd") if small
                  else bytes_floor(moved_bytes(real, fake, kind, gen), bandwidth))

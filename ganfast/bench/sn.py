@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import backends
 from ..nn import apply_spectral_norm, sn_step, spectral_norm
-from . import Row, interleaved_medians, mark_auto, median_time
+from . import Row, interleaved_medians, mark_auto, median_time, under_backend
 
 LAYERS = {
     "Linear 2304->256": lambda: nn.Linear(2304, 256),
@@ -92,16 +92,10 @@ def _case_rows(case, device, make_modules, quick):
     compiled = torch.compile(ref_get)
     fns = {"eager": ref_step, "compiled": lambda: ref_step(compiled)}
     ours_step, _ = _steps_of(ours)
-
-    def under(name, fn):
-        def run():
-            with backends.use_backend(name):
-                fn()
-        return run
     for name in backends.available_backends(device.type):
-        fns[f"ganfast-{name}"] = under(name, ours_step)
+        fns[f"ganfast-{name}"] = under_backend(name, ours_step)
     if len(ours) > 1 and "cpu" in backends.available_backends(device.type):
-        fns["ganfast-cpu+multi"] = under("cpu", _steps_of(ours, multi_tensor=True)[0])
+        fns["ganfast-cpu+multi"] = under_backend("cpu", _steps_of(ours, multi_tensor=True)[0])
     copy, autograd = _floor_fns([m.parametrizations.weight.original for m in ours])
     fns["copy"], fns["autograd"] = copy, autograd
     times = interleaved_medians(fns, device, rounds=5 if quick else 11)
