@@ -41,8 +41,10 @@ def small_world(mnist_subset, tmp_path, monkeypatch):
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("data,channels,pack,d_width", [("mnist", 1, 1, None), ("stacked-mnist", 3, 2, 2)])
-def test_smoke_training_eval_and_sample(small_world, tmp_path, capsys, data, channels, pack, d_width):
+# gamma: the measured default R1 weight of each (not passed, so it comes from run.DATA_DEFAULTS)
+@pytest.mark.parametrize("data,channels,pack,d_width,gamma", [("mnist", 1, 1, None, 1.0),
+                                                              ("stacked-mnist", 3, 2, 2, 0.1)])
+def test_smoke_training_eval_and_sample(small_world, tmp_path, capsys, data, channels, pack, d_width, gamma):
     out = tmp_path / "run"
     options = dict(data=data, data_dir=str(small_world), steps=50, batch_size=16, width=8, eval_every=25,
                    log_every=25, eval_samples=300, sample_every=50, checkpoint_every=50, threads=1, pack=pack,
@@ -56,6 +58,7 @@ def test_smoke_training_eval_and_sample(small_world, tmp_path, capsys, data, cha
     assert summary["steps"] == 50 and summary["eval_s"] > 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["pack"] == pack and cfg["data_shape"] == [channels, 32, 32] and cfg["d_width"] == d_width
+    assert cfg["penalty"] == "r1" and cfg["penalty_weight"] == gamma
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     scored = [r for r in rows if r["modes_captured"] not in ("", "nan")]
     assert [int(r["step"]) for r in scored] == [25, 50]
