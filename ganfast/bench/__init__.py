@@ -27,7 +27,9 @@ def _sync(device: torch.device) -> None:
 
 def under_backend(name: str, step: Callable[[], object]) -> Callable[[], None]:
     """`step` run under the backend selection `name`; any name that is not a backend ("eager",
-    "floor", ...) runs under "auto", so that every variant of a case pays the same harness cost."""
+    "floor", ...) runs under "auto", so a suite can wrap the reference variants and the floor as well
+    and have every variant of a case pay the same harness cost (about 1 us a call: it matters only
+    at small inputs; the losses suite does so)."""
     from .. import backends
 
     selection = name if name in backends.CHOICES else "auto"
