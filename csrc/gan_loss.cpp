@@ -1,6 +1,11 @@
-// ganfast::gan_loss = ganfast::gan_loss_fused (any device) + autograd that rescales its saved gradients.
+// ganfast::gan_loss = ganfast::gan_loss_fused (any device) + autograd that rescales its saved gradients,
+// and its Python entry for plain eager tensors (gan_loss_eager, ganfast._C.gan_loss_eager).
 #include <ATen/ATen.h>
+#include <ATen/PythonTorchFunctionTLS.h>
 #include <torch/autograd.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
 #include "autograd.h"
@@ -51,7 +56,50 @@ std::tuple<at::Tensor, at::Tensor> gan_loss_no_grad(const std::optional<at::Tens
   return {loss, stats};
 }
 
+// True when the dispatcher would send a call on `t` straight to the Autograd kernel above: an exact
+// torch.Tensor of plain eager data, no __torch_function__ or dispatch mode, no tracer, functorch
+// transform, autocast or inference mode changing the thread's dispatch keys.
+bool takes_direct_call(PyObject* obj) {
+  return THPVariable_CheckExact(obj) && !THPVariable_Unpack(obj).key_set().has_any(kWrappedKeys);
+}
+
+bool default_dispatch_state() {
+  const auto tls = c10::impl::tls_local_dispatch_key_set();
+  return tls.included_ == c10::default_included_set && tls.excluded_ == c10::default_excluded_set &&
+         !at::impl::torch_function_mode_enabled();
+}
+
 }  // namespace
+
+// ganfast._C.gan_loss_eager(real, fake, kind, generator) -> (loss, stats), or None when the call needs
+// the dispatcher (see takes_direct_call). The same autograd function that the op's Autograd kernel runs,
+// without the layers of a torch.ops call (OpOverload, argument parsing, the boxed call into the
+// kernel): measured 2.7 us of a d_loss at B = 64, about a fifth of its time.
+PyObject* gan_loss_eager(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  TORCH_CHECK(nargs == 4, "gan_loss_eager takes (real, fake, kind, generator), got ", nargs, " arguments");
+  PyObject* real = args[0];
+  PyObject* fake = args[1];
+  if (!default_dispatch_state() || !takes_direct_call(fake) || !(real == Py_None || takes_direct_call(real)))
+    Py_RETURN_NONE;
+  const int64_t kind = PyLong_AsLongLong(args[2]);
+  if (kind == -1 && PyErr_Occurred()) return nullptr;
+  const int generator = PyObject_IsTrue(args[3]);
+  if (generator < 0) return nullptr;
+  std::optional<at::Tensor> real_tensor;
+  if (real != Py_None) real_tensor = THPVariable_Unpack(real);
+  std::tuple<at::Tensor, at::Tensor> out;
+  {
+    pybind11::gil_scoped_release no_gil;
+    out = gan_loss_autograd(real_tensor, THPVariable_Unpack(fake), kind, generator != 0);
+  }
+  PyObject* result = PyTuple_New(2);
+  if (result == nullptr) return nullptr;
+  PyTuple_SET_ITEM(result, 0, THPVariable_Wrap(std::move(std::get<0>(out))));
+  PyTuple_SET_ITEM(result, 1, THPVariable_Wrap(std::move(std::get<1>(out))));
+  return result;
+  END_HANDLE_TH_ERRORS
+}
 
 TORCH_LIBRARY_IMPL(ganfast, Autograd, m) {
   m.impl("gan_loss", &gan_loss_autograd);

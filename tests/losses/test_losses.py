@@ -184,3 +184,79 @@ def test_op_level_checks(backend_device):
         op(None, torch.randn(3, device=device), 5, False)
     with pytest.raises((RuntimeError, ValueError), match="shapes differ"):
         op(torch.randn(3, device=device), torch.randn(4, device=device), 7, False)
+
+
+@pytest.mark.skipif(ganfast.backends.extension_function("gan_loss_eager") is None, reason="ganfast._C not built")
+class TestEagerEntry:
+    """ganfast._C.gan_loss_eager: the direct entry for plain eager tensors, and its way back to
+    torch.ops for every call that needs the dispatcher."""
+
+    eager = staticmethod(lambda *a: ganfast.backends.extension_function("gan_loss_eager")(*a))
+
+    def test_matches_the_op(self):
+        g = torch.Generator().manual_seed(3)
+        for kind, kind_id in losses._ops.KIND_IDS.items():
+            for generator in (False, True):
+                r1, f1 = (torch.randn(37, generator=g, dtype=torch.float64).requires_grad_() for _ in range(2))
+                r2, f2 = (t.detach().clone().requires_grad_() for t in (r1, f1))
+                real1 = r1 if not generator or kind in losses.RELATIVISTIC else None
+                real2 = r2 if real1 is not None else None
+                loss1, stats1 = self.eager(real1, f1, kind_id, generator)
+                loss2, stats2 = torch.ops.ganfast.gan_loss(real2, f2, kind_id, generator)
+                (3 * loss1).backward()
+                (3 * loss2).backward()
+                assert torch.equal(loss1, loss2) and torch.equal(stats1, stats2), kind
+                assert torch.equal(f1.grad, f2.grad), kind
+                assert (r1.grad is None) == (r2.grad is None) and (r1.grad is None or torch.equal(r1.grad, r2.grad))
+
+    def test_errors_come_back_as_python_exceptions(self):
+        with pytest.raises(RuntimeError, match="floating point"):
+            self.eager(None, torch.arange(3), 0, True)
+        with pytest.raises(TypeError):
+            self.eager(None, torch.randn(3), "ns", True)
+        with pytest.raises(RuntimeError, match="takes"):
+            self.eager(None, torch.randn(3))
+
+    def test_declines_what_needs_the_dispatcher(self):
+        r, f = torch.randn(8), torch.randn(8)
+
+        class Subclass(torch.Tensor):
+            pass
+
+        assert self.eager(r, f, 0, False) is not None
+        assert self.eager(r.as_subclass(Subclass), f, 0, False) is None
+        assert self.eager(r, f.as_subclass(Subclass), 0, False) is None
+        with torch.inference_mode():
+            assert self.eager(r, f, 0, False) is None
+        with torch.autocast("cpu"):
+            assert self.eager(r, f, 0, False) is None
+
+    def test_modes_and_transforms_see_the_op(self):
+        """A dispatch mode and a __torch_function__ subclass get ganfast::gan_loss through the
+        dispatcher, with the right values."""
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        seen = []
+
+        class Record(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                seen.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        r, f = torch.randn(16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+        with ganfast.use_backend("cpu"):
+            with Record():
+                loss = losses.d_loss(r, f, "ns")
+            assert any("gan_loss_fused" in name for name in seen), seen
+            assert torch.allclose(loss, reference.d_loss(r, f, "ns"))
+
+            class Logged(torch.Tensor):
+                calls = []
+
+                @classmethod
+                def __torch_function__(cls, func, types, args=(), kwargs=None):
+                    cls.calls.append(str(func))
+                    return super().__torch_function__(func, types, args, kwargs or {})
+
+            losses.d_loss(r.as_subclass(Logged), f.as_subclass(Logged), "ns")
+            assert any("gan_loss" in name for name in Logged.calls), Logged.calls
