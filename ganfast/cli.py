@@ -255,6 +255,8 @@ def _add_train(sub) -> None:
     p.add_argument("--width", type=int, help="hidden units (MLP, default 128) or base channels (images, 64)")
     p.add_argument("--d-width", type=int, help="D's base channels when they differ from G's (images; --width / 4 is "
                    "the small-D setting of PacGAN's Table 3)")
+    p.add_argument("--mbstd-group", type=int, help="a minibatch standard deviation channel in D (ProGAN) over groups "
+                   "of this many of D's inputs (images; default 0: none)")
     p.add_argument("--arch", choices=("dcgan", "resnet"), help="image models (default dcgan)")
     p.add_argument("--conditional", action="store_true", default=None,
                    help="class-conditional G(z, y) and D(x, y) (projection D, conditional batch norm) on labelled "

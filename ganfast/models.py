@@ -4,8 +4,9 @@
     MLPGenerator / MLPDiscriminator        2-D points (the Gaussian mixtures)
     DCGANGenerator / DCGANDiscriminator    images, --arch dcgan (Radford et al. 2016)
     ResNetGenerator / ResNetDiscriminator  images, --arch resnet (SNGAN, Miyato et al. 2018)
-    build_models(kind, data_shape, latent_dim=None, arch=None, width=None, num_classes=None, pack=1)
-                                           -> (G, D, latent_dim)
+    MinibatchStddev                        ProGAN's batch-variety feature for the image Ds (mbstd_group)
+    build_models(kind, data_shape, latent_dim=None, arch=None, width=None, num_classes=None, pack=1,
+                 d_width=None, mbstd_group=0) -> (G, D, latent_dim)
 
 Every generator maps z (B, latent_dim) to a sample and has a `latent_dim` attribute; every
 discriminator maps a batch to logits (B, 1). With num_classes=K each model is class-conditional,
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from .nn.conditional import ConditionalBatchNorm2d, ProjectionHead
 
-__all__ = ["ARCHS", "DCGANDiscriminator", "DCGANGenerator", "MLPDiscriminator", "MLPGenerator",
+__all__ = ["ARCHS", "DCGANDiscriminator", "DCGANGenerator", "MLPDiscriminator", "MLPGenerator", "MinibatchStddev",
            "ResNetDiscriminator", "ResNetGenerator", "build_models", "default_latent_dim"]
 
 ARCHS = ("dcgan", "resnet")
@@ -162,6 +163,34 @@ def _extra_layers(resolution: int, extra_layers: int | None) -> int:
     return extra_layers
 
 
+class MinibatchStddev(nn.Module):
+    """Minibatch standard deviation (Karras et al. 2018, ProGAN, sec. 3; in StyleGAN2's grouped form):
+    the standard deviation of every feature over a group of samples, averaged over the features and
+    positions, appended to each sample of the group as one more constant channel. A G that covers
+    too little of the data makes batches less varied than real ones, which D can then see.
+
+    Groups are the samples i, i + M, i + 2M, ... (M = N / g), g = `group_size`, or its largest
+    divisor of the batch size N when g does not divide N (g = 1: the channel is a constant)."""
+
+    def __init__(self, group_size: int = 4):
+        super().__init__()
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+            raise ValueError(f"mbstd group size must be a positive int, got {group_size!r}")
+        self.group_size = group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        g = next(d for d in range(min(self.group_size, n), 0, -1) if n % d == 0)
+        y = x.reshape(g, n // g, c, h, w)
+        y = (y - y.mean(dim=0)).square().mean(dim=0)  # variance over each group: (M, C, H, W)
+        y = (y + 1e-8).sqrt().mean(dim=(1, 2, 3))  # mean standard deviation: (M,)
+        y = y.reshape(1, n // g, 1, 1, 1).expand(g, n // g, 1, h, w).reshape(n, 1, h, w)
+        return torch.cat([x, y], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"group_size={self.group_size}"
+
+
 class DCGANGenerator(nn.Module):
     """z -> 4x4 (transposed conv) -> (BN, ReLU, 4x4 stride-2 transposed conv) x n -> tanh, with
     `extra_layers` 3x3 convs (BN, ReLU) before the last one (default: 1 up to 16x16, else 0)."""
@@ -196,10 +225,11 @@ class DCGANDiscriminator(nn.Module):
     """image -> (4x4 stride-2 conv, LeakyReLU 0.2) x n -> 4x4 conv to one logit. No batch norm by
     default: it mixes samples of a batch, which breaks per-sample gradient penalties.
     `extra_layers` 3x3 convs follow the first one (default: 1 up to 16x16, else 0). Conditional: the
-    last conv (a linear map of the 4x4 features) becomes a projection head on those features."""
+    last conv (a linear map of the 4x4 features) becomes a projection head on those features.
+    mbstd_group > 0 appends a MinibatchStddev channel to the 4x4 features."""
 
     def __init__(self, resolution: int = 32, channels: int = 3, width: int = 64, batch_norm: bool = False,
-                 extra_layers: int | None = None, num_classes: int | None = None):
+                 extra_layers: int | None = None, num_classes: int | None = None, mbstd_group: int = 0):
         super().__init__()
         _check_positive(channels=channels, width=width)
         n = _n_doublings(resolution)
@@ -215,6 +245,9 @@ class DCGANDiscriminator(nn.Module):
             c = c_out
             for _ in range(extra if level == 0 else 0):
                 layers += [nn.Conv2d(c, c, 3, 1, 1), nn.LeakyReLU(0.2, True)]
+        if mbstd_group:
+            layers.append(MinibatchStddev(mbstd_group))
+            c += 1
         if num_classes is None:
             layers.append(nn.Conv2d(c, 1, 4, 1, 0))  # 4x4 -> 1x1
         else:
@@ -325,9 +358,11 @@ class ResNetGenerator(nn.Module):
 
 class ResNetDiscriminator(nn.Module):
     """image -> DBlock (down 2x) x n to 4x4 -> DBlock -> ReLU -> sum over space -> linear (a projection
-    head when conditional: SNGAN's projection discriminator)."""
+    head when conditional: SNGAN's projection discriminator). mbstd_group > 0 appends a
+    MinibatchStddev channel to the input of the last DBlock."""
 
-    def __init__(self, resolution: int = 32, channels: int = 3, width: int = 64, num_classes: int | None = None):
+    def __init__(self, resolution: int = 32, channels: int = 3, width: int = 64, num_classes: int | None = None,
+                 mbstd_group: int = 0):
         super().__init__()
         _check_positive(channels=channels, width=width)
         n = _n_doublings(resolution)
@@ -337,7 +372,9 @@ class ResNetDiscriminator(nn.Module):
             c_out = _channels(width, level)
             blocks.append(DBlock(c, c_out, down=True, first=(level == 0)))
             c = c_out
-        blocks.append(DBlock(c, c, down=False))
+        if mbstd_group:
+            blocks.append(MinibatchStddev(mbstd_group))
+        blocks.append(DBlock(c + (1 if mbstd_group else 0), c, down=False))
         self.blocks = nn.Sequential(*blocks)
         if num_classes is None:
             self.fc = nn.Linear(c, 1)
@@ -366,15 +403,18 @@ def default_latent_dim(kind: str, data_shape=None) -> int:
 
 def build_models(kind: str, data_shape, latent_dim: int | None = None, arch: str | None = None,
                  width: int | None = None, num_classes: int | None = None,
-                 pack: int = 1, d_width: int | None = None) -> tuple[nn.Module, nn.Module, int]:
+                 pack: int = 1, d_width: int | None = None, mbstd_group: int = 0) -> tuple[nn.Module, nn.Module, int]:
     """(G, D, latent_dim) for data of `kind` ("points" | "images") whose samples have shape
     `data_shape` ((D,) or (C, H, W)). arch: for images "dcgan" (default) or "resnet"; for points
     only None or "mlp". width: hidden units (points, default 128) or the base channel count
     (images, default 64). num_classes: K for class-conditional models G(z, y), D(x, y). pack: D
     takes `pack` images at once on the channel axis (PacGAN; images, unconditional only). d_width: D's
     width when it differs from G's (images; width // 4 is the small-D setting of Metz et al. 2017 and
-    PacGAN's Table 3)."""
+    PacGAN's Table 3). mbstd_group: a minibatch standard deviation channel in D over groups of this
+    many of D's inputs (images; 0 for none; ProGAN and StyleGAN use 4)."""
     _check_positive(pack=pack)
+    if isinstance(mbstd_group, bool) or not isinstance(mbstd_group, int) or mbstd_group < 0:
+        raise ValueError(f"mbstd_group must be a non-negative int (0 for none), got {mbstd_group!r}")
     if d_width is not None:
         _check_positive(d_width=d_width)
     if num_classes is not None:
@@ -393,6 +433,8 @@ def build_models(kind: str, data_shape, latent_dim: int | None = None, arch: str
             raise ValueError(f"points must have shape (D,), got {data_shape}")
         if d_width is not None:
             raise ValueError("d_width is for images; the points' MLPs share one width")
+        if mbstd_group:
+            raise ValueError("mbstd_group (a minibatch standard deviation channel) is for the image discriminators")
         latent_dim = default_latent_dim(kind) if latent_dim is None else latent_dim
         hidden = 128 if width is None else width
         return (MLPGenerator(latent_dim, data_shape[0], hidden, num_classes=k),
@@ -409,7 +451,7 @@ def build_models(kind: str, data_shape, latent_dim: int | None = None, arch: str
         d_width = width if d_width is None else d_width
         if arch == "dcgan":
             return (DCGANGenerator(latent_dim, res, c, width, num_classes=k),
-                    DCGANDiscriminator(res, c * pack, d_width, num_classes=k), latent_dim)
+                    DCGANDiscriminator(res, c * pack, d_width, num_classes=k, mbstd_group=mbstd_group), latent_dim)
         return (ResNetGenerator(latent_dim, res, c, width, num_classes=k),
-                ResNetDiscriminator(res, c * pack, d_width, num_classes=k), latent_dim)
+                ResNetDiscriminator(res, c * pack, d_width, num_classes=k, mbstd_group=mbstd_group), latent_dim)
     raise ValueError(f"kind must be 'points' or 'images', got {kind!r}")

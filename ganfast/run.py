@@ -99,7 +99,8 @@ def default_image_threads() -> int:
 # options that describe the run itself (a resumed run keeps them); the others only say how to execute it
 RUN_KEYS = tuple(RING_DEFAULTS) + ("data", "seed")
 # run options added after config version 1, with the value a run written without them had
-LATER_KEYS = {"pack": 1, "data_dir": None, "eval_samples": None, "ema_rampup": None, "d_width": None}
+LATER_KEYS = {"pack": 1, "data_dir": None, "eval_samples": None, "ema_rampup": None, "d_width": None,
+              "mbstd_group": 0}
 EXEC_KEYS = ("backend", "device", "progress")
 
 
@@ -186,6 +187,11 @@ def _check(cfg: dict) -> None:
                        f"must be in [0, 1], got {cfg['lr_decay']!r}")
     if cfg.get("d_width") is not None and cfg["kind"] != "images":
         raise RunError("--d-width is for images; the 2-D mixtures' MLPs share one --width")
+    mbstd = cfg.get("mbstd_group", 0)
+    if isinstance(mbstd, bool) or not isinstance(mbstd, int) or mbstd < 0:
+        raise RunError(f"--mbstd-group must be a non-negative integer (0 for none), got {mbstd!r}")
+    if mbstd and cfg["kind"] != "images":
+        raise RunError("--mbstd-group is for images; the 2-D mixtures' MLP D takes one point at a time")
     if cfg.get("pack", 1) != 1 and cfg["kind"] != "images":
         raise RunError("--pack (PacGAN) is for images; the 2-D mixtures' MLP D takes one point at a time")
     if cfg["batch_size"] % cfg.get("pack", 1):
@@ -298,7 +304,8 @@ def _build(cfg: dict, run_dir: Path, dataset: Dataset | None) -> Run:
     num_classes = cfg["num_classes"] if cfg.get("conditional") else None  # written by _train from the data
     G, D, latent_dim = build_models(cfg["kind"], shape, latent_dim=cfg.get("latent_dim"),
                                     arch=cfg.get("arch") if cfg["kind"] == "images" else None, width=cfg.get("width"),
-                                    num_classes=num_classes, pack=cfg.get("pack", 1), d_width=cfg.get("d_width"))
+                                    num_classes=num_classes, pack=cfg.get("pack", 1), d_width=cfg.get("d_width"),
+                                    mbstd_group=cfg.get("mbstd_group", 0))
     betas = (cfg["beta1"], cfg["beta2"])
     g_opt = torch.optim.Adam(G.parameters(), lr=cfg["lr"], betas=betas)
     d_opt = torch.optim.Adam(D.parameters(), lr=cfg["lr"], betas=betas)

@@ -42,13 +42,13 @@ def small_world(mnist_subset, tmp_path, monkeypatch):
 
 
 # gamma: the measured default R1 weight of each (not passed, so it comes from run.DATA_DEFAULTS)
-@pytest.mark.parametrize("data,channels,pack,d_width,gamma", [("mnist", 1, 1, None, 1.0),
-                                                              ("stacked-mnist", 3, 2, 2, 0.1)])
-def test_smoke_training_eval_and_sample(small_world, tmp_path, capsys, data, channels, pack, d_width, gamma):
+@pytest.mark.parametrize("data,channels,pack,d_width,mbstd,gamma", [("mnist", 1, 1, None, 0, 1.0),
+                                                                    ("stacked-mnist", 3, 2, 2, 4, 0.1)])
+def test_smoke_training_eval_and_sample(small_world, tmp_path, capsys, data, channels, pack, d_width, mbstd, gamma):
     out = tmp_path / "run"
     options = dict(data=data, data_dir=str(small_world), steps=50, batch_size=16, width=8, eval_every=25,
                    log_every=25, eval_samples=300, sample_every=50, checkpoint_every=50, threads=1, pack=pack,
-                   d_width=d_width)
+                   d_width=d_width, mbstd_group=mbstd or None)
     summary = run.train(options, out=out, progress=False)
     m = summary["metrics"]
     n_modes = 10 if data == "mnist" else 1000
@@ -58,6 +58,7 @@ def test_smoke_training_eval_and_sample(small_world, tmp_path, capsys, data, cha
     assert summary["steps"] == 50 and summary["eval_s"] > 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["pack"] == pack and cfg["data_shape"] == [channels, 32, 32] and cfg["d_width"] == d_width
+    assert cfg["mbstd_group"] == mbstd
     assert cfg["penalty"] == "r1" and cfg["penalty_weight"] == gamma
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     scored = [r for r in rows if r["modes_captured"] not in ("", "nan")]
@@ -91,6 +92,11 @@ def test_train_errors(small_world, tmp_path, monkeypatch, capsys):
     assert "--pack (PacGAN) is for images" in capsys.readouterr().err
     assert cli.main(["train", "--data", "ring", "--d-width", "8", "--out", str(tmp_path / "e")]) == 2
     assert "--d-width is for images" in capsys.readouterr().err
+    assert cli.main(["train", "--data", "ring", "--mbstd-group", "4", "--out", str(tmp_path / "f")]) == 2
+    assert "--mbstd-group is for images" in capsys.readouterr().err
+    assert cli.main(["train", "--data", "stacked-mnist", "--data-dir", str(small_world), "--mbstd-group", "-1",
+                     "--out", str(tmp_path / "g")]) == 2
+    assert "--mbstd-group must be a non-negative integer" in capsys.readouterr().err
     assert cli.main(["train", "--data", "ring", "--data-dir", str(small_world), "--out", str(tmp_path / "d")]) == 2
     assert "--data-dir" in capsys.readouterr().err
 

@@ -64,6 +64,41 @@ def test_d_width_sizes_only_the_discriminator(arch):
         models.build_models("points", (2,), d_width=8)
 
 
+def test_minibatch_stddev_against_its_definition():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 5, 3, 3, generator=g, dtype=torch.float64)
+    out = models.MinibatchStddev(4)(x)
+    assert out.shape == (12, 6, 3, 3) and torch.equal(out[:, :5], x)
+    for i in range(12):  # sample i is grouped with i + 3k (M = 12 / 4 = 3 groups)
+        group = x[i % 3::3]
+        expected = (group.var(dim=0, unbiased=False) + 1e-8).sqrt().mean()
+        assert torch.allclose(out[i, 5], expected.expand(3, 3))
+    # a batch that 4 does not divide uses the largest divisor below 4; groups of 1 are constant
+    assert torch.allclose(models.MinibatchStddev(4)(x[:9])[:, 5], models.MinibatchStddev(3)(x[:9])[:, 5])
+    assert torch.allclose(models.MinibatchStddev(4)(x[:7])[:, 5], torch.full((7, 3, 3), 1e-4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="positive int"):
+        models.MinibatchStddev(0)
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_mbstd_discriminator_sees_its_group_only(arch):
+    """A sample's logit depends on the other members of its group and on no other sample."""
+    torch.manual_seed(0)
+    G, D, latent = models.build_models("images", (3, 16, 16), arch=arch, width=8, pack=2, mbstd_group=2)
+    assert any(isinstance(m, models.MinibatchStddev) for m in D.modules())
+    D(torch.cat([G(torch.randn(4, latent))] * 2, dim=1)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in list(G.parameters()) + list(D.parameters()))
+    x = torch.randn(4, 6, 16, 16)
+    y = x.clone()
+    y[0] += 1.0  # groups are {0, 2} and {1, 3}
+    changed = (D(x) - D(y)).abs().flatten() > 0
+    assert changed.tolist() == [True, False, True, False]
+    with pytest.raises(ValueError, match="mbstd_group must be a non-negative int"):
+        models.build_models("images", (3, 16, 16), mbstd_group=-1)
+    with pytest.raises(ValueError, match="for the image discriminators"):
+        models.build_models("points", (2,), mbstd_group=4)
+
+
 def test_default_sizes_and_no_spectral_norm():
     G, D, latent = models.build_models("images", (1, 8, 8))
     assert latent == 64
