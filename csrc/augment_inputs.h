@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "common/augment.h"
+#include "output_alloc.h"
 
 namespace ganfast {
 
@@ -16,8 +17,10 @@ struct AugmentCall {
   int64_t batch, channels, height, width;
 };
 
+// empty_like allocates the output (the CPU op: from its output cache when large).
 inline AugmentCall prepare_augment(const at::Tensor& x, const std::optional<at::Tensor>& color,
-                                   const at::Tensor& geometry, const char* op) {
+                                   const at::Tensor& geometry, const char* op,
+                                   EmptyLike empty_like = contiguous_empty_like) {
   TORCH_CHECK(x.dim() == 4, op, ": x must be a batch of images (B, C, H, W), got shape ", x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be floating point, got ", x.scalar_type());
   TORCH_CHECK(x.numel() > 0, op, ": x is empty (shape ", x.sizes(), ")");
@@ -39,7 +42,7 @@ inline AugmentCall prepare_augment(const at::Tensor& x, const std::optional<at::
   }
   c.x = x.contiguous();
   c.geometry = geometry.contiguous();
-  c.out = at::empty_like(c.x);
+  c.out = empty_like(c.x);
   c.batch = b;
   c.channels = x.size(1);
   c.height = x.size(2);

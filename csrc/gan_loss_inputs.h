@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include "common/gan_loss.h"
+#include "output_alloc.h"
 
 namespace ganfast {
 
@@ -14,8 +15,9 @@ struct GanLossCall {
   at::Tensor loss, grad_real, grad_fake, stats;
 };
 
+// empty_like allocates the gradients (the CPU op: from its output cache when large).
 inline GanLossCall prepare_gan_loss(const std::optional<at::Tensor>& real_opt, const at::Tensor& fake, int64_t kind,
-                                    bool generator) {
+                                    bool generator, EmptyLike empty_like = contiguous_empty_like) {
   TORCH_CHECK(kind >= 0 && kind <= 7, "ganfast::gan_loss_fused: unknown kind id ", kind);
   TORCH_CHECK(fake.numel() > 0, "ganfast::gan_loss_fused: fake logits are empty");
   TORCH_CHECK(at::isFloatingType(fake.scalar_type()), "ganfast::gan_loss_fused: logits must be floating point");
@@ -33,8 +35,8 @@ inline GanLossCall prepare_gan_loss(const std::optional<at::Tensor>& real_opt, c
   if (c.spec.mode == Mode::Paired)
     TORCH_CHECK(c.real.sizes() == c.fake.sizes(), "ganfast::gan_loss_fused: rpgan pairs real and fake, shapes differ");
   c.loss = at::empty({}, c.fake.options());
-  c.grad_real = at::empty_like(c.real);
-  c.grad_fake = at::empty_like(c.fake);
+  c.grad_real = empty_like(c.real);
+  c.grad_fake = empty_like(c.fake);
   c.stats = at::empty({4}, c.fake.options().dtype(at::kFloat));
   return c;
 }

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include "common/penalties.h"
+#include "output_alloc.h"
 
 namespace ganfast {
 
@@ -15,7 +16,9 @@ struct GradPenaltyCall {
   at::Tensor penalty, grad, norms;
 };
 
-inline GradPenaltyCall prepare_grad_penalty(const at::Tensor& g, int64_t kind) {
+// empty_like allocates the outputs as large as the inputs (the CPU ops: from its output cache when large).
+inline GradPenaltyCall prepare_grad_penalty(const at::Tensor& g, int64_t kind,
+                                            EmptyLike empty_like = contiguous_empty_like) {
   TORCH_CHECK(kind >= 0 && kind <= 2, "ganfast::grad_penalty_fused: unknown kind id ", kind);
   TORCH_CHECK(g.dim() >= 1, "ganfast::grad_penalty_fused: g must have a batch dimension, got a 0-dim tensor");
   TORCH_CHECK(g.size(0) > 0, "ganfast::grad_penalty_fused: the batch is empty (B = 0)");
@@ -28,7 +31,7 @@ inline GradPenaltyCall prepare_grad_penalty(const at::Tensor& g, int64_t kind) {
   c.cols = g.numel() / c.rows;
   const auto acc = g.options().dtype(gp_opmath(g.scalar_type()));
   c.penalty = at::empty({}, acc);
-  c.grad = at::empty_like(c.g);
+  c.grad = empty_like(c.g);
   c.norms = at::empty({c.rows}, acc);
   return c;
 }
@@ -40,7 +43,8 @@ struct InterpolateCall {
 };
 
 inline InterpolateCall prepare_interpolate(const at::Tensor& real, const at::Tensor& other, const at::Tensor& alpha,
-                                           bool perturb) {
+                                           bool perturb,
+                                           EmptyLike empty_like = contiguous_empty_like) {
   const char* what = "ganfast::gp_interpolate: ";
   TORCH_CHECK(real.dim() >= 1 && real.size(0) > 0, what, "real needs a non-empty batch dimension");
   TORCH_CHECK(at::isFloatingType(real.scalar_type()), what, "inputs must be floating point, got ", real.scalar_type());
@@ -58,7 +62,7 @@ inline InterpolateCall prepare_interpolate(const at::Tensor& real, const at::Ten
   c.alpha = alpha.to(gp_opmath(real.scalar_type())).contiguous();
   c.rows = real.size(0);
   c.cols = real.numel() / c.rows;
-  c.out = at::empty_like(c.real);
+  c.out = empty_like(c.real);
   return c;
 }
 

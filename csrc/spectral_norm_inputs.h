@@ -4,6 +4,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "output_alloc.h"
+
 namespace ganfast {
 
 inline at::ScalarType sn_opmath(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -40,8 +42,10 @@ inline void check_sn_vectors(const at::Tensor& w, SnDims d, const at::Tensor& u,
 
 // fill_vectors: u_out, v_out start as copies of u, v (kernels that update them in place: CPU); else
 // they are only allocated and u, v are kept (CUDA writes u_out, v_out from u, v: no copy launches).
+// empty_like allocates the output W / sigma (the CPU ops: from their output cache when large).
 inline SpectralNormCall prepare_spectral_norm(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v,
-                                              int64_t dim, int64_t n_iter, double eps, bool fill_vectors = true) {
+                                              int64_t dim, int64_t n_iter, double eps, bool fill_vectors = true,
+                                              EmptyLike empty_like = contiguous_empty_like) {
   const char* op = "ganfast::spectral_norm_fused";
   const SnDims d = check_sn_weight(weight, dim, op);
   check_sn_vectors(weight, d, u, v, op);
@@ -62,7 +66,7 @@ inline SpectralNormCall prepare_spectral_norm(const at::Tensor& weight, const at
     c.u_out = at::empty_like(c.u);
     c.v_out = at::empty_like(c.v);
   }
-  c.out = at::empty_like(c.w);
+  c.out = empty_like(c.w);
   c.sigma = at::empty({}, c.w.options().dtype(acc));
   return c;
 }
@@ -74,7 +78,8 @@ struct SpectralNormBackwardCall {
 
 inline SpectralNormBackwardCall prepare_spectral_norm_backward(const at::Tensor& grad, const at::Tensor& weight,
                                                                const at::Tensor& u, const at::Tensor& v,
-                                                               const at::Tensor& sigma, int64_t dim, double eps) {
+                                                               const at::Tensor& sigma, int64_t dim, double eps,
+                                                               EmptyLike empty_like = contiguous_empty_like) {
   const char* op = "ganfast::spectral_norm_backward";
   const SnDims d = check_sn_weight(weight, dim, op);
   check_sn_vectors(weight, d, u, v, op);
@@ -91,7 +96,7 @@ inline SpectralNormBackwardCall prepare_spectral_norm_backward(const at::Tensor&
   c.u = u.to(acc).contiguous();
   c.v = v.to(acc).contiguous();
   c.sigma = sigma.to(acc).reshape({}).contiguous();
-  c.grad_w = at::empty_like(c.w);
+  c.grad_w = empty_like(c.w);
   return c;
 }
 

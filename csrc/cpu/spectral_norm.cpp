@@ -17,9 +17,7 @@
 // x86-64 here (GCC target pragmas), and the copy of ganfast's CPU capability in force runs (the same
 // switch as the loss and penalty kernels: csrc/cpu/kernels.h).
 #include <ATen/ATen.h>
-#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
-#include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -27,14 +25,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "../common/parallel.h"
 #include "../spectral_norm_inputs.h"
 #include "kernels.h"
+#include "output_cache.h"
 
 namespace ganfast {
 namespace sn {
@@ -116,74 +113,6 @@ template <class F> void with_storage(at::ScalarType t, const char* op, F&& f) {
     case at::kBFloat16: return f(bf16_bits{});
     default: TORCH_CHECK(false, op, ": unsupported dtype ", t);
   }
-}
-
-// The outputs W / sigma and dW are as large as the weight and live about one training step. Fresh
-// memory of that size comes from the OS and costs a page fault per 4 KiB on first write (measured:
-// ~150 us per 2.4 MB, more than the kernel writing it); so their buffers come from this cache of
-// freed buffers of the same size (at most kMaxCachedBytes held while unused), and are written warm.
-class OutputCache final : public at::Allocator {
- public:
-  static constexpr size_t kMaxCachedBytes = size_t(256) << 20;
-
-  at::DataPtr allocate(size_t n) override {
-    void* p = nullptr;
-    if (n > 0) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = free_.find(n);
-      if (it != free_.end() && !it->second.empty()) {
-        p = it->second.back();
-        it->second.pop_back();
-        cached_bytes_ -= n;
-      }
-    }
-    if (p == nullptr) p = c10::alloc_cpu(n);
-    return {p, new Block{this, p, n}, &release, at::Device(at::kCPU)};
-  }
-
-  void copy_data(void* dest, const void* src, std::size_t count) const override {
-    default_copy_data(dest, src, count);
-  }
-
-  static OutputCache& get() {
-    static OutputCache* cache = new OutputCache();  // never destroyed: tensors may outlive static destructors
-    return *cache;
-  }
-
- private:
-  struct Block {
-    OutputCache* cache;
-    void* data;
-    size_t bytes;
-  };
-
-  static void release(void* ctx) {
-    Block* b = static_cast<Block*>(ctx);
-    b->cache->put(b->data, b->bytes);
-    delete b;
-  }
-
-  void put(void* p, size_t n) {
-    if (p == nullptr) return;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (n > 0 && cached_bytes_ + n <= kMaxCachedBytes) {
-        free_[n].push_back(p);
-        cached_bytes_ += n;
-        return;
-      }
-    }
-    c10::free_cpu(p);
-  }
-
-  std::mutex mutex_;
-  std::unordered_map<size_t, std::vector<void*>> free_;
-  size_t cached_bytes_ = 0;
-};
-
-at::Tensor cached_empty_like(const at::Tensor& w) {  // w contiguous, on the CPU
-  return at::detail::empty_generic(w.sizes(), &OutputCache::get(), c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   w.scalar_type(), at::MemoryFormat::Contiguous);
 }
 
 // Runs body(task) for task in [0, n): in parallel when the work is worth a parallel region.
@@ -309,7 +238,6 @@ template <class F> void with_layer(const LayerState& L, const char* op, F&& f) {
 void spectral_norm_forward_layers(std::vector<SpectralNormCall>& calls, int64_t n_iter, double eps, const char* op) {
   const Isa isa = active_isa();
   const int64_t nl = int64_t(calls.size());
-  for (auto& c : calls) c.out = cached_empty_like(c.w);
   std::vector<LayerState> layers(nl);
   for (int64_t l = 0; l < nl; ++l) {
     LayerState& L = layers[l];
@@ -431,7 +359,6 @@ void spectral_norm_forward_layers(std::vector<SpectralNormCall>& calls, int64_t 
 void spectral_norm_backward_layers(std::vector<SpectralNormBackwardCall>& calls, double eps, const char* op) {
   const Isa isa = active_isa();
   const int64_t nl = int64_t(calls.size());
-  for (auto& c : calls) c.grad_w = cached_empty_like(c.w);
   // <G, W> over fixed chunks, added in chunk order
   TaskList chunks, rows;
   std::vector<std::vector<double>> gw(nl);
@@ -490,7 +417,8 @@ void spectral_norm_backward_layers(std::vector<SpectralNormBackwardCall>& calls,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_fused_cpu(
     const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t dim, int64_t n_iter, double eps) {
-  std::vector<SpectralNormCall> calls{prepare_spectral_norm(weight, u, v, dim, n_iter, eps)};
+  std::vector<SpectralNormCall> calls{
+      prepare_spectral_norm(weight, u, v, dim, n_iter, eps, /*fill_vectors=*/true, cpu_output_like)};
   spectral_norm_forward_layers(calls, n_iter, eps, "ganfast::spectral_norm_fused");
   const SpectralNormCall& c = calls[0];
   return {c.out, c.u_out, c.v_out, c.sigma};
@@ -498,7 +426,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_fused_c
 
 at::Tensor spectral_norm_backward_cpu(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& u,
                                       const at::Tensor& v, const at::Tensor& sigma, int64_t dim, double eps) {
-  std::vector<SpectralNormBackwardCall> calls{prepare_spectral_norm_backward(grad, weight, u, v, sigma, dim, eps)};
+  std::vector<SpectralNormBackwardCall> calls{
+      prepare_spectral_norm_backward(grad, weight, u, v, sigma, dim, eps, cpu_output_like)};
   spectral_norm_backward_layers(calls, eps, "ganfast::spectral_norm_backward");
   return calls[0].grad_w;
 }
@@ -511,7 +440,9 @@ spectral_norm_multi_cpu(at::TensorList weights, at::TensorList us, at::TensorLis
               "ganfast::spectral_norm_multi: weights, u, v and dims must have the same length");
   std::vector<SpectralNormCall> calls;
   calls.reserve(L);
-  for (int64_t l = 0; l < L; ++l) calls.push_back(prepare_spectral_norm(weights[l], us[l], vs[l], dims[l], n_iter, eps));
+  for (int64_t l = 0; l < L; ++l)
+    calls.push_back(
+        prepare_spectral_norm(weights[l], us[l], vs[l], dims[l], n_iter, eps, /*fill_vectors=*/true, cpu_output_like));
   spectral_norm_forward_layers(calls, n_iter, eps, "ganfast::spectral_norm_multi");
   std::vector<at::Tensor> out(L), u_out(L), v_out(L), sigma(L);
   for (int64_t l = 0; l < L; ++l) {
@@ -533,7 +464,8 @@ std::vector<at::Tensor> spectral_norm_backward_multi_cpu(at::TensorList grads, a
   std::vector<SpectralNormBackwardCall> calls;
   calls.reserve(L);
   for (int64_t l = 0; l < L; ++l)
-    calls.push_back(prepare_spectral_norm_backward(grads[l], weights[l], us[l], vs[l], sigmas[l], dims[l], eps));
+    calls.push_back(
+        prepare_spectral_norm_backward(grads[l], weights[l], us[l], vs[l], sigmas[l], dims[l], eps, cpu_output_like));
   spectral_norm_backward_layers(calls, eps, "ganfast::spectral_norm_backward_multi");
   std::vector<at::Tensor> out(L);
   for (int64_t l = 0; l < L; ++l) out[l] = calls[l].grad_w;
