@@ -74,7 +74,7 @@ bool default_dispatch_state() {
 // ganfast._C.gan_loss_eager(real, fake, kind, generator) -> (loss, stats), or None when the call needs
 // the dispatcher (see takes_direct_call). The same autograd function that the op's Autograd kernel runs,
 // without the layers of a torch.ops call (OpOverload, argument parsing, the boxed call into the
-// kernel): measured 2.7 us of a d_loss at B = 64, about a fifth of its time.
+// kernel): the forward of a g_loss at B = 64 measured 5.1 us against 7.5-7.9 us through torch.ops.
 PyObject* gan_loss_eager(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   TORCH_CHECK(nargs == 4, "gan_loss_eager takes (real, fake, kind, generator), got ", nargs, " arguments");
