@@ -6,15 +6,15 @@
 
 namespace ganfast {
 
-// True for an upstream gradient that is a plain CPU scalar equal to 1 (`loss.backward()`), read from
-// its memory (no op is dispatched: nothing counts as a read from the device); false for traced,
-// functional or wrapped tensors (torch.compile, vmap).
-// Keys of tensors that are not plain eager data: a Python subclass or mode, functionalization (torch.compile),
-// functorch's wrappers (vmap, grad).
+// Keys of tensors that are not plain eager data: a Python subclass or mode, functionalization
+// (torch.compile), functorch's wrappers (vmap, grad).
 constexpr c10::DispatchKeySet kWrappedKeys({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
                                             c10::DispatchKey::Functionalize, c10::DispatchKey::FuncTorchBatched,
                                             c10::DispatchKey::FuncTorchGradWrapper});
 
+// True for an upstream gradient that is a plain CPU scalar equal to 1 (`loss.backward()`), read from
+// its memory (no op is dispatched: nothing counts as a read from the device); false for traced,
+// functional or wrapped tensors (torch.compile, vmap).
 inline bool is_plain_cpu_one(const at::Tensor& grad_out) {
   if (grad_out.key_set().has_any(kWrappedKeys) || !grad_out.is_cpu() || grad_out.layout() != at::kStrided ||
       grad_out.dim() != 0 || !grad_out.has_storage())

@@ -1,7 +1,7 @@
 // CPU ops of ganfast::grad_penalty_fused (per-sample norms, penalty and d penalty/d g in one call)
 // and ganfast::gp_interpolate. The loops are in vec/penalties_kernel.cpp, compiled once per CPU
-// capability; this file checks the inputs, allocates the outputs (output_cache.h) and calls the copy the CPU
-// supports (kernels.h).
+// capability; this file checks the inputs, allocates the outputs (output_cache.h) and calls the copy
+// the CPU supports (kernels.h).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
