@@ -56,13 +56,14 @@ std::tuple<at::Tensor, at::Tensor> gan_loss_no_grad(const std::optional<at::Tens
   return {loss, stats};
 }
 
-// True when the dispatcher would send a call on `t` straight to the Autograd kernel above: an exact
-// torch.Tensor of plain eager data, no __torch_function__ or dispatch mode, no tracer, functorch
-// transform, autocast or inference mode changing the thread's dispatch keys.
+// True when the dispatcher would send a call on `obj` straight to the Autograd kernel above: an exact
+// torch.Tensor (no __torch_function__ subclass) of plain eager data (no functorch or tracer wrapper).
 bool takes_direct_call(PyObject* obj) {
   return THPVariable_CheckExact(obj) && !THPVariable_Unpack(obj).key_set().has_any(kWrappedKeys);
 }
 
+// True when nothing in this thread changes where a call goes: no __torch_function__ or dispatch mode,
+// no tracer, functorch transform, autocast or inference mode among the thread's dispatch keys.
 bool default_dispatch_state() {
   const auto tls = c10::impl::tls_local_dispatch_key_set();
   return tls.included_ == c10::default_included_set && tls.excluded_ == c10::default_excluded_set &&

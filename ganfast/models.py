@@ -174,8 +174,7 @@ class MinibatchStddev(nn.Module):
 
     def __init__(self, group_size: int = 4):
         super().__init__()
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise ValueError(f"mbstd group size must be a positive int, got {group_size!r}")
+        _check_positive(group_size=group_size)
         self.group_size = group_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from .. import losses
 
-PENALTIES = (None, "r1", "r2", "wgan-gp", "wgan-lp", "dragan")
+PENALTIES = (None, "r1", "r2", "r1+r2", "wgan-gp", "wgan-lp", "dragan")
 AMP_MODES = (None, "bf16", "fp16")
 
 
@@ -31,8 +31,8 @@ def _positive_int(v) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """loss: a kind of ganfast.losses. penalty: None | "r1" | "r2" | "wgan-gp" | "wgan-lp" (one-sided) |
-    "dragan", weighted by penalty_weight (λ or γ), applied every penalty_interval-th D step times the
+    """loss: a kind of ganfast.losses. penalty: None | "r1" | "r2" | "r1+r2" (both, each with
+    the weight: R3GAN's regularizer) | "wgan-gp" | "wgan-lp" (one-sided) | "dragan", weighted by penalty_weight (λ or γ), applied every penalty_interval-th D step times the
     interval (lazy). d_steps: D updates per G update. ema: decay of an EMA copy of G; ema_rampup:
     StyleGAN's ramp-up (the EMA's half-life, in steps, is at most ema_rampup × the steps done).
     amp: None | "bf16" | "fp16". grad_clip: max gradient norm, a float or (g, d). weight_clip: clamp

@@ -53,6 +53,9 @@ class PenaltyTerm:
             return p.r1_from_logits(real_logits, real, w, scaler=scaler)
         if self.kind == "r2":
             return p.r2_from_logits(fake_logits, fake, w, scaler=scaler)
+        if self.kind == "r1+r2":  # R3GAN (Huang et al. 2024): γ/2 (E‖∇D(x)‖² + E‖∇D(G(z))‖²)
+            return (p.r1_from_logits(real_logits, real, w, scaler=scaler)
+                    + p.r2_from_logits(fake_logits, fake, w, scaler=scaler))
         if fake.shape[0] != real.shape[0]:
             raise ValueError(f"{self.kind} pairs real and fake samples: batch sizes {real.shape[0]} and "
                              f"{fake.shape[0]}")

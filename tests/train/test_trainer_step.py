@@ -357,7 +357,7 @@ def test_step_reads_nothing_from_the_device_without_stats(kw):
     assert mode.reads == []  # the stats come back through one .tolist()
 
 
-@pytest.mark.parametrize("penalty", ["r1", "r2", "wgan-gp", "wgan-lp", "dragan"])
+@pytest.mark.parametrize("penalty", ["r1", "r2", "r1+r2", "wgan-gp", "wgan-lp", "dragan"])
 def test_every_penalty_runs_and_is_reproducible(penalty):
     pytest.importorskip("ganfast.penalties")
     runs = []
@@ -369,6 +369,24 @@ def test_every_penalty_runs_and_is_reproducible(penalty):
     assert all(math.isfinite(s["penalty"]) for s in runs[0])
     if penalty != "wgan-lp":  # one-sided: zero while the gradient norms stay below 1
         assert runs[0][-1]["penalty"] > 0
+
+
+def test_r1_plus_r2_is_the_sum_of_both_penalties():
+    """R3GAN's regularizer: the penalty stat and D's gradient are those of R1 plus those of R2 (plain SGD,
+    so that D's parameter change is linear in its gradient: Δ(r1+r2) = Δ(r1) + Δ(r2) − Δ(none))."""
+    pytest.importorskip("ganfast.penalties")
+    deltas, pens = {}, {}
+    for penalty in (None, "r1", "r2", "r1+r2"):
+        G, D = mlp_pair(dtype=torch.float64)
+        before = [p.detach().clone() for p in D.parameters()]
+        opts = torch.optim.SGD(G.parameters(), 0.1), torch.optim.SGD(D.parameters(), 0.1)
+        t = ganfast.Trainer(G, D, *opts, loss="ns", penalty=penalty, penalty_weight=3.0, seed=3)
+        pens[penalty] = t.step(points(16, torch.float64))["penalty"]
+        deltas[penalty] = [p.detach() - b for p, b in zip(D.parameters(), before)]
+    assert pens["r1"] > 0 and pens["r2"] > 0
+    assert pens["r1+r2"] == pytest.approx(pens["r1"] + pens["r2"], rel=1e-12)
+    for both, one, two, none in zip(deltas["r1+r2"], deltas["r1"], deltas["r2"], deltas[None]):
+        torch.testing.assert_close(both, one + two - none, rtol=1e-9, atol=1e-12)
 
 
 def test_tensorboard_scalars_when_available(monkeypatch, tmp_path):
