@@ -31,13 +31,14 @@ def _positive_int(v) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """loss: a kind of ganfast.losses. penalty: None | "r1" | "r2" | "r1+r2" (both, each with
-    the weight: R3GAN's regularizer) | "wgan-gp" | "wgan-lp" (one-sided) | "dragan", weighted by penalty_weight (λ or γ), applied every penalty_interval-th D step times the
-    interval (lazy). d_steps: D updates per G update. ema: decay of an EMA copy of G; ema_rampup:
-    StyleGAN's ramp-up (the EMA's half-life, in steps, is at most ema_rampup × the steps done).
-    amp: None | "bf16" | "fp16". grad_clip: max gradient norm, a float or (g, d). weight_clip: clamp
-    D's parameters to [-c, c] after each D update. accumulate: micro-batches per batch. pack: PacGAN's
-packing, D judges `pack` samples at once, concatenated on the channel axis (D takes pack × C channels)."""
+    """loss: a kind of ganfast.losses. penalty: None | "r1" | "r2" | "r1+r2" (both, each with the
+    weight: R3GAN's regularizer) | "wgan-gp" | "wgan-lp" (one-sided) | "dragan", weighted by
+    penalty_weight (λ or γ), applied every penalty_interval-th D step times the interval (lazy).
+    d_steps: D updates per G update. ema: decay of an EMA copy of G; ema_rampup: StyleGAN's ramp-up
+    (the EMA's half-life, in steps, is at most ema_rampup × the steps done). amp: None | "bf16" |
+    "fp16". grad_clip: max gradient norm, a float or (g, d). weight_clip: clamp D's parameters to
+    [-c, c] after each D update. accumulate: micro-batches per batch. pack: PacGAN's packing, D
+    judges `pack` samples at once, concatenated on the channel axis (D takes pack × C channels)."""
     loss: str = "ns"
     penalty: str | None = None
     penalty_weight: float = 10.0

@@ -10,12 +10,16 @@ import torch
 from .probe import optional_module
 
 RANDOM = ("wgan-gp", "wgan-lp", "dragan")  # penalties that draw α (and DRAGAN its noise u)
+# penalties taken from the logits of the loss's own D forward: whether they differentiate D at the
+# reals and at the fakes (the trainer then runs that forward on a detached input that requires grad)
+FROM_LOGITS = {"r1": (True, False), "r2": (False, True), "r1+r2": (True, True)}
 
 
 class PenaltyTerm:
     def __init__(self, config, comm, draw):
         self.kind, self.weight, self.interval = config.penalty, config.penalty_weight, config.penalty_interval
         self.micro = config.accumulate
+        self.on_real, self.on_fake = FROM_LOGITS.get(self.kind, (False, False))
         self.comm, self.draw = comm, draw  # draw(fn, shape, dtype): this rank's slice of one draw
         self.module = optional_module("penalties", f"penalty={self.kind!r}")
 

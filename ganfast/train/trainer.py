@@ -273,9 +273,9 @@ class Trainer:
             for i, (r, f, alpha, noise, ry, fy) in enumerate(zip(real.chunk(k), fake.chunk(k), alphas, noises,
                                                                   real_ys, fake_ys)):
                 with self._autocast():
-                    if apply_pen and cfg.penalty in ("r1", "r1+r2"):
+                    if apply_pen and self._penalty.on_real:
                         r = r.detach().requires_grad_(True)  # D(real) serves the loss and R1
-                    if apply_pen and cfg.penalty in ("r2", "r1+r2"):
+                    if apply_pen and self._penalty.on_fake:
                         f = f.detach().requires_grad_(True)
                     real_logits, fake_logits = self._disc(r, ry), self._disc(f, fy)
                     self._probability_head.watch(self.step_count, real_logits, fake_logits)
