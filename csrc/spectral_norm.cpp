@@ -1,8 +1,10 @@
-// Autograd of ganfast::spectral_norm_fused (its CPU and CUDA kernels), in C++: the backward is one
-// more fused kernel, ganfast::spectral_norm_backward, on what the forward saved (W, u', v', sigma).
-// Registered under the Autograd key of the op itself; the forward calls the kernel below autograd.
-// Python autograd (torch.library.register_autograd) cost 22 us more per fwd + bwd on a 2-core CPU
-// (16x64 weight: 113 us vs 91 us; the two kernels alone take 30 us).
+// Autograd of ganfast::spectral_norm_fused and ganfast::spectral_norm_multi (their CPU and CUDA
+// kernels), in C++: the backward is one more fused kernel (spectral_norm_backward / _backward_multi) on
+// what the forward saved (W, u', v', sigma). Registered under the Autograd key of each op; the forward
+// calls the kernel below autograd. Python autograd (torch.library.register_autograd) cost 22 us more
+// per fwd + bwd of one layer on a 2-core CPU (16x64 weight: 113 us vs 91 us; the two kernels alone
+// take 30 us), and for the multi-tensor op 80 us more per forward of 3 small layers, plus the Python
+// garbage collections its objects set off (3 layers of `ganfast bench sn`: 0.3-0.4 ms a forward).
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -52,8 +54,71 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_autogra
   return {out[0], out[1], out[2], out[3]};
 }
 
+using Lists = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
+                         std::vector<at::Tensor>>;
+using ForwardMulti = Lists(at::TensorList, at::TensorList, at::TensorList, at::IntArrayRef, int64_t, double);
+using BackwardMulti = std::vector<at::Tensor>(at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+                                              at::TensorList, at::IntArrayRef, double);
+
+// Inputs and outputs are flattened by torch::autograd::Function: the inputs are weights, u, v (n tensors
+// each), then dims (n ints), n_iter, eps; the outputs are outs, u', v', sigma (n each).
+struct SpectralNormMultiFunction : public torch::autograd::Function<SpectralNormMultiFunction> {
+  static variable_list forward(AutogradContext* ctx, at::TensorList weights, at::TensorList us, at::TensorList vs,
+                               at::IntArrayRef dims, int64_t n_iter, double eps) {
+    static auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("ganfast::spectral_norm_multi", "").typed<ForwardMulti>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [outs, u_out, v_out, sigma] = op.call(weights, us, vs, dims, n_iter, eps);
+    variable_list saved(weights.begin(), weights.end());
+    for (const auto* list : {&u_out, &v_out, &sigma}) saved.insert(saved.end(), list->begin(), list->end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["dims"] = dims.vec();
+    ctx->saved_data["eps"] = eps;
+    variable_list no_grad(saved.begin() + int64_t(weights.size()), saved.end());
+    ctx->mark_non_differentiable(no_grad);
+    ctx->set_materialize_grads(false);
+    variable_list result(outs.begin(), outs.end());
+    result.insert(result.end(), no_grad.begin(), no_grad.end());
+    return result;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("ganfast::spectral_norm_backward_multi", "")
+                         .typed<BackwardMulti>();
+    const auto saved = ctx->get_saved_variables();
+    const std::vector<int64_t> dims = ctx->saved_data["dims"].toIntVector();
+    const size_t n = dims.size();
+    variable_list result(4 * n + 2);  // one per flattened input; only the weights get one
+    bool any = false;
+    for (size_t i = 0; i < n; ++i) any = any || (grads[i].defined() && ctx->needs_input_grad(i));
+    if (!any) return result;
+    const auto part = [&](size_t k) { return std::vector<at::Tensor>(saved.begin() + k * n, saved.begin() + (k + 1) * n); };
+    std::vector<at::Tensor> upstream(n);
+    for (size_t i = 0; i < n; ++i)  // a layer unused in the step gets a zero upstream gradient
+      upstream[i] = grads[i].defined() ? grads[i] : at::zeros_like(saved[i], at::MemoryFormat::Contiguous);
+    auto dw = op.call(upstream, part(0), part(1), part(2), part(3), dims, ctx->saved_data["eps"].toDouble());
+    for (size_t i = 0; i < n; ++i)
+      if (ctx->needs_input_grad(i)) result[i] = dw[i];
+    return result;
+  }
+};
+
+Lists spectral_norm_multi_autograd(at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims,
+                                   int64_t n_iter, double eps) {
+  const size_t n = weights.size();
+  TORCH_CHECK(us.size() == n && vs.size() == n && dims.size() == n,
+              "ganfast::spectral_norm_multi: weights, u, v and dims must have the same length");
+  auto flat = SpectralNormMultiFunction::apply(weights, us, vs, dims, n_iter, eps);
+  const auto part = [&](size_t k) { return std::vector<at::Tensor>(flat.begin() + k * n, flat.begin() + (k + 1) * n); };
+  return {part(0), part(1), part(2), part(3)};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ganfast, Autograd, m) { m.impl("spectral_norm_fused", &spectral_norm_autograd); }
+TORCH_LIBRARY_IMPL(ganfast, Autograd, m) {
+  m.impl("spectral_norm_fused", &spectral_norm_autograd);
+  m.impl("spectral_norm_multi", &spectral_norm_multi_autograd);
+}
 
 }  // namespace ganfast

@@ -89,10 +89,16 @@ class SpectralNorm(nn.Module):
                 self._sigma.copy_(sigma)
         return out
 
+    def _set_step(self, in_step: bool, cache: torch.Tensor | None = None) -> None:
+        # plain attributes (no parameter, buffer or submodule): object.__setattr__ skips
+        # nn.Module.__setattr__'s registry checks, which cost ~4 us a call and sn_step runs every step
+        object.__setattr__(self, "_in_step", in_step)
+        object.__setattr__(self, "_step_cache", cache)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self._in_step:  # inside sn_step: once per step, the cached tensor stays in the graph
             if self._step_cache is None:
-                self._step_cache = self._compute(weight)
+                self._set_step(True, self._compute(weight))
             return self._step_cache
         return self._compute(weight)
 
@@ -181,8 +187,11 @@ def apply_spectral_norm(model: nn.Module, types=DEFAULT_TYPES, name: str = "weig
 
 def _normalized(model: nn.Module, with_lists: bool = False):
     for mod_name, m in model.named_modules():
-        if parametrize.is_parametrized(m):
-            for tensor_name, plist in m.parametrizations.items():
+        # parametrize.is_parametrized(m), read from m._modules: nn.Module.__getattr__ is slow, and
+        # sn_step walks the model every step
+        plists = m._modules.get("parametrizations")
+        if isinstance(plists, nn.ModuleDict):
+            for tensor_name, plist in plists.items():
                 for p in plist:
                     if isinstance(p, SpectralNorm):
                         name = mod_name if tensor_name == "weight" else f"{mod_name}.{tensor_name}"
@@ -219,7 +228,7 @@ def _precompute_multi(entries) -> None:
                 dst, src = [p._u for p in layers] + [p._v for p in layers] + dst, list(us) + list(vs) + src
             torch._foreach_copy_(dst, src)
         for p, out in zip(layers, outs):
-            p._step_cache = out
+            p._set_step(True, out)
 
 
 @contextlib.contextmanager
@@ -235,11 +244,11 @@ def sn_step(model: nn.Module, multi_tensor: bool = False):
     """
     entries = [(p, plist) for _, p, plist in _normalized(model, with_lists=True)]
     for p, _ in entries:
-        p._in_step, p._step_cache = True, None
+        p._set_step(True)
     try:
         if multi_tensor:
             _precompute_multi(entries)
         yield model
     finally:
         for p, _ in entries:
-            p._in_step, p._step_cache = False, None
+            p._set_step(False)

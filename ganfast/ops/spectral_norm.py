@@ -96,7 +96,9 @@ def dispatch_spectral_norm(weight: torch.Tensor, u: torch.Tensor, v: torch.Tenso
 # ganfast::spectral_norm_multi(weights, u, v, dims, n_iter, eps) -> (outs, u's, v's, sigmas) and
 # ganfast::spectral_norm_backward_multi(grads, weights, u's, v's, sigmas, dims, eps) -> dWs:
 # the single-layer math for each layer (used by ganfast.nn.sn_step(model, multi_tensor=True)). CPU:
-# one parallel loop per phase; CUDA and Triton (*_multi_triton): one launch per phase for all layers.
+# one parallel loop per phase for all layers, the threads sharing it by work; CUDA and Triton
+# (*_multi_triton): one launch per phase for all layers. The autograd of the CPU/CUDA op is C++, as the
+# single-layer op's; the Triton op's is Python, as every Triton op's.
 _MULTI = "(Tensor[] weights, Tensor[] u, Tensor[] v, int[] dims, int n_iter, float eps) " \
          "-> (Tensor[] out, Tensor[] u_out, Tensor[] v_out, Tensor[] sigma)"
 _BWD_MULTI = "(Tensor[] grads, Tensor[] weights, Tensor[] u, Tensor[] v, Tensor[] sigma, int[] dims, float eps) " \
@@ -152,8 +154,7 @@ _multi = torch.ops.ganfast.spectral_norm_multi.default
 _bwd_multi = torch.ops.ganfast.spectral_norm_backward_multi.default
 _multi_triton = torch.ops.ganfast.spectral_norm_multi_triton.default
 _bwd_multi_triton = torch.ops.ganfast.spectral_norm_backward_multi_triton.default
-torch.library.register_autograd("ganfast::spectral_norm_multi", _make_backward_multi(_bwd_multi),
-                                setup_context=_setup_multi, lib=LIBRARY)
+# (ganfast::spectral_norm_multi's autograd is C++ too: csrc/spectral_norm.cpp)
 torch.library.register_autograd("ganfast::spectral_norm_multi_triton", _make_backward_multi(_bwd_multi_triton),
                                 setup_context=_setup_multi, lib=LIBRARY)
 

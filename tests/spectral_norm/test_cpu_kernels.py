@@ -129,6 +129,30 @@ def test_same_result_for_any_thread_count():
             assert torch.equal(got[k], results[0][k]), k
 
 
+def test_multi_same_result_for_any_thread_count():
+    """The multi-tensor ops share threads by work over layers of unequal size (which thread runs which
+    row block moves with the thread count): the results must not."""
+    need("cpu")
+    layers = [((256, 700), 0), ((130, 64, 3, 3), 0), ((1030, 300), 0), ((3, 129), 0)]
+    draws = [draw(shape, dim, 20 + i) for i, (shape, dim) in enumerate(layers)]
+    dims = [dim for _, dim in layers]
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            ws = [w.float().requires_grad_() for w, _, _, _ in draws]
+            outs, u2, v2, s2 = ops.spectral_norm_multi(ws, [d[1].float() for d in draws],
+                                                       [d[2].float() for d in draws], dims, 1, 1e-12)
+            torch.autograd.backward(outs, [d[3].float() for d in draws])
+            results.append([*outs, *u2, *v2, *s2, *(w.grad for w in ws)])
+    finally:
+        torch.set_num_threads(threads)
+    for got in results[1:]:
+        for i, (a, b) in enumerate(zip(got, results[0])):
+            assert torch.equal(a, b), i
+
+
 def test_multi_equals_single(capability):
     """The multi-tensor ops run the single-layer math on every layer (bitwise the same), mixed dtypes and dims."""
     layers = [((300, 517), 0, torch.float32), ((6, 17, 3, 3), 1, torch.float64), ((7, 13), 0, torch.bfloat16),

@@ -62,6 +62,34 @@ def test_multi_equals_single(backend, n_iter):
         assert torch.equal(multi_grads[i], ws[i].grad), (i, n_iter)
 
 
+@pytest.mark.parametrize("backend", ["cpu"] + GPU_PATHS)
+def test_multi_autograd_unused_layers_and_frozen_weights(backend):
+    """The multi-tensor op's autograd (C++ for cpu/cuda, Python for triton): a layer whose output the
+    loss does not use gets dW = (0 - k u v^T) / sigma with k = 0, i.e. zeros; a weight that does not
+    require grad gets none; the others get the single-layer op's gradient, bitwise."""
+    device = "cpu" if backend == "cpu" else _device_of(backend)
+    ws, us, vs, ups, dims = _layers(device)
+    ws[2].requires_grad_(False)
+    outs = ops.spectral_norm_multi(ws, us, vs, dims, 1, 1e-12, backend)[0]
+    used = [0, 2, 4]
+    loss = sum((outs[i].float() * ups[i].float()).sum() for i in used)
+    loss.backward()
+    for i, w in enumerate(ws):
+        if i == 2:
+            assert w.grad is None
+        elif i not in used:
+            assert w.grad is not None and torch.equal(w.grad, torch.zeros_like(w)), i
+        else:
+            g = w.grad
+            w.grad = None
+            single = ops.spectral_norm(w, us[i], vs[i], dims[i], 1, 1e-12, backend)[0]
+            (single.float() * ups[i].float()).sum().backward()
+            assert torch.equal(g, w.grad), i
+    assert not any(t.requires_grad for t in ops.spectral_norm_multi(ws, us, vs, dims, 1, 1e-12, backend)[1])
+    with torch.no_grad():
+        assert not ops.spectral_norm_multi(ws, us, vs, dims, 1, 1e-12, backend)[0][0].requires_grad
+
+
 @pytest.mark.parametrize("backend", GPU_PATHS)
 def test_multi_matches_reference(backend):
     """Every output element written and right (fp64 reference, fp32 layers)."""
