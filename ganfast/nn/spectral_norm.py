@@ -238,8 +238,9 @@ def sn_step(model: nn.Module, multi_tensor: bool = False):
     original weight. Leaving the block drops the cached weights.
 
     multi_tensor=True computes every layer on entry in one call of the multi-tensor kernel of its
-    backend (CPU: one parallel loop over layers; CUDA and Triton: one launch per phase for all layers;
-    one fused backward); layers on the reference, 1-D weights and stacked parametrizations stay lazy. On entry means layers unused in the step are updated too.
+    backend (CPU: one parallel loop per phase over all layers; CUDA and Triton: one launch per phase
+    for all layers; one fused backward); layers on the reference, 1-D weights and stacked
+    parametrizations stay lazy. On entry means layers unused in the step are updated too.
     As with parametrize.cached(), call backward once per step (sum the losses), or retain_graph=True.
     """
     entries = [(p, plist) for _, p, plist in _normalized(model, with_lists=True)]

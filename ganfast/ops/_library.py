@@ -17,19 +17,21 @@ the backward is a rescale by grad_output (losses, penalties) or one more fused k
 norm's dW). Where that autograd is written follows one rule: ops with C++/CUDA kernels that run on
 every step, once per call site, have C++ autograd; ops whose launcher is Python have Python autograd.
 - C++ autograd: gan_loss and grad_penalty (a wrapper op ganfast::<name>, csrc/<name>.cpp, whose
-  backward rescales the gradients the fused forward saved) and spectral_norm_fused (an Autograd
-  kernel on the op itself, csrc/spectral_norm.cpp). At GAN sizes only dispatch and autograd are left
-  in these calls: with Python autograd (register_autograd) a d_loss fwd+bwd at B = 64 measured
-  172 us vs 101 us, and a spectral norm fwd+bwd of a 16x64 weight 113 us vs 91 us (30 us of kernels).
+  backward rescales the gradients the fused forward saved), spectral_norm_fused and
+  spectral_norm_multi (Autograd kernels on the ops themselves, csrc/spectral_norm.cpp). At GAN sizes
+  only dispatch and autograd are left in these calls: with Python autograd (register_autograd) a
+  d_loss fwd+bwd at B = 64 measured 172 us vs 101 us, a spectral norm fwd+bwd of a 16x64 weight
+  113 us vs 91 us (30 us of kernels), and the multi-tensor forward of 3 small layers 115 us vs 25 us;
+  its Python objects also set off garbage collections, which made the multi-tensor op slower than
+  three single-layer calls on large layers too (0.3-0.4 ms of a 2 ms forward).
 - One entry skips torch.ops: ganfast._C.gan_loss_eager calls gan_loss's C++ autograd function
   directly for plain eager tensors (2.5 of a 5 us forward at B = 64 is the torch.ops layer: OpOverload,
   argument parsing, the boxed call). It returns None for anything that needs the dispatcher
   (subclasses, modes, functorch, tracing, autocast, inference mode), which then calls the op.
 - Python autograd: the Triton kernels (register_autograd on *_triton), whose launcher is Python
-  anyway, so a C++ wrapper would call back into it; and the ops called once per step or off the
-  backward path, where a few tens of us are below 1% of the step: the multi-tensor spectral norm
-  (one call for all layers of a model), DiffAugment (one call per D input) and gp_interpolate (on
-  detached data).
+  anyway, so a C++ wrapper would call back into it; and the ops called once or twice per step or
+  off the backward path, where a few tens of us are below 1% of the step: DiffAugment (one call per
+  D input) and gp_interpolate (on detached data).
 """
 from __future__ import annotations
 
