@@ -7,10 +7,18 @@ freezes D in the G step, as a careful user writes it).
 Variants: "eager" is the plain loop, "trainer" reads the stats every step (one host sync),
 "trainer-nostats" does not. vs eager = plain-loop time / variant time (> 1: the trainer is faster);
 steps/s = 1 / median. The variants of a case are timed in alternation (this CPU is shared).
+
+After each case's table row, a line gives where the step's time goes (`step_shares`, torch.profiler
+over a few steps of trainer-nostats and of the plain loop): the models' forward and backward, the
+optimizer, and what is neither: ganfast's ops, the other aten ops at top level (noise draws, the
+trainer's bookkeeping), and time outside any op (Python: the trainer's and nn.Module's call
+overhead). #11 asks for "neither" under 10 % of the step.
 """
 from __future__ import annotations
 
 import copy
+import time
+from contextlib import ExitStack
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +78,77 @@ def plain_step(G, D, g_opt, d_opt, real, latent_shape, r1_gamma=None):
     D.requires_grad_(True)
 
 
+def _is_ganfast(name: str) -> bool:
+    """A profiler event of a ganfast op: the op itself or its autograd node (C++ or Python)."""
+    return name.startswith("ganfast::") or "ganfast" in name
+
+
+def step_shares(step, models, steps: int = 10) -> dict[str, float]:
+    """Fractions of the wall time of `steps` calls of step() (after 3 unprofiled ones): "models"
+    (ops inside a forward of `models`, less ganfast ops nested there such as spectral norm, and every
+    backward node that is not ganfast's), "optimizer" (torch.optim's step and zero_grad), "ganfast
+    ops", "other ops" (other top-level aten ops) and "outside ops" (the rest of the wall time). They
+    sum to 1. The forward of each model is marked by hooks that open a profiler range."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    for _ in range(3):
+        step()
+    ranges: list[ExitStack] = []
+
+    def enter(name):
+        def hook(module, args):
+            stack = ExitStack()
+            stack.enter_context(record_function(name))
+            ranges.append(stack)
+        return hook
+
+    handles = []
+    for i, m in enumerate(models):
+        handles.append(m.register_forward_pre_hook(enter(f"bench:model{i}")))
+        handles.append(m.register_forward_hook(lambda *_: ranges.pop().close()))
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            wall = (time.perf_counter() - t0) * 1e6
+    finally:
+        for h in handles:
+            h.remove()
+    parts = dict.fromkeys(("models", "optimizer", "ganfast ops", "other ops"), 0.0)
+
+    def nested_ganfast(e) -> float:  # time of the outermost ganfast ops below e
+        return sum(c.cpu_time_total if _is_ganfast(c.name) else nested_ganfast(c) for c in e.cpu_children)
+
+    for e in prof.events():
+        if e.cpu_parent is not None:
+            continue
+        t = e.cpu_time_total
+        if _is_ganfast(e.name):
+            parts["ganfast ops"] += t
+        elif e.name.startswith("bench:model"):
+            inner = nested_ganfast(e)
+            parts["ganfast ops"] += inner
+            parts["models"] += t - inner
+        elif e.name.startswith("autograd::engine::evaluate_function"):
+            parts["models"] += t
+        elif e.name.startswith("Optimizer."):
+            parts["optimizer"] += t
+        else:
+            parts["other ops"] += t
+    inside = sum(parts.values())
+    parts["outside ops"] = max(wall - inside, 0.0)
+    total = max(wall, inside)
+    return {k: v / total for k, v in parts.items()}
+
+
+def format_shares(case: str, variant: str, shares: dict[str, float]) -> str:
+    neither = shares["ganfast ops"] + shares["other ops"] + shares["outside ops"]
+    return (f"step share {case} {variant}: neither models nor optimizer {neither:.0%} ("
+            + ", ".join(f"{k} {v:.1%}" for k, v in shares.items() if k not in ("models", "optimizer"))
+            + f"); models {shares['models']:.0%}, optimizer {shares['optimizer']:.0%}")
+
+
 def cases(quick: bool):
     """(case name, models factory, latent shape, batch shape)."""
     yield "MLP 2-D B=256", _mlp_models, (2,), (256, 2)
@@ -97,7 +176,7 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
             case = name + (" sn+r1" if reg else "")
             fns = {}
             # plain PyTorch
-            G, D = copy.deepcopy(G0).to(device), copy.deepcopy(D0).to(device)
+            G_plain, D_plain = G, D = copy.deepcopy(G0).to(device), copy.deepcopy(D0).to(device)
             if reg:
                 _torch_sn(D)
             g_opt, d_opt = _optims(G, D)
@@ -113,4 +192,7 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
             rounds, round_time = (5, 0.1) if quick else (11, 0.2)
             for variant, sec in interleaved_medians(fns, device, rounds=rounds, round_time=round_time).items():
                 rows.append(Row("step", case, variant, sec))
+            for variant, models in (("eager", (G_plain, D_plain)), ("trainer-nostats", (t.G, t.D))):
+                print(format_shares(case, variant, step_shares(fns[variant], models, steps=3 if quick else 10)),
+                      flush=True)
     return rows
