@@ -270,7 +270,8 @@ def _add_train(sub) -> None:
     p.add_argument("--sample-every", type=int, help=f"sample picture every N steps (default {R['sample_every']})")
     p.add_argument("--checkpoint-every", type=int, help=f"(default {R['checkpoint_every']})")
     p.add_argument("--augment", metavar="POLICY",
-                   help="DiffAugment what D sees (images): transforms from color,translation,cutout (default none)")
+                   help="DiffAugment what D sees (images): transforms from color,translation,cutout, or none "
+                        "(default none; stacked-mnist: color)")
     p.add_argument("--augment-p", metavar="P|ada",
                    help="probability a sample is augmented (default 1), or ada: adapted to keep E[sign D(real)] at 0.6")
     p.add_argument("--backend", help="ganfast backend: auto (default), reference, cpu, cuda, triton")

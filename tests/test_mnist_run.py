@@ -60,6 +60,7 @@ def test_smoke_training_eval_and_sample(small_world, tmp_path, capsys, data, cha
     assert cfg["pack"] == pack and cfg["data_shape"] == [channels, 32, 32] and cfg["d_width"] == d_width
     assert cfg["mbstd_group"] == mbstd
     assert cfg["penalty"] == "r1" and cfg["penalty_weight"] == gamma
+    assert cfg.get("augment") == (None if data == "mnist" else "color")  # the measured defaults
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     scored = [r for r in rows if r["modes_captured"] not in ("", "nan")]
     assert [int(r["step"]) for r in scored] == [25, 50]
@@ -113,3 +114,11 @@ def test_eval_fid_without_torchmetrics(small_world, tmp_path, capsys):
                    log_every=1, eval_samples=50, threads=1), out=out, progress=False)
     assert cli.main(["eval", str(out), "--fid"]) == 2
     assert "pip install 'torchmetrics[image]'" in capsys.readouterr().err
+
+
+def test_augment_none_turns_off_the_stacked_mnist_default():
+    assert run.resolve_options(data="stacked-mnist")["augment"] == "color"
+    assert run.resolve_options(data="stacked-mnist", augment="none")["augment"] is None
+    assert run.resolve_options(data="stacked-mnist", augment="color,translation")["augment"] == "color,translation"
+    with pytest.raises(run.RunError, match="--augment-p needs --augment"):
+        run.resolve_options(data="stacked-mnist", augment="none", augment_p="0.5")
