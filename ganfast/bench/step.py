@@ -9,10 +9,11 @@ Variants: "eager" is the plain loop, "trainer" reads the stats every step (one h
 steps/s = 1 / median. The variants of a case are timed in alternation (this CPU is shared).
 
 After each case's table row, a line gives where the step's time goes (`step_shares`, torch.profiler
-over a few steps of trainer-nostats and of the plain loop): the models' forward and backward, the
-optimizer, and what is neither: ganfast's ops, the other aten ops at top level (noise draws, the
-trainer's bookkeeping), and time outside any op (Python: the trainer's and nn.Module's call
-overhead). #11 asks for "neither" under 10 % of the step.
+over a few steps of trainer-nostats and of the plain loop): the models' forward and backward (with
+the autograd engine's time running their backward nodes), the optimizer, and what is neither:
+ganfast's ops, the other aten ops at top level (noise draws, the trainer's bookkeeping), and time
+outside any op (Python: the trainer's and the loop's own code). #11 asks for "neither" under 10 % of
+the step.
 """
 from __future__ import annotations
 
@@ -83,12 +84,23 @@ def _is_ganfast(name: str) -> bool:
     return "ganfast" in name
 
 
+def _backward_part(name: str) -> str:
+    """The part of a profiler event directly inside a backward call."""
+    if _is_ganfast(name):
+        return "ganfast ops"
+    return "models" if name.startswith("autograd::engine::evaluate_function") else "other ops"
+
+
 def step_shares(step, models, steps: int = 10) -> dict[str, float]:
     """Fractions of the wall time of `steps` calls of step() (after 3 unprofiled ones): "models"
     (ops inside a forward of `models`, less ganfast ops nested there such as spectral norm, and every
     backward node that is not ganfast's), "optimizer" (torch.optim's step and zero_grad), "ganfast
     ops", "other ops" (other top-level aten ops) and "outside ops" (the rest of the wall time). They
-    sum to 1. The forward of each model is marked by hooks that open a profiler range."""
+    sum to 1. The forward of each model is marked by hooks that open a profiler range; each backward
+    (torch.autograd.backward and .grad, patched while profiling) by a range too, whose time between
+    nodes (the autograd engine's own work and its call from Python) goes to "models" and "ganfast
+    ops" in proportion to their number of nodes there: the engine's cost is per node, and running the
+    models' backward is the models' work."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     for _ in range(3):
@@ -102,10 +114,18 @@ def step_shares(step, models, steps: int = 10) -> dict[str, float]:
             ranges.append(stack)
         return hook
 
+    def marked(fn):
+        def backward(*args, **kwargs):
+            with record_function("bench:backward"):
+                return fn(*args, **kwargs)
+        return backward
+
     handles = []
     for i, m in enumerate(models):
         handles.append(m.register_forward_pre_hook(enter(f"bench:model{i}")))
         handles.append(m.register_forward_hook(lambda *_: ranges.pop().close()))
+    engine_calls = torch.autograd.backward, torch.autograd.grad  # Tensor.backward calls the first
+    torch.autograd.backward, torch.autograd.grad = map(marked, engine_calls)
     try:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             t0 = time.perf_counter()
@@ -113,6 +133,7 @@ def step_shares(step, models, steps: int = 10) -> dict[str, float]:
                 step()
             wall = (time.perf_counter() - t0) * 1e6
     finally:
+        torch.autograd.backward, torch.autograd.grad = engine_calls
         for h in handles:
             h.remove()
     parts = dict.fromkeys(("models", "optimizer", "ganfast ops", "other ops"), 0.0)
@@ -130,6 +151,16 @@ def step_shares(step, models, steps: int = 10) -> dict[str, float]:
             inner = nested_ganfast(e)
             parts["ganfast ops"] += inner
             parts["models"] += t - inner
+        elif e.name == "bench:backward":
+            nodes = dict.fromkeys(("models", "ganfast ops"), 0)
+            for c in e.cpu_children:
+                part = _backward_part(c.name)
+                parts[part] += c.cpu_time_total
+                if part in nodes:
+                    nodes[part] += 1
+            engine = t - sum(c.cpu_time_total for c in e.cpu_children)
+            for part, n in nodes.items():
+                parts[part] += engine * n / max(sum(nodes.values()), 1)
         elif e.name.startswith("autograd::engine::evaluate_function"):
             parts["models"] += t
         elif e.name.startswith("Optimizer."):
