@@ -168,9 +168,11 @@ def test_spectral_norm_is_applied_and_computed_once_per_step(monkeypatch):
     D = _sn_disc()
     t = ganfast.Trainer(G, D, *adam_pair(G, D), spectral_norm=True, d_steps=2, seed=0)
     assert len(sn.spectral_norms(D)) == 3
-    calls = []
-    orig = sn_mod.SpectralNorm._compute
+    calls = []  # one entry per layer computed: one at a time, or all in one multi-tensor call (CPU)
+    orig, orig_multi = sn_mod.SpectralNorm._compute, sn_mod._ops.spectral_norm_multi
     monkeypatch.setattr(sn_mod.SpectralNorm, "_compute", lambda self, w: calls.append(1) or orig(self, w))
+    monkeypatch.setattr(sn_mod._ops, "spectral_norm_multi",
+                        lambda ws, *a: calls.extend([1] * len(ws)) or orig_multi(ws, *a))
     t.step(points(16))  # first step also runs the input check (D outside sn_step: 3 more)
     calls.clear()
     stats = t.step(points(16))
@@ -179,6 +181,34 @@ def test_spectral_norm_is_applied_and_computed_once_per_step(monkeypatch):
     assert len(calls) == 3 * (2 + 1)
     assert "sigma_max" in stats and "sigma_min" in stats
     assert stats["sigma_max"] >= stats["sigma_min"] > 0
+
+
+def test_spectral_norm_on_the_cpu_is_one_multi_tensor_call_with_the_single_layer_results(monkeypatch):
+    """The CPU trainer normalizes D's layers in one multi-tensor call per sn_step; the training is the
+    one of the single-layer ops, bitwise."""
+    pytest.importorskip("ganfast.nn")
+    sn_mod = importlib.import_module("ganfast.nn.spectral_norm")
+    trainers = []
+    for multi in (True, False):
+        torch.manual_seed(0)
+        G, _ = mlp_pair()
+        D = _sn_disc()
+        t = ganfast.Trainer(G, D, *adam_pair(G, D), spectral_norm=True, penalty="r1", seed=0)
+        if not multi:
+            t._sn = lambda t=t: sn_mod.sn_step(t.D, multi_tensor=False)
+        trainers.append(t)
+    multi_calls = []
+    orig_multi = sn_mod._ops.spectral_norm_multi
+    monkeypatch.setattr(sn_mod._ops, "spectral_norm_multi",
+                        lambda ws, *a: multi_calls.append(len(ws)) or orig_multi(ws, *a))
+    for t in trainers:
+        for _ in range(3):
+            t.step(points(16))
+    assert multi_calls == [3, 3] * 3  # the D step's and the G step's sn_step, 3 layers each
+    for a, b in zip(trainers[0].D.state_dict().values(), trainers[1].D.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(trainers[0].G.parameters(), trainers[1].G.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_spectral_norm_with_r1_shares_one_sigma():
