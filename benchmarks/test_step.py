@@ -40,3 +40,15 @@ def test_trainer_step(benchmark, case, reg, stats):
     G, D, latent, real = _setup(case)
     t = Trainer(G, D, *bench_step._optims(G, D), penalty="r1" if reg else None, spectral_norm=bool(reg), seed=0)
     benchmark.pedantic(lambda: t.step(real, return_stats=stats), rounds=5, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_trainer_step_sn_per_layer(benchmark, case):
+    """The SN + R1 step with one spectral-norm op per layer instead of the trainer's one multi-tensor
+    call (its CPU default): the A/B behind that default."""
+    pytest.importorskip("ganfast.penalties")
+    pytest.importorskip("ganfast.nn")
+    G, D, latent, real = _setup(case)
+    t = Trainer(G, D, *bench_step._optims(G, D), penalty="r1", spectral_norm=True, seed=0)
+    t.sn_multi_tensor = False
+    benchmark.pedantic(lambda: t.step(real, return_stats=False), rounds=5, warmup_rounds=1)

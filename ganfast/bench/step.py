@@ -5,7 +5,8 @@ spectral norm + R1 (PyTorch's spectral norm; the loop shares D(real) between the
 freezes D in the G step, as a careful user writes it).
 
 Variants: "eager" is the plain loop, "trainer" reads the stats every step (one host sync),
-"trainer-nostats" does not. vs eager = plain-loop time / variant time (> 1: the trainer is faster);
+"trainer-nostats" does not; with SN, "trainer-nostats-sn-per-layer" runs one spectral-norm op per
+layer instead of the trainer's one multi-tensor call (`Trainer.sn_multi_tensor`, True on the CPU). vs eager = plain-loop time / variant time (> 1: the trainer is faster);
 steps/s = 1 / median. The variants of a case are timed in alternation (this CPU is shared).
 
 After each case's table row, a line gives where the step's time goes (`step_shares`, torch.profiler
@@ -215,11 +216,17 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
             fns["eager"] = (lambda G=G, D=D, g_opt=g_opt, d_opt=d_opt:
                             plain_step(G, D, g_opt, d_opt, real, latent, gamma))
             models = {"eager": (G, D)}  # whose forwards step_shares counts as the models' work
-            # ganfast.Trainer, with and without reading the stats
-            for variant, stats in (("trainer", True), ("trainer-nostats", False)):
+            # ganfast.Trainer, with and without reading the stats; with SN also one SN op per layer
+            # instead of the multi-tensor call (the trainer's choice on the CPU)
+            variants = [("trainer", True, None), ("trainer-nostats", False, None)]
+            if reg:
+                variants.append(("trainer-nostats-sn-per-layer", False, False))
+            for variant, stats, sn_multi in variants:
                 G, D = copy.deepcopy(G0).to(device), copy.deepcopy(D0).to(device)
                 t = Trainer(G, D, *_optims(G, D), loss="ns", penalty="r1" if reg else None,
                             spectral_norm=bool(reg), seed=0)
+                if sn_multi is not None:
+                    t.sn_multi_tensor = sn_multi
                 fns[variant] = lambda t=t, stats=stats: t.step(real, return_stats=stats)
                 models[variant] = (t.G, t.D)
             rounds, round_time = (5, 0.1) if quick else (11, 0.2)

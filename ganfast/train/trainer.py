@@ -121,6 +121,10 @@ class Trainer:
         check_optimizer_holds(g_optimizer, generator, "g_optimizer", "generator")
         check_optimizer_holds(d_optimizer, discriminator, "d_optimizer", "discriminator")
         self._nn = spectral_norm_module(discriminator, cfg.spectral_norm)  # sn_step around D call groups
+        # D's spectral norm in one multi-tensor call per step on the CPU (same numbers as one op per
+        # layer; README, "Performance": the MLP step with SN + R1 1.08-1.15x faster, DCGAN-32 level);
+        # one op per layer elsewhere until a GPU run has timed both (scripts/gpu_check.sh).
+        self.sn_multi_tensor = self.device.type == "cpu"
         self._comm = _dist.communicator(distributed, self.device, dist_timeout)
         self._penalty = PenaltyTerm(cfg, self._comm, self._draw) if cfg.penalty else None
         # every rank starts from rank 0's weights, buffers (SN u, v) and seed
@@ -182,10 +186,7 @@ class Trainer:
     def _sn(self):
         if self._nn is None:
             return contextlib.nullcontext()
-        # On the CPU, all of D's layers in one multi-tensor call (README, "Performance"): the MLP step
-        # with SN + R1 1.08-1.15x faster, DCGAN-32's level. Elsewhere one op per layer until a GPU
-        # measurement says otherwise (scripts/gpu_check.sh times both).
-        return self._nn.sn_step(self.D, multi_tensor=self.device.type == "cpu")
+        return self._nn.sn_step(self.D, multi_tensor=self.sn_multi_tensor)
 
     def _keep_sn_graph(self, chunk: int) -> bool:
         """Whether the backward of accumulation chunk `chunk` must keep its graph: inside one sn_step

@@ -194,8 +194,8 @@ def test_spectral_norm_on_the_cpu_is_one_multi_tensor_call_with_the_single_layer
         G, _ = mlp_pair()
         D = _sn_disc()
         t = ganfast.Trainer(G, D, *adam_pair(G, D), spectral_norm=True, penalty="r1", seed=0)
-        if not multi:
-            t._sn = lambda t=t: sn_mod.sn_step(t.D, multi_tensor=False)
+        assert t.sn_multi_tensor  # the CPU default
+        t.sn_multi_tensor = multi
         trainers.append(t)
     multi_calls = []
     orig_multi = sn_mod._ops.spectral_norm_multi
