@@ -6,8 +6,8 @@ freezes D in the G step, as a careful user writes it).
 
 Variants: "eager" is the plain loop, "trainer" reads the stats every step (one host sync),
 "trainer-nostats" does not; with SN, "trainer-nostats-sn-per-layer" runs one spectral-norm op per
-layer instead of the trainer's one multi-tensor call (`Trainer.sn_multi_tensor`, True on the CPU). vs eager = plain-loop time / variant time (> 1: the trainer is faster);
-steps/s = 1 / median. The variants of a case are timed in alternation (this CPU is shared).
+layer instead of the trainer's one multi-tensor call (`Trainer.sn_multi_tensor`, True on the CPU).
+vs eager = plain-loop time / variant time (> 1: the trainer is faster); steps/s = 1 / median. The variants of a case are timed in alternation (this CPU is shared).
 
 After each case's table row, a line gives where the step's time goes (`step_shares`, torch.profiler
 over a few steps of trainer-nostats and of the plain loop): the models' forward and backward (with

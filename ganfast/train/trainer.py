@@ -62,7 +62,8 @@ class Trainer:
 
     The step's options (loss, penalty, ..., accumulate) are StepConfig's: pass them one by one or as
     config=StepConfig(...). spectral_norm applies ganfast.nn.apply_spectral_norm to D (the Parameter
-    objects stay the same). latent_dim: int or the shape of one z (default: from G's first Linear /
+    objects stay the same); `sn_multi_tensor` (True for a D on the CPU) computes all of D's layers in
+    one multi-tensor call per step, with the same numbers. latent_dim: int or the shape of one z (default: from G's first Linear /
     ConvTranspose). device: moves G and D there (default: theirs). seed: of the trainer's noise
     generator (z, penalty draws, data shuffling). monitor: a StabilityMonitor. schedulers:
     (g_scheduler, d_scheduler), either None: stepped after each step, checkpointed, composed with the
