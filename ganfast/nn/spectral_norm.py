@@ -15,9 +15,13 @@ each normalized weight once per step.
 from __future__ import annotations
 
 import contextlib
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.module import (register_module_module_registration_hook,
+                                     register_module_parameter_registration_hook)
 from torch.nn.utils import parametrize
 
 from .. import backends
@@ -185,32 +189,60 @@ def apply_spectral_norm(model: nn.Module, types=DEFAULT_TYPES, name: str = "weig
     return model
 
 
-def _normalized(model: nn.Module, with_lists: bool = False):
+# sn_step and spectral_norms run every step; walking the model's modules costs ~1 us a module. The
+# layers found are cached per model and dropped whenever any module anywhere registers a submodule or
+# a parameter (PyTorch's global registration hooks: register_parametrization, add_module,
+# `model.x = module` and remove_parametrizations all pass there). A layer dropped without one (`del
+# model.x`) stays listed until the next: sn_step(multi_tensor=True) then also normalizes that orphan,
+# whose result nothing uses (the model's numbers do not change), and spectral_norms reports it.
+_layers_cache: "weakref.WeakKeyDictionary[nn.Module, tuple[int, list]]" = weakref.WeakKeyDictionary()
+_generation = 0
+_registration_hooks = None
+
+
+def _invalidate(*_args) -> None:
+    global _generation
+    _generation += 1
+
+
+def _sn_layers(model: nn.Module) -> list:
+    """[(name, SpectralNorm, its ParametrizationList)] of every normalized tensor of `model` (cached)."""
+    global _registration_hooks
+    if _registration_hooks is None:
+        _registration_hooks = (register_module_module_registration_hook(_invalidate),
+                               register_module_parameter_registration_hook(_invalidate))
+    cached = _layers_cache.get(model)
+    if cached is not None and cached[0] == _generation:
+        return cached[1]
+    layers = []
     for mod_name, m in model.named_modules():
-        # parametrize.is_parametrized(m), read from m._modules: nn.Module.__getattr__ is slow, and
-        # sn_step walks the model every step
+        # parametrize.is_parametrized(m), read from m._modules: nn.Module.__getattr__ is slow
         plists = m._modules.get("parametrizations")
         if isinstance(plists, nn.ModuleDict):
             for tensor_name, plist in plists.items():
                 for p in plist:
                     if isinstance(p, SpectralNorm):
-                        name = mod_name if tensor_name == "weight" else f"{mod_name}.{tensor_name}"
-                        yield (name, p, plist) if with_lists else (name, p)
+                        layers.append((mod_name if tensor_name == "weight" else f"{mod_name}.{tensor_name}", p, plist))
+    _layers_cache[model] = (_generation, layers)
+    return layers
 
 
 def spectral_norms(model: nn.Module) -> dict[str, torch.Tensor]:
     """Layer name -> sigma of its last forward (0-dim tensor, no computation, no host sync)."""
-    return {name: p._sigma.detach().clone() for name, p in _normalized(model)}
+    return {name: p._buffers["_sigma"].detach().clone() for name, p, _ in _sn_layers(model)}
 
 
 def _precompute_multi(entries) -> None:
     """W / sigma of every layer that a multi-tensor kernel can take, in one call per (backend, n_iter,
     eps) group; the results become the layers' step caches. u, v and sigma are written back with one
-    foreach copy per group (one launch on a GPU)."""
+    foreach copy per group (one launch on a GPU). Tensors are read from _parameters / _buffers:
+    nn.Module.__getattr__ costs ~1 us a read, and this runs twice a training step."""
     groups: dict[tuple[str, int, float], list] = {}
     for p, plist in entries:
-        w = plist.original
-        if plist[0] is not p or w.ndim < 2:
+        w = plist._parameters.get("original")
+        if w is None:
+            w = plist.original  # an original registered as a buffer
+        if plist._modules["0"] is not p or w.ndim < 2:
             continue  # computed lazily on first use, one layer at a time
         backend = backends.backend_for(_ops.FAMILY, w)
         if backend not in _ops.MULTI_BACKENDS or (backend == "cuda" and not _ops.has_cuda_multi()):
@@ -218,14 +250,14 @@ def _precompute_multi(entries) -> None:
         groups.setdefault((backend, p.n_power_iterations if p.training else 0, p.eps), []).append((p, w))
     for (backend, n_iter, eps), items in groups.items():
         layers = [p for p, _ in items]
-        outs, us, vs, sigmas = _ops.spectral_norm_multi([w for _, w in items], [p._u for p in layers],
-                                                        [p._v for p in layers], [p.dim for p in layers], n_iter, eps,
-                                                        backend)
+        bufs = [p._buffers for p in layers]
+        us, vs = [b["_u"] for b in bufs], [b["_v"] for b in bufs]
+        outs, new_us, new_vs, sigmas = _ops.spectral_norm_multi([w for _, w in items], us, vs,
+                                                                [p.dim for p in layers], n_iter, eps, backend)
         with torch.no_grad():
-            dst = [p._sigma for p in layers]
-            src = list(sigmas)
+            dst, src = [b["_sigma"] for b in bufs], list(sigmas)
             if n_iter:
-                dst, src = [p._u for p in layers] + [p._v for p in layers] + dst, list(us) + list(vs) + src
+                dst, src = us + vs + dst, list(new_us) + list(new_vs) + src
             torch._foreach_copy_(dst, src)
         for p, out in zip(layers, outs):
             p._set_step(True, out)
@@ -243,7 +275,7 @@ def sn_step(model: nn.Module, multi_tensor: bool = False):
     parametrizations stay lazy. On entry means layers unused in the step are updated too.
     As with parametrize.cached(), call backward once per step (sum the losses), or retain_graph=True.
     """
-    entries = [(p, plist) for _, p, plist in _normalized(model, with_lists=True)]
+    entries = [(p, plist) for _, p, plist in _sn_layers(model)]
     for p, _ in entries:
         p._set_step(True)
     try:

@@ -235,3 +235,40 @@ def test_sn_step_multi_tensor_matches_lazy():
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(spectral_norms(model), spectral_norms(twin))
+
+
+def _cached_layers(model):
+    """The layers sn_step sees: those whose step cache it fills on entry."""
+    with sn_step(model, multi_tensor=True):
+        return {name for name, m in model.named_modules()
+                if isinstance(m, ganfast.nn.SpectralNorm) and m._step_cache is not None}
+
+
+def test_sn_step_sees_every_change_of_the_models_normalized_layers():
+    """sn_step and spectral_norms cache the model's normalized layers; adding, replacing and removing
+    layers (ganfast's functions, torch's parametrize, plain assignment) must show at the next step."""
+    need("cpu")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4), nn.Linear(4, 1))
+    spectral_norm(model[0])
+    assert _cached_layers(model) == {"0.parametrizations.weight.0"}
+    spectral_norm(model[2])  # added after a step
+    assert _cached_layers(model) == {"0.parametrizations.weight.0", "2.parametrizations.weight.0"}
+    assert set(spectral_norms(model)) == {"0", "2"}
+    P.spectral_norm(model[3])  # torch's own: not ganfast's, not normalized by sn_step
+    model[2] = nn.Linear(5, 4)  # replaced by an unnormalized layer
+    assert _cached_layers(model) == {"0.parametrizations.weight.0"}
+    assert set(spectral_norms(model)) == {"0"}
+    model.add_module("4", spectral_norm(nn.Linear(1, 1)))  # a new normalized submodule
+    assert set(spectral_norms(model)) == {"0", "4"}
+    model.add_module("5", spectral_norm(nn.Linear(1, 1)))
+    remove_spectral_norm(model[0])
+    assert set(spectral_norms(model)) == {"4", "5"}
+    torch.nn.utils.parametrize.remove_parametrizations(model[5], "weight")  # torch's own removal
+    assert set(spectral_norms(model)) == {"4"}
+    assert _cached_layers(model) == {"4.parametrizations.weight.0"}
+    # a copy has its own layers: stepping it leaves the original's alone
+    twin = copy.deepcopy(model)
+    with sn_step(twin, multi_tensor=True):
+        assert twin[4].parametrizations.weight[0]._step_cache is not None
+        assert model[4].parametrizations.weight[0]._step_cache is None
