@@ -15,6 +15,7 @@ each normalized weight once per step.
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 
 import torch
@@ -230,6 +231,20 @@ def _sn_layers(model: nn.Module) -> list:
 def spectral_norms(model: nn.Module) -> dict[str, torch.Tensor]:
     """Layer name -> sigma of its last forward (0-dim tensor, no computation, no host sync)."""
     return {name: p._buffers["_sigma"].detach().clone() for name, p, _ in _sn_layers(model)}
+
+
+def sigma_extremes(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(max, min) over the layers of the sigma of their last forward, as 0-dim device tensors (three
+    ops, no host sync; a training step's monitoring reads them), or None without normalized layers."""
+    sigmas = [p._buffers["_sigma"] for _, p, _ in _sn_layers(model)]
+    if not sigmas:
+        return None
+    dtype = sigmas[0].dtype
+    if any(s.dtype != dtype for s in sigmas):  # float64 and float32 layers in one model
+        dtype = functools.reduce(torch.promote_types, (s.dtype for s in sigmas))
+        sigmas = [s.to(dtype) for s in sigmas]
+    stacked = torch.stack(sigmas)
+    return stacked.max(), stacked.min()
 
 
 def _precompute_multi(entries) -> None:

@@ -213,13 +213,6 @@ def checked_schedulers(schedulers, g_optimizer, d_optimizer) -> tuple:
     return tuple(schedulers)
 
 
-def sigma_range(sigmas: dict, device, dtype) -> list[torch.Tensor]:
-    """[max, min] of spectral norm's σ per layer, as device tensors."""
-    sig = torch.stack([(s if isinstance(s, torch.Tensor) else torch.tensor(float(s))).detach()
-                       .to(device, dtype).reshape(()) for s in sigmas.values()])
-    return [sig.max(), sig.min()]
-
-
 class ProbabilityHeadCheck:
     """Over the first `window` steps, whether every output of D lies in [0, 1] (a device flag, read
     with the step's stats): D then likely ends in a Sigmoid, while the losses take logits. A few steps

@@ -47,7 +47,7 @@ from .ema import EMA
 from .labels import ClassDistribution, is_pair, looks_labelled, missing_error, unconditional_error
 from .penalty import PenaltyTerm
 from .probe import (check_models, check_optimizer_holds, check_real_batch, checked_schedulers, describe_run,
-                    infer_latent_shape, pack_samples, place_models, sigma_range, spectral_norm_module,
+                    infer_latent_shape, pack_samples, place_models, spectral_norm_module,
                     ProbabilityHeadCheck)
 
 log = logging.getLogger("ganfast.train")
@@ -415,8 +415,8 @@ class Trainer:
         vals = [d_loss, g_loss, self._last_pen, st["real_mean"], st["fake_mean"], st["real_acc"], st["fake_acc"],
                 d_gn, g_gn]
         names = list(STAT_NAMES)
-        if self._nn is not None and (sigmas := self._nn.spectral_norms(self.D)):
-            vals, names = vals + sigma_range(sigmas, self.device, self._stat_dtype), names + ["sigma_max", "sigma_min"]
+        if self._nn is not None and (extremes := self._nn.sigma_extremes(self.D)) is not None:
+            vals, names = vals + list(extremes), names + ["sigma_max", "sigma_min"]
         if self._augment is not None:
             vals, names = vals + [self._augment.p], names + ["augment_p"]
         if self._probability_head.flag is not None:

@@ -272,3 +272,19 @@ def test_sn_step_sees_every_change_of_the_models_normalized_layers():
     with sn_step(twin, multi_tensor=True):
         assert twin[4].parametrizations.weight[0]._step_cache is not None
         assert model[4].parametrizations.weight[0]._step_cache is None
+
+
+def test_sigma_extremes_are_the_largest_and_smallest_layer_sigma():
+    need("cpu")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4).double(), nn.Linear(4, 3))
+    assert ganfast.nn.sigma_extremes(model) is None
+    apply_spectral_norm(model)
+    with torch.no_grad():  # distinct spectral norms: 2, 3 and 0.5 times the layer's
+        for m, scale in zip(model, (2.0, 3.0, 0.5)):
+            m.parametrizations.weight.original.mul_(scale)
+    model[0](torch.randn(2, 6)), model[1](torch.randn(2, 5, dtype=torch.float64)), model[2](torch.randn(2, 4))
+    sigmas = [float(s) for s in spectral_norms(model).values()]
+    hi, lo = ganfast.nn.sigma_extremes(model)
+    assert hi.dtype == lo.dtype == torch.float64 and hi.ndim == lo.ndim == 0
+    assert float(hi) == max(sigmas) and float(lo) == min(sigmas)
