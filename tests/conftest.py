@@ -33,3 +33,15 @@ def poison_memory(numel: int = 1 << 20) -> None:
 # `capability`: each copy of the vectorized CPU kernels this machine runs (default, avx2, avx512), in
 # turn; pytest finds a fixture by its name, so importing it here makes it every test's.
 from .cpu_paths import capability  # noqa: E402,F401
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _image_runs_take_half_the_cores():
+    """A CLI image run without --threads takes the cores idle at that moment (ganfast.run), and sets
+    the process's thread count: in the tests, take half the cores instead, a count that does not
+    depend on the load (tests/test_run_threads.py tests the default itself)."""
+    from ganfast import run
+    patch = pytest.MonkeyPatch()
+    patch.setattr(run, "_busy_cores", lambda cores: cores - cores // 2)
+    yield
+    patch.undo()
