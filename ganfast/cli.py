@@ -264,7 +264,7 @@ def _add_train(sub) -> None:
     p.add_argument("--image-size", type=int, help="resize images to this (power of two >= 8)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="image channels for a folder (default 3)")
     p.add_argument("--n-points", type=int, help=f"size of a mixture's training set (default {R['n_points']})")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default 1 for the 2-D MLPs; for images the idle cores: the CPU count less the 1-minute load average, recorded in config.json; pass it for runs that must match bitwise)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default 1 for the 2-D MLPs; for images the cores idle when the run starts, recorded in config.json: pass it for runs that must match bitwise)")
     p.add_argument("--log-every", type=int, help=f"CSV row every N steps (default {R['log_every']})")
     p.add_argument("--eval-every", type=int, help=f"mode metrics every N steps (default {R['eval_every']})")
     p.add_argument("--sample-every", type=int, help=f"sample picture every N steps (default {R['sample_every']})")
