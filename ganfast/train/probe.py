@@ -4,6 +4,7 @@ logit per sample, and a description of all of it that a checkpoint records for r
 from __future__ import annotations
 
 import importlib
+import math
 import warnings
 
 import torch
@@ -126,11 +127,13 @@ def describe_run(config, latent_shape, G, D, g_optimizer, d_optimizer) -> dict:
 
 @torch.no_grad()
 def check_models(G: nn.Module, D: nn.Module, real: torch.Tensor, noise, latent_shape, autocast,
-                 labels: torch.Tensor | None = None, pack: int = 1) -> None:
+                 labels: torch.Tensor | None = None, pack: int = 1) -> bool:
     """Run G and D once on a few samples, before any update, and say clearly what does not fit.
     noise(n, generator) draws z. With labels (a conditional run) G is called as G(z, y) and D as
     D(x, y). pack: D takes groups of `pack` samples (pack_samples). Buffers (BatchNorm statistics,
-    spectral-norm u/v) and the global RNG are restored after."""
+    spectral-norm u/v) and the global RNG are restored after. Returns whether D judges each sample of
+    a batch on its own (`batch_independent`), which lets the trainer run D once on real and fake
+    together."""
     n = min(real.shape[0], 4) if pack == 1 else pack
     mods = [G, D]
     saved = [[b.clone() for b in m.buffers()] for m in mods]
@@ -163,10 +166,34 @@ def check_models(G: nn.Module, D: nn.Module, real: torch.Tensor, noise, latent_s
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(f"the discriminator must return one logit (or patch map) per sample: "
                                  f"for a batch of {packed.shape[0]} it returned {got}")
+            return batch_independent(D, packed, pack_samples(fake[:n].detach().to(real.dtype), pack), y, out)
     finally:
         for m, bufs in zip(mods, saved):
             for b, s in zip(m.buffers(), bufs):
                 b.copy_(s)
+
+
+def batch_independent(D: nn.Module, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor | None,
+                      out_a: torch.Tensor) -> bool:
+    """Whether D(cat(a, b)) is D(a) followed by D(b), to 1e-5 of the logits' scale: D judges each
+    sample on its own. BatchNorm in training mode, minibatch-stddev layers, batch means and dropout
+    (a fresh mask per call) fail it, as does a D that fails on the joint batch. out_a = D(a)."""
+    def call(x, labels):
+        return D(x) if labels is None else D(x, labels)
+
+    try:
+        out_b = call(b, y)
+        joint = call(torch.cat([a, b]), None if y is None else torch.cat([y, y]))
+    except Exception:  # noqa: BLE001 - a D that cannot take the joint batch is simply run twice
+        return False
+    if not (isinstance(out_b, torch.Tensor) and isinstance(joint, torch.Tensor) and out_b.shape == out_a.shape
+            and joint.shape == (a.shape[0] + b.shape[0],) + tuple(out_a.shape[1:])):
+        return False
+    expected = torch.cat([out_a, out_b]).detach().float()
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    if not math.isfinite(scale):
+        return False
+    return bool(torch.allclose(joint.detach().float(), expected, rtol=1e-5, atol=1e-5 * scale))
 
 
 def optional_module(name: str, what: str):

@@ -80,12 +80,15 @@ def test_d_sees_augmented_batches_in_both_steps():
     tr.step(real)  # the first step also checks the models on a few samples
     rec.seen.clear()
     tr.step(real)
-    assert len(rec.seen) == 3  # D(real), D(fake) in the D step, D(fake) in the G step
+    # D(cat(real, fake)) in the D step (this small D judges each sample on its own: one call), D(fake)
+    # in the G step
+    assert tr.joint_d_forward and [x.shape[0] for x in rec.seen] == [2 * len(real), len(real)]
     for x in rec.seen:
         zeros = (x == 0).all(1).flatten(1).sum(1)  # pixels zeroed in every channel
         assert (zeros >= 4).all()  # a 4x4 cutout, at least 2x2 of it inside, in every sample
-    kept = rec.seen[0] != 0
-    assert torch.equal(rec.seen[0][kept], real[kept])  # the real batch, cut out
+    seen_real = rec.seen[0][:len(real)]
+    kept = seen_real != 0
+    assert torch.equal(seen_real[kept], real[kept])  # the real batch, cut out
 
 
 def test_augment_p_zero_changes_nothing():

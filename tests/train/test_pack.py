@@ -104,10 +104,19 @@ def test_pack_after_augmentation_and_not_with_labels():
         def __getattr__(self, name):
             return getattr(self.inner, name)
     t._augment = Spy(t._augment)
-    stats = t.step(torch.rand(8, 3, 8, 8) * 2 - 1)
+    real = torch.rand(8, 3, 8, 8) * 2 - 1
+    t.step(real)  # the first step also probes the models
+    assert t.joint_d_forward  # this D judges each packed sample on its own
+    seen.clear()
+    stats = t.step(real)
     assert torch.isfinite(torch.tensor(stats["d_loss"]))
     assert set(augmented) == {torch.Size([8, 3, 8, 8])}  # each image augmented on its own 3 channels...
-    assert set(seen[1:]) == {torch.Size([4, 6, 8, 8])}  # ...then packed
+    # ...then packed: the D step's joint call on 4 real + 4 fake packed samples, the G step's on 4
+    assert sorted(seen) == [torch.Size([4, 6, 8, 8]), torch.Size([8, 6, 8, 8])]
+    t.joint_d_forward = False
+    seen.clear()
+    t.step(real)
+    assert seen == [torch.Size([4, 6, 8, 8])] * 3
     with pytest.raises(ValueError, match="pack.*unconditional"):
         build_models("images", (3, 8, 8), width=4, pack=2, num_classes=3)
     with pytest.raises(ValueError, match="pack.*unconditional"):

@@ -31,12 +31,13 @@ def _setup(first, last=None, **mon):
     D = NaNAfter(D0, first, last)
     g_opt, d_opt = adam_pair(G, D, lr=1e-2)
     t = ganfast.Trainer(G, D, g_opt, d_opt, seed=0, monitor=StabilityMonitor(**mon))
+    t.joint_d_forward = False  # D(real), D(fake) and the G step's D(fake): 3 calls a step
     return t, g_opt, d_opt
 
 
 def test_nan_once_rolls_back_lowers_lrs_and_continues(tmp_path, caplog):
-    # call 1 is the input check; each step calls D 3 times: call 14 = the D step of step 5
-    t, g_opt, d_opt = _setup(14, snapshot_every=2, lr_factor=0.25)
+    # calls 1-3 are the input check; each step calls D 3 times: call 16 = the D step of step 5
+    t, g_opt, d_opt = _setup(16, snapshot_every=2, lr_factor=0.25)
     with caplog.at_level(logging.WARNING, logger="ganfast.train"):
         hist = t.fit(points(64), steps=8, batch_size=16, log_dir=tmp_path, progress=False)
     assert t.monitor.rollbacks == 1 and t.step_count == 8
@@ -54,7 +55,7 @@ def test_nan_once_rolls_back_lowers_lrs_and_continues(tmp_path, caplog):
 
 
 def test_rollback_restores_the_snapshot_exactly():
-    t, *_ = _setup(8, snapshot_every=1)  # calls 8-10 = step 3
+    t, *_ = _setup(10, snapshot_every=1)  # calls 10-12 = step 3
     real = points(16)
     t.step(real)
     t.step(real)
@@ -65,7 +66,7 @@ def test_rollback_restores_the_snapshot_exactly():
 
 
 def test_divergence_error_after_k_rollbacks_keeps_what_was_written(tmp_path):
-    t, *_ = _setup(3 * 6 + 2, 10 ** 9, snapshot_every=1, max_rollbacks=2)  # NaN from step 7 on
+    t, *_ = _setup(3 + 3 * 6 + 1, 10 ** 9, snapshot_every=1, max_rollbacks=2)  # NaN from step 7 on
     with pytest.raises(DivergenceError, match=r"diverged at step 7: d_loss = nan.*after 2 rollback"):
         t.fit(points(64), steps=20, batch_size=16, log_dir=tmp_path, checkpoint_every=3, progress=False)
     assert t.monitor.rollbacks == 2
@@ -77,14 +78,14 @@ def test_divergence_error_after_k_rollbacks_keeps_what_was_written(tmp_path):
 
 
 def test_rollback_from_disk_without_snapshots(tmp_path):
-    t, *_ = _setup(3 * 4 + 2, snapshot_every=0)  # NaN at step 5
+    t, *_ = _setup(3 + 3 * 4 + 1, snapshot_every=0)  # NaN at step 5
     t.fit(points(64), steps=7, batch_size=16, checkpoint_dir=tmp_path, checkpoint_every=2, progress=False)
     assert t.monitor.rollbacks == 1 and t.step_count == 7
     assert all(torch.isfinite(p).all() for p in t.D.parameters())
 
 
 def test_no_snapshot_and_no_checkpoint_is_a_clear_error():
-    t, *_ = _setup(2, snapshot_every=0)
+    t, *_ = _setup(4, snapshot_every=0)
     with pytest.raises(DivergenceError, match="no snapshot or checkpoint to roll back to"):
         t.step(points(16))
 
