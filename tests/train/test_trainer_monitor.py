@@ -155,3 +155,42 @@ def test_nonfinite_gradient_with_finite_loss_rolls_back():
     assert math.isfinite(stats["d_loss"]) and math.isnan(stats["d_grad_norm"])
     assert t.rolled_back and t.step_count == 2 and "d_grad_norm = nan" in t.monitor.events[-1].message
     assert all(torch.isfinite(p).all() for p in D.parameters())
+
+
+def test_copy_state_is_a_deep_copy_that_reuses_an_earlier_copys_tensors():
+    from ganfast.train.monitor import copy_state
+    state = {"w": torch.randn(3, 4), "opt": {"state": {0: {"step": torch.tensor(2.0), "m": torch.randn(5)}},
+                                             "groups": [{"lr": 0.1, "params": [0]}]},
+             "rng": (3, tuple(range(5)), None), "names": ["a", "b"], "t": torch.randn(4, 3).t()}
+    first = copy_state(state)
+    assert first["w"] is not state["w"] and torch.equal(first["w"], state["w"])
+    state["w"].add_(1)
+    state["opt"]["groups"][0]["lr"] = 0.2
+    assert not torch.equal(first["w"], state["w"]) and first["opt"]["groups"][0]["lr"] == 0.1
+    second = copy_state(state, first)
+    assert second["w"] is first["w"] and torch.equal(second["w"], state["w"])  # written in place
+    assert second["opt"]["state"][0]["m"] is first["opt"]["state"][0]["m"]
+    assert second["t"] is first["t"] and torch.equal(second["t"], state["t"])  # same (transposed) strides
+    assert second["opt"]["groups"][0]["lr"] == 0.2 and second["rng"] == state["rng"]
+    assert second["names"] == ["a", "b"] and second["names"] is not state["names"]
+    state["w"] = torch.randn(2, 2)  # a new shape: a new tensor
+    third = copy_state(state, second)
+    assert third["w"] is not second["w"] and torch.equal(third["w"], state["w"]) and third["w"] is not state["w"]
+    state["t"] = state["t"].contiguous()  # other strides: a new tensor too
+    assert copy_state(state, third)["t"] is not third["t"]
+
+
+def test_rollback_after_reused_snapshots_restores_the_last_one():
+    t, *_ = _setup(3 + 3 * 3 + 1, snapshot_every=1)  # NaN at step 4: snapshots of steps 1-3 reuse one another's tensors
+    t.joint_d_forward = False
+    real = points(16)
+    for _ in range(3):
+        t.step(real)
+    params = [p.clone() for p in list(t.G.parameters()) + list(t.D.parameters())]
+    state = [s["exp_avg"].clone() for s in t.d_optimizer.state.values()]
+    t.step(real)
+    assert t.rolled_back and t.step_count == 3
+    assert all(torch.equal(a, b) for a, b in zip(params, list(t.G.parameters()) + list(t.D.parameters())))
+    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(state, t.d_optimizer.state.values()))
+    t.step(real)  # training goes on from the restored state, the snapshot intact
+    assert not t.rolled_back and t.step_count == 4
