@@ -4,6 +4,10 @@ and DCGAN at 32x32 (B = 64; width 32 and B = 32 with --quick), each without regu
 spectral norm + R1 (PyTorch's spectral norm; the loop shares D(real) between the loss and R1 and
 freezes D in the G step, as a careful user writes it).
 
+The trainer's step has the same work, but calls D once on cat(real, fake) in the D step where D is
+small and judges each sample on its own (the MLP without R1; `Trainer._joint`), which the plain loop
+could do too but rarely does.
+
 Variants: "eager" is the plain loop, "trainer" reads the stats every step (one host sync),
 "trainer-nostats" does not; with SN, "trainer-nostats-sn-per-layer" runs one spectral-norm op per
 layer instead of the trainer's one multi-tensor call (`Trainer.sn_multi_tensor`, True on the CPU).
