@@ -103,6 +103,8 @@ def _pair_of_runs(make, steps=4, real=None, **kw):
     {"loss": "hinge", "penalty": "wgan-gp"},  # the loss's D calls are joint, the penalty's own x̂ call is not
     {"loss": "rahinge", "spectral_norm": True},
     {"loss": "ns", "pack": 2},  # D takes pairs of points: 4 inputs
+    {"loss": "ns", "accumulate": 2},  # one joint call per micro-batch
+    {"loss": "wasserstein", "d_steps": 2, "ema": 0.9},
 ])
 def test_joint_call_gives_the_separate_calls_results(kw):
     def make():
