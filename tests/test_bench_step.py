@@ -54,3 +54,39 @@ def test_step_shares_count_the_engine_running_a_models_backward_as_the_models():
     shares = step_shares(step, [model], steps=5)
     assert shares["models"] > 0.8 and shares["outside ops"] < 0.15, shares
     assert torch.autograd.backward is backward and torch.autograd.grad is grad  # unpatched afterwards
+
+
+def test_joint_check_names_the_faster_choice():
+    from ganfast.bench import Row
+    from ganfast.bench.step import joint_check
+    rows = [Row("step", "c", "trainer-nostats", 1.0), Row("step", "c", "trainer-nostats-two-d-calls", 1.2),
+            Row("step", "d", "trainer-nostats", 1.0), Row("step", "d", "trainer-nostats-one-d-call", 0.9)]
+    ok = joint_check("c", rows, "trainer-nostats-two-d-calls")
+    assert "makes one D call" in ok and "1.20x" in ok and "faster" not in ok
+    miss = joint_check("d", rows, "trainer-nostats-one-d-call")
+    assert "makes two D calls" in miss and "0.90x" in miss and "JOINT_D_MAX_ELEMENTS" in miss
+
+
+def test_the_other_choice_of_d_calls():
+    """The bench's alternative trainer makes the other choice: two calls where the trainer makes one,
+    one where the size limit keeps it at two, none where D mixes the samples of a batch."""
+    from ganfast.bench.step import _other_call_count
+    from ganfast.train.trainer import JOINT_D_MAX_ELEMENTS
+
+    def make(d):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)), d
+
+    def trainer(G, D):
+        return ganfast.Trainer(G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()), seed=0)
+
+    for n, name, joint in ((64, "trainer-nostats-two-d-calls", False),
+                           (JOINT_D_MAX_ELEMENTS // 2 + 1, "trainer-nostats-one-d-call", True)):
+        G, D = make(nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1)))
+        real = torch.randn(n, 2)
+        variant, other = _other_call_count(trainer(G, D), real, G, D, torch.device("cpu"))
+        assert variant == name
+        other.step(real[:4])  # the probe
+        assert other._joint(real, False) is joint
+    G, D = make(nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)))
+    assert _other_call_count(trainer(G, D), torch.randn(64, 2), G, D, torch.device("cpu")) is None

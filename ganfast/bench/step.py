@@ -11,7 +11,10 @@ could do too but rarely does.
 Variants: "eager" is the plain loop, "trainer" reads the stats every step (one host sync),
 "trainer-nostats" does not; with SN, "trainer-nostats-sn-per-layer" runs one spectral-norm op per
 layer instead of the trainer's one multi-tensor call (`Trainer.sn_multi_tensor`, True on the CPU).
-vs eager = plain-loop time / variant time (> 1: the trainer is faster); steps/s = 1 / median. The variants of a case are timed in alternation (this CPU is shared).
+Without SN, "trainer-nostats-one-d-call" or "-two-d-calls" makes the other choice than the trainer's
+(`Trainer._joint`) where D allows one call, and a "joint check" line compares the two.
+vs eager = plain-loop time / variant time (> 1: the trainer is faster); steps/s = 1 / median. The
+variants of a case are timed in alternation (this CPU is shared).
 
 After each case's table row, a line gives where the step's time goes (`step_shares`, torch.profiler
 over a few steps of trainer-nostats and of the plain loop): the models' forward and backward (with
@@ -185,6 +188,36 @@ def format_shares(case: str, variant: str, shares: dict[str, float]) -> str:
             + f"); models {shares['models']:.0%}, optimizer {shares['optimizer']:.0%}")
 
 
+def _other_call_count(trainer, real, G0, D0, device):
+    """(variant name, trainer) making the other choice than `trainer` of one D call on cat(real,
+    fake) or two (Trainer._joint), or None when D does not allow one call. Runs a first step of
+    `trainer` (which probes D)."""
+    from ..train import Trainer
+    trainer.step(real, return_stats=False)
+    if not trainer.joint_d_forward:
+        return None
+    G, D = copy.deepcopy(G0).to(device), copy.deepcopy(D0).to(device)
+    other = Trainer(G, D, *_optims(G, D), loss="ns", seed=0)
+    if trainer._joint(real, False):
+        other.joint_d_forward = False
+        return "trainer-nostats-two-d-calls", other
+    other.joint_d_max_elements = real.numel()
+    return "trainer-nostats-one-d-call", other
+
+
+def joint_check(case: str, rows: list[Row], other: str, tolerance: float = 1.05) -> str:
+    """A line saying whether the trainer's choice of D calls in the D step (the "trainer-nostats"
+    row) beat the other choice (row `other`) in `case`: the check of JOINT_D_MAX_ELEMENTS."""
+    times = {r.variant: r.seconds for r in rows if r.case == case}
+    chosen = "two D calls" if other.endswith("one-d-call") else "one D call"
+    ratio = times[other] / times["trainer-nostats"]
+    line = f"joint check {case}: the trainer makes {chosen} in the D step; {other} took {ratio:.2f}x its time"
+    if ratio * tolerance < 1:
+        line += (" <- the other choice was faster: if a quiet rerun confirms it, move "
+                 "ganfast.train.trainer.JOINT_D_MAX_ELEMENTS")
+    return line
+
+
 def cases(quick: bool):
     """(case name, models factory, latent shape, batch shape)."""
     yield "MLP 2-D B=256", _mlp_models, (2,), (256, 2)
@@ -225,17 +258,24 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
             variants = [("trainer", True, None), ("trainer-nostats", False, None)]
             if reg:
                 variants.append(("trainer-nostats-sn-per-layer", False, False))
+            trainers = {}
             for variant, stats, sn_multi in variants:
                 G, D = copy.deepcopy(G0).to(device), copy.deepcopy(D0).to(device)
-                t = Trainer(G, D, *_optims(G, D), loss="ns", penalty="r1" if reg else None,
-                            spectral_norm=bool(reg), seed=0)
+                t = trainers[variant] = Trainer(G, D, *_optims(G, D), loss="ns", penalty="r1" if reg else None,
+                                                spectral_norm=bool(reg), seed=0)
                 if sn_multi is not None:
                     t.sn_multi_tensor = sn_multi
                 fns[variant] = lambda t=t, stats=stats: t.step(real, return_stats=stats)
                 models[variant] = (t.G, t.D)
+            # the other choice of the D step's call count (Trainer._joint), where D allows one call
+            other = _other_call_count(trainers["trainer-nostats"], real, G0, D0, device)
+            if other is not None:
+                fns[other[0]] = lambda t=other[1]: t.step(real, return_stats=False)
             rounds, round_time = (5, 0.1) if quick else (11, 0.2)
             for variant, sec in interleaved_medians(fns, device, rounds=rounds, round_time=round_time).items():
                 rows.append(Row("step", case, variant, sec))
+            if other is not None:
+                print(joint_check(case, rows, other[0]), flush=True)
             for variant in ("eager", "trainer-nostats"):
                 shares = step_shares(fns[variant], models[variant], steps=3 if quick else 10)
                 print(format_shares(case, variant, shares), flush=True)

@@ -133,6 +133,7 @@ class Trainer:
         self.sn_multi_tensor = self.device.type == "cpu"
         # None: decided on the first batch, True when D judges each sample on its own (probe.batch_independent)
         self.joint_d_forward: bool | None = None
+        self.joint_d_max_elements = JOINT_D_MAX_ELEMENTS  # `ganfast bench step` checks this limit
         self._comm = _dist.communicator(distributed, self.device, dist_timeout)
         self._penalty = PenaltyTerm(cfg, self._comm, self._draw) if cfg.penalty else None
         # every rank starts from rank 0's weights, buffers (SN u, v) and seed
@@ -279,12 +280,12 @@ class Trainer:
     def _joint(self, real: torch.Tensor, apply_pen: bool) -> bool:
         """Whether this D step calls D once on cat(real, fake): when D judges each sample on its own
         (joint_d_forward), no penalty differentiates D(real) or D(fake) alone (R1 / R2 would double
-        their cost), and D's input is small: at most JOINT_D_MAX_ELEMENTS a side, where a D call is
-        bound by per-op overhead and one call saves half of it. Measured on the 2-core CPU, step time
-        joint / separate: MLP on 256 points 0.93, DCGAN 8x8 at B=128 (24576 elements) 0.94, 16x16 at
-        B=16 0.86; but 16x16 at B=64 (49152) 1.06 and 32x32 at B=64 1.02 (larger conv batches ran
-        slower per sample)."""
-        return bool(self.joint_d_forward) and real.numel() <= JOINT_D_MAX_ELEMENTS and not (
+        their cost), and D's input is small: at most joint_d_max_elements (JOINT_D_MAX_ELEMENTS) a
+        side, where a D call is bound by per-op overhead and one call saves half of it. Measured on
+        the 2-core CPU, step time joint / separate: MLP on 256 points 0.93, DCGAN 8x8 at B=128 (24576
+        elements) 0.94, 16x16 at B=16 0.86; but 16x16 at B=64 (49152) 1.06 and 32x32 at B=64 1.01
+        (larger conv batches ran slower per sample). `ganfast bench step` checks the choice."""
+        return bool(self.joint_d_forward) and real.numel() <= self.joint_d_max_elements and not (
             apply_pen and (self._penalty.on_real or self._penalty.on_fake))
 
     def _d_update(self, real, fake, want: bool, real_y=None, fake_y=None):
