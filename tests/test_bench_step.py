@@ -1,5 +1,6 @@
 """`ganfast bench step`'s breakdown of a step (step_shares): the parts partition the wall time, and
 each kind of work lands in its part."""
+import copy
 import time
 
 import torch
@@ -84,9 +85,9 @@ def test_the_other_choice_of_d_calls():
                            (JOINT_D_MAX_ELEMENTS // 2 + 1, "trainer-nostats-one-d-call", True)):
         G, D = make(nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1)))
         real = torch.randn(n, 2)
-        variant, other = _other_call_count(trainer(G, D), real, G, D, torch.device("cpu"))
+        variant, other = _other_call_count(trainer(G, D), real, lambda: trainer(*make(copy.deepcopy(D))))
         assert variant == name
         other.step(real[:4])  # the probe
         assert other._joint(real, False) is joint
     G, D = make(nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)))
-    assert _other_call_count(trainer(G, D), torch.randn(64, 2), G, D, torch.device("cpu")) is None
+    assert _other_call_count(trainer(G, D), torch.randn(64, 2), lambda: trainer(*make(copy.deepcopy(D)))) is None

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import Row, interleaved_medians
+from . import AUTO_TOLERANCE, Row, interleaved_medians
 
 
 def _mlp_models(hidden: int = 128):
@@ -188,16 +188,14 @@ def format_shares(case: str, variant: str, shares: dict[str, float]) -> str:
             + f"); models {shares['models']:.0%}, optimizer {shares['optimizer']:.0%}")
 
 
-def _other_call_count(trainer, real, G0, D0, device):
+def _other_call_count(trainer, real, make_trainer):
     """(variant name, trainer) making the other choice than `trainer` of one D call on cat(real,
-    fake) or two (Trainer._joint), or None when D does not allow one call. Runs a first step of
-    `trainer` (which probes D)."""
-    from ..train import Trainer
+    fake) or two (Trainer._joint), or None when D does not allow one call. make_trainer() builds a
+    trainer configured as `trainer`. Runs a first step of `trainer` (which probes D)."""
     trainer.step(real, return_stats=False)
     if not trainer.joint_d_forward:
         return None
-    G, D = copy.deepcopy(G0).to(device), copy.deepcopy(D0).to(device)
-    other = Trainer(G, D, *_optims(G, D), loss="ns", seed=0)
+    other = make_trainer()
     if trainer._joint(real, False):
         other.joint_d_forward = False
         return "trainer-nostats-two-d-calls", other
@@ -205,7 +203,7 @@ def _other_call_count(trainer, real, G0, D0, device):
     return "trainer-nostats-one-d-call", other
 
 
-def joint_check(case: str, rows: list[Row], other: str, tolerance: float = 1.05) -> str:
+def joint_check(case: str, rows: list[Row], other: str, tolerance: float = AUTO_TOLERANCE) -> str:
     """A line saying whether the trainer's choice of D calls in the D step (the "trainer-nostats"
     row) beat the other choice (row `other`) in `case`: the check of JOINT_D_MAX_ELEMENTS."""
     times = {r.variant: r.seconds for r in rows if r.case == case}
@@ -258,17 +256,20 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
             variants = [("trainer", True, None), ("trainer-nostats", False, None)]
             if reg:
                 variants.append(("trainer-nostats-sn-per-layer", False, False))
+            def make_trainer(reg=reg):
+                G, D = copy.deepcopy(G0).to(device), copy.deepcopy(D0).to(device)
+                return Trainer(G, D, *_optims(G, D), loss="ns", penalty="r1" if reg else None,
+                               spectral_norm=bool(reg), seed=0)
+
             trainers = {}
             for variant, stats, sn_multi in variants:
-                G, D = copy.deepcopy(G0).to(device), copy.deepcopy(D0).to(device)
-                t = trainers[variant] = Trainer(G, D, *_optims(G, D), loss="ns", penalty="r1" if reg else None,
-                                                spectral_norm=bool(reg), seed=0)
+                t = trainers[variant] = make_trainer()
                 if sn_multi is not None:
                     t.sn_multi_tensor = sn_multi
                 fns[variant] = lambda t=t, stats=stats: t.step(real, return_stats=stats)
                 models[variant] = (t.G, t.D)
             # the other choice of the D step's call count (Trainer._joint), where D allows one call
-            other = _other_call_count(trainers["trainer-nostats"], real, G0, D0, device)
+            other = _other_call_count(trainers["trainer-nostats"], real, make_trainer)
             if other is not None:
                 fns[other[0]] = lambda t=other[1]: t.step(real, return_stats=False)
             rounds, round_time = (5, 0.1) if quick else (11, 0.2)

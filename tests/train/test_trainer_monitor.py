@@ -182,7 +182,6 @@ def test_copy_state_is_a_deep_copy_that_reuses_an_earlier_copys_tensors():
 
 def test_rollback_after_reused_snapshots_restores_the_last_one():
     t, *_ = _setup(3 + 3 * 3 + 1, snapshot_every=1)  # NaN at step 4: snapshots of steps 1-3 reuse one another's tensors
-    t.joint_d_forward = False
     real = points(16)
     for _ in range(3):
         t.step(real)
