@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # One-shot GPU check, for the lent GPU machine: no network, the `python3` found there (torch with
 # CUDA, Triton, pytest, numpy, tqdm already installed). Builds ganfast._C with its CUDA kernels, runs the
-# test suite (CUDA and Triton tests included), `ganfast validate` and `ganfast bench`, times cuda against
-# triton for every op family and single-layer against multi-tensor spectral norm (the data for auto's GPU
-# order: $OUT/backend_order.txt and .json), counts the launches per call on the GPU (`ganfast bench
-# launches`), each step with its own time limit (under 10 minutes in all), and ends with one summary table.
-# Every log goes to $OUT (default /tmp/ganfast-gpu-check); the table is also $OUT/summary.txt.
-# Without a GPU (a rehearsal) the build still runs and the GPU steps are reported as skipped.
-# Step limits in seconds can be changed: GPU_CHECK_LIMITS="build=120 tests=170 validate=60 bench=60 order=60
-# launches=50" (under 10 min in all). A failed or timed-out step is reported in the table; the next steps still run.
+# CUDA and Triton tests, times cuda against triton against the plain-PyTorch reference for every op
+# family and single-layer against multi-tensor spectral norm (the data for auto's GPU order:
+# $OUT/backend_order.txt and .json), runs `ganfast bench --quick` on the GPU and `ganfast validate`,
+# counts the launches per call on the GPU (`ganfast bench launches`), and runs the rest of the tests,
+# in that order (the most telling first), each step with its own time limit, and ends with one
+# summary table. Every log goes to $OUT (default /tmp/ganfast-gpu-check); the table is also
+# $OUT/summary.txt. Without a GPU (a rehearsal) the build still runs and the GPU steps are skipped.
+# Time: GPU_CHECK_SECONDS (default 570) bounds the whole run; a step gets at most what is left, and is
+# skipped when under 15 s is, so the summary is always written. Step limits in seconds can be changed:
+# GPU_CHECK_LIMITS="build=150 gpu-tests=150 order=100 bench=150 validate=40 launches=40 other-tests=200".
+# A failed or timed-out step is reported in the table; the next steps still run. Tests run on 8
+# processes where pytest-xdist is installed, each test under 120 s where pytest-timeout is.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/ganfast-gpu-check}"
@@ -17,21 +21,26 @@ py=${PYTHON:-python3}
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1  # nothing can be fetched there: never try
 export PYTHONUNBUFFERED=1
 
-declare -A limit=([env]=40 [build]=120 [tests]=170 [validate]=60 [bench]=60 [info]=20 [order]=60 [launches]=50)
+declare -A limit=([env]=40 [build]=150 [info]=20 [gpu-tests]=150 [order]=100 [bench]=150 [validate]=40
+                  [launches]=40 [other-tests]=200)
 for kv in ${GPU_CHECK_LIMITS:-}; do limit[${kv%%=*}]=${kv#*=}; done
+budget=${GPU_CHECK_SECONDS:-570}
 steps=() status=() seconds=()
 
-# run_step NAME COMMAND...: runs it under `timeout`, output to $out/NAME.txt (and its tail to stdout).
+# run_step NAME COMMAND...: runs it under `timeout` (its limit, or what is left of the budget less 10 s
+# for the summary), output to $out/NAME.txt (and its tail to stdout).
 run_step() {
   local name=$1; shift
-  local t0=$SECONDS rc
-  echo "== $name (limit ${limit[$name]} s)"
-  timeout --kill-after=10 "${limit[$name]}" "$@" > "$out/$name.txt" 2>&1
+  local t0=$SECONDS rc left=$((budget - SECONDS - 10)) cap=${limit[$name]}
+  if [ "$left" -lt 15 ]; then skip_step "$name" "no time left (GPU_CHECK_SECONDS=$budget)"; return 1; fi
+  [ "$left" -lt "$cap" ] && cap=$left
+  echo "== $name (limit $cap s)"
+  timeout --kill-after=5 "$cap" "$@" > "$out/$name.txt" 2>&1
   rc=$?
   tail -n 15 "$out/$name.txt"
   case $rc in
     0) status+=("ok") ;;
-    124|137) status+=("TIMEOUT after ${limit[$name]} s") ;;
+    124|137) status+=("TIMEOUT after $cap s") ;;
     *) status+=("FAILED (exit $rc)") ;;
   esac
   steps+=("$name"); seconds+=($((SECONDS - t0)))
@@ -78,26 +87,34 @@ if [ $built -eq 0 ]; then  # the CUDA kernels must be in it: `ganfast info` name
     >> "$out/build.txt" 2>&1 || { built=1; status[-1]="FAILED (ganfast._C without CUDA)"; }
 fi
 
+pytest_args=(-q -p no:cacheprovider -rfE --durations 10)
+"$py" -c 'import xdist' 2> /dev/null && pytest_args+=(-n 8)
+"$py" -c 'import pytest_timeout' 2> /dev/null && pytest_args+=(--timeout 120)
+# the tests that run a kernel on the GPU: every cuda and triton case, less the two files that only
+# compile csrc/cuda with nvcc (CI runs those)
+gpu_tests="(cuda or triton) and not cuda_sources and not cuda_launch_count"
+
 if [ "$has_gpu" != 1 ]; then
-  for s in tests validate bench order launches; do skip_step $s "no GPU visible to torch"; done
+  for s in gpu-tests order bench validate launches other-tests; do skip_step $s "no GPU visible to torch"; done
 elif [ $built -ne 0 ]; then
-  for s in tests validate bench; do skip_step $s "the build failed"; done
-  # Triton alone still decides its own rows (the cuda ones are reported as errors)
-  run_step order "$py" -m ganfast.bench.backend_order --quick --out "$out"
-  skip_step launches "the build failed"
+  skip_step gpu-tests "the build failed"
+  # Triton and the reference still decide their own rows (the cuda ones are reported as errors)
+  run_step order "$py" -m ganfast.bench.backend_order --out "$out"
+  for s in bench validate launches other-tests; do skip_step $s "the build failed"; done
 else
   run_step info "$py" -m ganfast info
-  run_step tests "$py" -m pytest -q -p no:cacheprovider tests
+  run_step gpu-tests "$py" -m pytest "${pytest_args[@]}" -k "$gpu_tests" tests
+  run_step order "$py" -m ganfast.bench.backend_order --out "$out"
+  run_step bench "$py" -m ganfast bench step losses sn gp --quick --device cuda
   run_step validate "$py" -m ganfast validate
-  run_step bench "$py" -m ganfast bench --quick --device cuda
-  run_step order "$py" -m ganfast.bench.backend_order --quick --out "$out"
   run_step launches "$py" -m ganfast bench launches --device cuda
+  run_step other-tests "$py" -m pytest "${pytest_args[@]}" -k "not ($gpu_tests)" tests
 fi
 
 {
-  printf '%-10s %-36s %s\n' step result seconds
+  printf '%-12s %-36s %s\n' step result seconds
   for i in "${!steps[@]}"; do
-    printf '%-10s %-36s %s\n' "${steps[$i]}" "${status[$i]}" "${seconds[$i]}"
+    printf '%-12s %-36s %s\n' "${steps[$i]}" "${status[$i]}" "${seconds[$i]}"
   done
   echo "logs: $out"
 } | tee "$out/summary.txt"

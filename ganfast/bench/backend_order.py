@@ -1,5 +1,6 @@
-"""The data behind `auto`'s order on a GPU: cuda against triton for every op family, and single-layer
-against multi-tensor spectral norm, timed in one run (scripts/gpu_check.sh runs this on a lent GPU).
+"""The data behind `auto`'s order on a GPU: cuda against triton against the plain-PyTorch reference
+("reference", what `auto` falls back to) for every op family, and single-layer against multi-tensor
+spectral norm, timed in one run (scripts/gpu_check.sh runs this on a lent GPU).
 
     python -m ganfast.bench.backend_order --out DIR [--quick]
 
@@ -25,9 +26,12 @@ BACKENDS = ("cuda", "triton")
 
 
 def _available() -> list[str]:
+    """The GPU kernel backends here, and "reference": a kernel that loses to it at some size must not
+    be what `auto` picks there."""
     from .. import backends
 
-    return [b for b in BACKENDS if backends.status(b).available and "cuda" in backends.status(b).device_types]
+    return [b for b in BACKENDS if backends.status(b).available and "cuda" in backends.status(b).device_types] + [
+        "reference"]
 
 
 def gpu_kernels(fn) -> int | None:
@@ -46,30 +50,40 @@ def gpu_kernels(fn) -> int | None:
 
 
 def _loss_cases(quick):
+    from ..reference import losses as reference
     from ..ops import losses as ops
 
-    for b in (64, 4096) if quick else (64, 1024, 65536):
-        real = torch.randn(b, 1, device="cuda", requires_grad=True)
-        fake = torch.randn(b, 1, device="cuda", requires_grad=True)
+    # the sizes of `ganfast bench losses`; ns (softplus: transcendental) and hinge (relu: two compares)
+    for kind in ("ns",) if quick else ("ns", "hinge"):
+        for b in (64, 4096) if quick else (64, 4096, 57600, 1_048_576):
+            real = torch.randn(b, 1, device="cuda", requires_grad=True)
+            fake = torch.randn(b, 1, device="cuda", requires_grad=True)
 
-        def make(backend, real=real, fake=fake):
-            def step():
-                loss, _ = ops.gan_loss(real, fake, ops.KIND_IDS["ns"], False, backend)
-                loss.backward()
-            return step
-        yield "losses", f"d_loss ns fwd+bwd B={b}", b, make
+            def make(backend, real=real, fake=fake, kind=kind):
+                def step():
+                    if backend == "reference":
+                        loss = reference.d_loss(real, fake, kind)
+                    else:
+                        loss, _ = ops.gan_loss(real, fake, ops.KIND_IDS[kind], False, backend)
+                    loss.backward()
+                return step
+            yield "losses", f"d_loss {kind} fwd+bwd B={b}", b, make
 
 
 def _penalty_cases(quick):
     from ..ops import penalties as ops
+    from ..reference import penalties as reference
 
-    for shape in ((64, 3, 32, 32),) if quick else ((64, 2), (64, 3, 32, 32), (32, 3, 128, 128)):
+    for shape in ((64, 3, 32, 32),) if quick else ((64, 2), (64, 3, 32, 32), (64, 3, 64, 64), (32, 3, 128, 128)):
         g = torch.randn(shape, device="cuda", requires_grad=True)
         n = g.numel()
 
         def make(backend, g=g):
             def step():
-                penalty, _ = ops.grad_penalty(g, ops.SQUARED, 10.0, 0.0, 1.0, backend)
+                if backend == "reference":
+                    penalty, _ = reference.penalty_tail(g, ops.SQUARED, 10.0, 0.0, 1.0)
+                else:
+                    penalty, _ = ops.grad_penalty(g, ops.SQUARED, 10.0, 0.0, 1.0, backend)
                 penalty.backward()
             return step
         yield "penalties", f"penalty tail fwd+bwd {tuple(shape)}", n, make
@@ -95,6 +109,7 @@ def _layers(shapes):
 
 def _sn_cases(quick):
     from ..ops import spectral_norm as ops
+    from ..reference import spectral_norm as reference
 
     for name, shapes in list(_MODELS.items())[:1 if quick else None]:
         ws, us, vs = _layers(shapes)
@@ -103,11 +118,17 @@ def _sn_cases(quick):
 
         def single(backend, ws=ws, us=us, vs=vs, grads=grads):
             def step():
-                outs = [ops.spectral_norm(w, u, v, 0, 1, 1e-12, backend)[0] for w, u, v in zip(ws, us, vs)]
+                if backend == "reference":
+                    outs = [reference.spectral_norm(w, u, v, 0, 1, 1e-12)[0] for w, u, v in zip(ws, us, vs)]
+                else:
+                    outs = [ops.spectral_norm(w, u, v, 0, 1, 1e-12, backend)[0] for w, u, v in zip(ws, us, vs)]
                 torch.autograd.backward(outs, grads)
             return step
 
         def multi(backend, ws=ws, us=us, vs=vs, grads=grads):
+            if backend == "reference":  # no multi-tensor reference: the single-layer case has its time
+                return None
+
             def step():
                 outs = ops.spectral_norm_multi(ws, us, vs, [0] * len(ws), 1, 1e-12, backend)[0]
                 torch.autograd.backward(outs, grads)
@@ -117,7 +138,7 @@ def _sn_cases(quick):
 
 
 def run(quick: bool = False) -> list[dict]:
-    """One record per case: family, case, numel, {variant: seconds}, {variant: GPU kernels}, winner, errors."""
+    """One record per case: family, case, numel, {backend: seconds}, {backend: GPU kernels}, winner, errors."""
     names = _available()
     rounds, round_time = (5, 0.02) if quick else (9, 0.05)
     records = []
@@ -129,6 +150,8 @@ def run(quick: bool = False) -> list[dict]:
                 for b in names:
                     try:
                         fn = make(b)
+                        if fn is None:  # this variant has no such case
+                            continue
                         fn()
                         fns[b] = fn
                         rec["gpu_kernels"][b] = gpu_kernels(fn)
