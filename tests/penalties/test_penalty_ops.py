@@ -81,7 +81,7 @@ def interpolate_with_grads(real, other, alpha, perturb, backend):
         x = ref.interpolate(real, other, alpha, perturb, 0.5)
     else:
         x = ops.interpolate(real, other, alpha, perturb, 0.5, backend)
-    up = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(x.dtype)
+    up = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(x.device, x.dtype)
     (x * up).sum().backward()
     return {"x": x, "d_real": real.grad, "d_other": other.grad, "d_alpha": alpha.grad}
 
