@@ -53,10 +53,25 @@ TAKES: dict[str, dict[str, tuple[torch.dtype, ...]]] = {
 # The per-size hook of `auto`: (family, backend, device type) -> (min numel, max numel), both
 # inclusive, counted on the op's main input (the fake logits; g, or the data for the interpolation;
 # the weight). Outside its range a backend is skipped by `auto` (an explicit selection ignores it),
-# for the sizes where a measurement showed the next backend in AUTO_ORDER to be faster. Empty: no
-# kernel has a measured losing range yet (the CPU kernels' thresholds go here, with the benchmark
-# that shows them).
-SIZE_LIMITS: dict[tuple[str, str, str], tuple[int, int]] = {}
+# for the sizes where a measurement showed the next backend in AUTO_ORDER to be faster; NEVER, an
+# empty range, skips it at every size.
+NEVER = (1, 0)
+# Measured on an NVIDIA H200 (torch 2.11, Triton 3.6, 2026-12-04; `python -m ganfast.bench.backend_order`,
+# fwd+bwd, medians per call):
+# - losses, cuda: the kernel is one block of 1024 threads, so its GPU time grows ~0.9 ns per logit:
+#   2x faster than the reference up to B = 57600 (246 vs 452 us, host-bound), 2x slower at B = 2^20
+#   (916 vs 448 us; hinge 700 vs 494). Kept to 2^16 logits, where that GPU time (~60 us) stays under
+#   the reference's own launch cost on any host; above, the reference.
+# - losses and penalty tails, triton: the custom-op call and Triton's launcher cost more than the
+#   reference's aten ops at every size timed (losses 445-3620 vs 448-511 us, a win of 6 % at one size;
+#   tails 590-638 vs 583-688 us, two sizes lost by 6-8 %), so `auto` goes from cuda to the reference.
+# Spectral norm: cuda (0.6-1.9 ms) and triton (2.1-6.9 ms) both beat the reference (3.7-8.0 ms) on the
+# DCGAN-32 and ResNet-128 layer sets: no limit. Augment was not timed on a GPU: no limit.
+SIZE_LIMITS: dict[tuple[str, str, str], tuple[int, int]] = {
+    ("losses", "cuda", "cuda"): (0, 1 << 16),
+    ("losses", "triton", "cuda"): NEVER,
+    ("penalties", "triton", "cuda"): NEVER,
+}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -272,7 +287,7 @@ def _backend(key: tuple, numel: int) -> str:
     route = _routes.get(key)
     if route is None:
         route = _routes[key] = _route(*key)
-    return route if route.__class__ is str else _pick(route, numel)
+    return route if isinstance(route, str) else _pick(route, numel)  # (`route.__class__ is str` broke torch 2.11's dynamo)
 
 
 def backend_for(family: str, t: torch.Tensor) -> str:

@@ -37,7 +37,7 @@ def _cmd_info(args) -> int:
         others = [f"{family} {backends.dtype_name(dtype)} -> {name}" for (family, dtype), name in picks.items()
                   if name != usual]
         print(f"  {device_type} tensors -> {usual}" + (f"; except {', '.join(others)}" if others else ""))
-    limits = [f"{family} on {name} ({device_type}): {low}..{high} elements"
+    limits = [f"{family} on {name} ({device_type}): " + (f"{low}..{high} elements" if low <= high else "never")
               for (family, name, device_type), (low, high) in backends.SIZE_LIMITS.items()]
     print(f"  size limits: {'; '.join(limits) if limits else 'none'}")
     return 0

@@ -125,8 +125,25 @@ def test_auto_on_a_gpu_without_the_cuda_kernels(fake_gpu, monkeypatch):
     monkeypatch.setitem(backends.AUTO_ORDER, "cuda", ("triton", "reference"))
     cuda = torch.device("cuda")
     for family in backends.FAMILIES:
-        assert backends.resolve(cuda, family, torch.bfloat16) == "triton"
+        # Triton's losses and penalty tails lost to the reference on an H200 (backends.SIZE_LIMITS)
+        expected = "reference" if family in ("losses", "penalties") else "triton"
+        for numel in (1, 64, 1 << 20):
+            assert backends.resolve(cuda, family, torch.bfloat16, numel) == expected, (family, numel)
         assert backends.resolve(cuda, family, torch.float64) == "reference"
+    with ganfast.use_backend("triton"):  # chosen by name, it runs every size
+        assert backends.resolve(cuda, "losses", torch.float32, 64) == "triton"
+
+
+def test_auto_sends_large_losses_on_a_gpu_to_the_reference(fake_gpu):
+    """The CUDA loss kernel is one block: past 2^16 logits the reference was faster on an H200, and
+    Triton is never auto's pick for losses (backends.SIZE_LIMITS)."""
+    cuda = torch.device("cuda")
+    assert backends.resolve(cuda, "losses", torch.float32, 1 << 16) == "cuda"
+    assert backends.resolve(cuda, "losses", torch.float32, (1 << 16) + 1) == "reference"
+    assert backends.resolve(cuda, "penalties", torch.float32, 1 << 20) == "cuda"
+    assert backends.resolve(cuda, "spectral_norm", torch.float32, 1 << 20) == "cuda"
+    with ganfast.use_backend("cuda"):
+        assert backends.resolve(cuda, "losses", torch.float32, 1 << 20) == "cuda"
 
 
 def test_explicit_backend_names_what_it_does_not_take(fake_gpu):
