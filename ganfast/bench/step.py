@@ -10,7 +10,7 @@ could do too but rarely does.
 
 Variants: "eager" is the plain loop, "trainer" reads the stats every step (one host sync),
 "trainer-nostats" does not; with SN, "trainer-nostats-sn-per-layer" runs one spectral-norm op per
-layer instead of the trainer's one multi-tensor call (`Trainer.sn_multi_tensor`, True on the CPU).
+layer instead of the trainer's one multi-tensor call (`Trainer.sn_multi_tensor`, True on the CPU and CUDA).
 Without SN, "trainer-nostats-one-d-call" or "-two-d-calls" makes the other choice than the trainer's
 (`Trainer._joint`) where D allows one call, and a "joint check" line compares the two.
 vs eager = plain-loop time / variant time (> 1: the trainer is faster); steps/s = 1 / median. The
@@ -252,7 +252,7 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
                             plain_step(G, D, g_opt, d_opt, real, latent, gamma))
             models = {"eager": (G, D)}  # whose forwards step_shares counts as the models' work
             # ganfast.Trainer, with and without reading the stats; with SN also one SN op per layer
-            # instead of the multi-tensor call (the trainer's choice on the CPU)
+            # instead of the multi-tensor call (the trainer's choice on the CPU and CUDA)
             variants = [("trainer", True, None), ("trainer-nostats", False, None)]
             if reg:
                 variants.append(("trainer-nostats-sn-per-layer", False, False))

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import sys
 
 import torch
 from torch import nn
@@ -56,7 +57,16 @@ log = logging.getLogger("ganfast.train")
 STAT_NAMES = ("d_loss", "g_loss", "penalty", "real_mean", "fake_mean", "real_acc", "fake_acc",
               "d_grad_norm", "g_grad_norm")
 __all__ = ["Trainer", "LossInputs", "infer_latent_shape"]
-JOINT_D_MAX_ELEMENTS = 32768  # the largest D input (a side of a D step) called jointly: Trainer._joint
+# The largest D input (a side of a D step) called jointly (Trainer._joint), measured on the CPU; on
+# CUDA, where a D call is bound by its launches, no limit (joint_d_limit).
+JOINT_D_MAX_ELEMENTS = 32768
+
+
+def joint_d_limit(device: torch.device) -> int:
+    """The most numbers a side of a D step may hold for the joint D call on `device`. On an H200
+    (2026-12-04, `ganfast bench step --quick --device cuda`) one call took 0.92x the time of two on a
+    DCGAN-32 D at B = 32 (98304 numbers a side), two calls 1.15x one on the MLP."""
+    return sys.maxsize if device.type == "cuda" else JOINT_D_MAX_ELEMENTS
 
 
 class Trainer:
@@ -64,7 +74,7 @@ class Trainer:
 
     The step's options (loss, penalty, ..., accumulate) are StepConfig's: pass them one by one or as
     config=StepConfig(...). spectral_norm applies ganfast.nn.apply_spectral_norm to D (the Parameter
-    objects stay the same); `sn_multi_tensor` (True for a D on the CPU) computes all of D's layers in
+    objects stay the same); `sn_multi_tensor` (True for a D on the CPU or CUDA) computes all of D's layers in
     one multi-tensor call per step, with the same numbers. `joint_d_forward` (decided on the first
     batch: True when D judges each sample on its own, which a probe checks; False with BatchNorm,
     minibatch stddev or dropout) runs D once on cat(real, fake) in D steps without R1 / R2 whose
@@ -127,13 +137,14 @@ class Trainer:
         check_optimizer_holds(g_optimizer, generator, "g_optimizer", "generator")
         check_optimizer_holds(d_optimizer, discriminator, "d_optimizer", "discriminator")
         self._nn = spectral_norm_module(discriminator, cfg.spectral_norm)  # sn_step around D call groups
-        # D's spectral norm in one multi-tensor call per step on the CPU (same numbers as one op per
-        # layer; README, "Performance": the MLP step with SN + R1 1.08-1.15x faster, DCGAN-32 level);
-        # one op per layer elsewhere until a GPU run has timed both (scripts/gpu_check.sh).
-        self.sn_multi_tensor = self.device.type == "cpu"
+        # D's spectral norm in one multi-tensor call per step on the CPU and CUDA (same numbers as one
+        # op per layer; README, "Performance": the MLP step with SN + R1 1.08-1.15x faster on the CPU,
+        # DCGAN-32 level; on an H200 every layer of a DCGAN-32 / ResNet-128 D in 0.60 / 1.11 ms instead
+        # of 0.90 / 1.94 ms one op per layer, `python -m ganfast.bench.backend_order`).
+        self.sn_multi_tensor = self.device.type in ("cpu", "cuda")
         # None: decided on the first batch, True when D judges each sample on its own (probe.batch_independent)
         self.joint_d_forward: bool | None = None
-        self.joint_d_max_elements = JOINT_D_MAX_ELEMENTS  # `ganfast bench step` checks this limit
+        self.joint_d_max_elements = joint_d_limit(self.device)  # `ganfast bench step` checks this limit
         self._comm = _dist.communicator(distributed, self.device, dist_timeout)
         self._penalty = PenaltyTerm(cfg, self._comm, self._draw) if cfg.penalty else None
         # every rank starts from rank 0's weights, buffers (SN u, v) and seed
@@ -280,8 +291,9 @@ class Trainer:
     def _joint(self, real: torch.Tensor, apply_pen: bool) -> bool:
         """Whether this D step calls D once on cat(real, fake): when D judges each sample on its own
         (joint_d_forward), no penalty differentiates D(real) or D(fake) alone (R1 / R2 would double
-        their cost), and D's input is small: at most joint_d_max_elements (JOINT_D_MAX_ELEMENTS) a
-        side, where a D call is bound by per-op overhead and one call saves half of it. Measured on
+        their cost), and D's input is small: at most joint_d_max_elements (joint_d_limit: on the CPU
+        JOINT_D_MAX_ELEMENTS) a side, where a D call is bound by per-op overhead and one call saves half
+        of it. Measured on
         the 2-core CPU, step time joint / separate: MLP on 256 points 0.93, DCGAN 8x8 at B=128 (24576
         elements) 0.94, 16x16 at B=16 0.86; but 16x16 at B=64 (49152) 1.06 and 32x32 at B=64 1.01
         (larger conv batches ran slower per sample). `ganfast bench step` checks the choice."""

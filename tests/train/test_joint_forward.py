@@ -167,6 +167,15 @@ def test_large_inputs_are_called_separately():
         assert seen == d_step_batches + [batch]
 
 
+def test_the_size_limit_is_the_cpus_and_cuda_has_none():
+    from ganfast.train.trainer import JOINT_D_MAX_ELEMENTS, joint_d_limit
+    assert joint_d_limit(torch.device("cpu")) == JOINT_D_MAX_ELEMENTS
+    assert joint_d_limit(torch.device("cuda")) >= 2 ** 62  # launch-bound: measured on an H200
+    assert joint_d_limit(torch.device("meta")) == JOINT_D_MAX_ELEMENTS  # not measured: the CPU's
+    G, D = mlp_pair()
+    assert ganfast.Trainer(G, D, *adam_pair(G, D), seed=0).joint_d_max_elements == JOINT_D_MAX_ELEMENTS
+
+
 def test_joint_forward_can_be_switched_off_before_the_first_step():
     G, D = mlp_pair()
     t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0)
