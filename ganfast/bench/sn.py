@@ -119,7 +119,7 @@ def layer_rows(device, quick):
     return rows
 
 
-def make_d(sn):
+def make_d(sn, device: torch.device = torch.device("cpu")):
     torch.manual_seed(0)
     d = nn.Sequential(nn.Conv2d(3, 64, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(64, 128, 4, 2, 1), nn.LeakyReLU(0.2),
                       nn.Conv2d(128, 256, 4, 2, 1), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(256 * 4 * 4, 1))
@@ -129,7 +129,7 @@ def make_d(sn):
                 P.spectral_norm(m)
     elif sn == "ganfast":
         apply_spectral_norm(d)
-    return d
+    return d.to(device)
 
 
 def d_step_fn(d, real, fake, use_sn_step, forward=None, multi_tensor=False):
@@ -173,15 +173,15 @@ def d_step_rows(device, quick):
     fake = torch.randn(16, 3, 32, 32, generator=g).to(device)
     case = "D step (D x3: real/fake/penalty)"
     rows, counts = [], {}
-    d = make_d("pytorch")
+    d = make_d("pytorch", device)
     rows.append(Row("sn", case, "eager", median_time(d_step_fn(d, real, fake, False), device, rounds=5)))
     counts["pytorch spectral_norm"] = count_ops(d_step_fn(d, real, fake, False))
     compiled = torch.compile(d)
     rows.append(Row("sn", case, "compiled", median_time(d_step_fn(d, real, fake, False, compiled), device, rounds=5)))
-    d = make_d("none")
+    d = make_d("none", device)
     rows.append(Row("sn", case, "no-sn", median_time(d_step_fn(d, real, fake, False), device, rounds=5)))
     counts["no spectral norm"] = count_ops(d_step_fn(d, real, fake, False))
-    d = make_d("ganfast")
+    d = make_d("ganfast", device)
     for name in backends.available_backends(device.type):
         with backends.use_backend(name):
             rows.append(Row("sn", case, f"ganfast-{name}+sn_step",
