@@ -15,8 +15,8 @@ The dispatch rule, one for every op family (losses, penalties, spectral_norm, au
   and what it does not support.
 `backend_for(family, tensor)` applies the rule. It runs on every op call, so it costs a dict lookup
 for a (selection, family, device type, dtype, layout) seen before.
-On CUDA the C++ kernel goes before Triton: both run the same single-launch kernel shape, and the C++
-op is launched by the dispatcher without the Python launcher Triton needs (see README, "Backends").
+On CUDA the C++ kernel goes before Triton: it was faster in every case timed on an H200 (the C++ op is
+launched by the dispatcher, without the Python launcher Triton needs; README, "Backends").
 """
 from __future__ import annotations
 
@@ -65,12 +65,15 @@ NEVER = (1, 0)
 # - losses and penalty tails, triton: the custom-op call and Triton's launcher cost more than the
 #   reference's aten ops at every size timed (losses 445-3620 vs 448-511 us, a win of 6 % at one size;
 #   tails 590-638 vs 583-688 us, two sizes lost by 6-8 %), so `auto` goes from cuda to the reference.
-# Spectral norm: cuda (0.6-1.9 ms) and triton (2.1-6.9 ms) both beat the reference (3.7-8.0 ms) on the
-# DCGAN-32 and ResNet-128 layer sets: no limit. Augment was not timed on a GPU: no limit.
+# - spectral norm, triton: one layer fwd+bwd against PyTorch's parametrization (`ganfast bench sn
+#   --quick --device cuda`) 0.78-0.91x on three of five layers (Linear 2304->256, 4608->512, 8192->1),
+#   1.07x on the other two: never, as for the other two families. cuda: 2.6-4.3x there.
+# Augment was not timed on a GPU: no limit.
 SIZE_LIMITS: dict[tuple[str, str, str], tuple[int, int]] = {
     ("losses", "cuda", "cuda"): (0, 1 << 16),
     ("losses", "triton", "cuda"): NEVER,
     ("penalties", "triton", "cuda"): NEVER,
+    ("spectral_norm", "triton", "cuda"): NEVER,
 }
 
 
