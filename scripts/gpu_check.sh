@@ -10,7 +10,7 @@
 # $OUT/summary.txt. Without a GPU (a rehearsal) the build still runs and the GPU steps are skipped.
 # Time: GPU_CHECK_SECONDS (default 570) bounds the whole run; a step gets at most what is left, and is
 # skipped when under 15 s is, so the summary is always written. Step limits in seconds can be changed:
-# GPU_CHECK_LIMITS="build=150 gpu-tests=150 order=100 bench=150 validate=40 launches=40 other-tests=200".
+# GPU_CHECK_LIMITS="build=180 errors=40 gpu-tests=150 order=100 bench=150 validate=40 launches=40 other-tests=200".
 # A failed or timed-out step is reported in the table; the next steps still run. Tests run on 8
 # processes where pytest-xdist is installed, each test under 120 s where pytest-timeout is.
 set -uo pipefail
@@ -21,7 +21,7 @@ py=${PYTHON:-python3}
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1  # nothing can be fetched there: never try
 export PYTHONUNBUFFERED=1
 
-declare -A limit=([env]=40 [build]=150 [info]=20 [gpu-tests]=150 [order]=100 [bench]=150 [validate]=40
+declare -A limit=([env]=40 [build]=180 [info]=20 [errors]=40 [gpu-tests]=150 [order]=100 [bench]=150 [validate]=40
                   [launches]=40 [other-tests]=200)
 for kv in ${GPU_CHECK_LIMITS:-}; do limit[${kv%%=*}]=${kv#*=}; done
 budget=${GPU_CHECK_SECONDS:-570}
@@ -49,7 +49,7 @@ run_step() {
 skip_step() { steps+=("$1"); status+=("skipped: $2"); seconds+=(0); }
 
 run_step env "$py" -c '
-import shutil, subprocess, sys, torch
+import os, shutil, subprocess, sys, torch
 print("python", sys.version.split()[0], sys.executable)
 print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu:", torch.cuda.is_available())
 try:
@@ -58,7 +58,9 @@ except ImportError as e:
     print("triton: not installed", e)
 if torch.cuda.is_available():
     print(torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0))
-for cmd in (["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"], ["nvcc", "--version"]):
+print("CXX =", os.environ.get("CXX"), "| c++:", shutil.which("c++"), "| g++:", shutil.which("g++"))
+for cmd in (["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"], ["nvcc", "--version"],
+            [os.environ.get("CXX") or "c++", "--version"]):
     if shutil.which(cmd[0]):
         subprocess.run(cmd, check=False)
     else:
@@ -95,14 +97,20 @@ pytest_args=(-q -p no:cacheprovider -rfE --durations 10)
 gpu_tests="(cuda or triton) and not cuda_sources and not cuda_launch_count"
 
 if [ "$has_gpu" != 1 ]; then
-  for s in gpu-tests order bench validate launches other-tests; do skip_step $s "no GPU visible to torch"; done
+  for s in errors gpu-tests order bench validate launches other-tests; do skip_step $s "no GPU visible to torch"; done
 elif [ $built -ne 0 ]; then
-  skip_step gpu-tests "the build failed"
+  for s in errors gpu-tests; do skip_step $s "the build failed"; done
   # Triton and the reference still decide their own rows (the cuda ones are reported as errors)
   run_step order "$py" -m ganfast.bench.backend_order --out "$out"
   for s in bench validate launches other-tests; do skip_step $s "the build failed"; done
 else
   run_step info "$py" -m ganfast info
+  # Bad input must raise, not crash the process: on the first H200 run (2026-12-04) these three
+  # segfaulted with the machine's /opt/gcc g++ (README, "First GPU run"); one process, no xdist.
+  run_step errors "$py" -m pytest -q -p no:cacheprovider \
+    "tests/losses/test_losses.py::TestEagerEntry::test_errors_come_back_as_python_exceptions" \
+    "tests/augment/test_augment_ops.py::test_kernels_reject_bad_parameters" \
+    "tests/spectral_norm/test_multi.py::test_multi_bad_input"
   run_step gpu-tests "$py" -m pytest "${pytest_args[@]}" -k "$gpu_tests" tests
   run_step order "$py" -m ganfast.bench.backend_order --out "$out"
   run_step bench "$py" -m ganfast bench step losses sn gp --quick --device cuda
