@@ -137,12 +137,29 @@ def _sn_cases(quick):
         yield "spectral_norm", f"SN fwd+bwd, every layer of {name}, multi-tensor", n, multi
 
 
+def _augment_cases(quick):
+    from .. import augment
+    from . import augment as bench_augment
+
+    for shape in bench_augment.SHAPES[:1] if quick else bench_augment.SHAPES:
+        x, up = bench_augment.inputs(shape, torch.device("cuda"))
+        params = bench_augment.draw(x, torch.Generator(device="cuda").manual_seed(0))
+
+        def make(backend, x=x, up=up, params=params):
+            def step():
+                x.grad = None
+                augment.apply_params(x, *params, backend=backend).backward(up)
+            return step
+        yield ("augment", f"DiffAugment {bench_augment.POLICY} fwd+bwd B={x.shape[0]} {'x'.join(map(str, shape))}",
+               x.numel(), make)
+
+
 def run(quick: bool = False) -> list[dict]:
     """One record per case: family, case, numel, {backend: seconds}, {backend: GPU kernels}, winner, errors."""
     names = _available()
     rounds, round_time = (5, 0.02) if quick else (9, 0.05)
     records = []
-    for cases in (_loss_cases, _penalty_cases, _sn_cases):
+    for cases in (_loss_cases, _penalty_cases, _sn_cases, _augment_cases):
         try:
             for family, case, numel, make in cases(quick):
                 rec = {"family": family, "case": case, "numel": numel, "seconds": {}, "gpu_kernels": {}, "errors": {}}
