@@ -87,6 +87,8 @@ built=$?
 if [ $built -eq 0 ]; then  # the CUDA kernels must be in it: `ganfast info` names the reason if not
   "$py" -c 'from ganfast import backends as b; print("cuda backend:", b.status("cuda")); assert b.extension_built_with_cuda()' \
     >> "$out/build.txt" 2>&1 || { built=1; status[-1]="FAILED (ganfast._C without CUDA)"; }
+  # which C++ runtime the extension resolves (for the bad-input crash of the first H200 run)
+  { echo "== ldd"; ldd ganfast/_C*.so | grep -E "stdc|gcc_s|gomp|c10"; } >> "$out/build.txt" 2>&1
 fi
 
 pytest_args=(-q -p no:cacheprovider -rfE --durations 10)
