@@ -65,6 +65,8 @@ NEVER = (1, 0)
 # - losses and penalty tails, triton: the custom-op call and Triton's launcher cost more than the
 #   reference's aten ops at every size timed (losses 445-3620 vs 448-511 us, a win of 6 % at one size;
 #   tails 590-638 vs 583-688 us, two sizes lost by 6-8 %), so `auto` goes from cuda to the reference.
+#   (An earlier run, before the CUDA kernels had built, had the tails ahead at three sizes and 1.12x
+#   the reference's time at 32x3x128x128: host-bound times that move by 10-15 % between runs.)
 # - spectral norm, triton: one layer fwd+bwd against PyTorch's parametrization (`ganfast bench sn
 #   --quick --device cuda`) 0.78-0.91x on three of five layers (Linear 2304->256, 4608->512, 8192->1),
 #   1.07x on the other two: never, as for the other two families. cuda: 2.6-4.3x there.
