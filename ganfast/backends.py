@@ -292,7 +292,8 @@ def _backend(key: tuple, numel: int) -> str:
     route = _routes.get(key)
     if route is None:
         route = _routes[key] = _route(*key)
-    return route if isinstance(route, str) else _pick(route, numel)  # (`route.__class__ is str` broke torch 2.11's dynamo)
+    # isinstance, not `route.__class__ is str`: torch 2.11's dynamo treated a str route as a tuple there
+    return route if isinstance(route, str) else _pick(route, numel)
 
 
 def backend_for(family: str, t: torch.Tensor) -> str:

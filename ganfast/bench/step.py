@@ -205,14 +205,15 @@ def _other_call_count(trainer, real, make_trainer):
 
 def joint_check(case: str, rows: list[Row], other: str, tolerance: float = AUTO_TOLERANCE) -> str:
     """A line saying whether the trainer's choice of D calls in the D step (the "trainer-nostats"
-    row) beat the other choice (row `other`) in `case`: the check of JOINT_D_MAX_ELEMENTS."""
+    row) beat the other choice (row `other`) in `case`: the check of the trainer's size limit
+    (`joint_d_limit`)."""
     times = {r.variant: r.seconds for r in rows if r.case == case}
     chosen = "two D calls" if other.endswith("one-d-call") else "one D call"
     ratio = times[other] / times["trainer-nostats"]
     line = f"joint check {case}: the trainer makes {chosen} in the D step; {other} took {ratio:.2f}x its time"
     if ratio * tolerance < 1:
-        line += (" <- the other choice was faster: if a quiet rerun confirms it, move "
-                 "ganfast.train.trainer.JOINT_D_MAX_ELEMENTS")
+        line += (" <- the other choice was faster: if a quiet rerun confirms it, move the limit of "
+                 "ganfast.train.trainer.joint_d_limit (JOINT_D_MAX_ELEMENTS on the CPU)")
     return line
 
 

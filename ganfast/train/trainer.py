@@ -74,8 +74,8 @@ class Trainer:
 
     The step's options (loss, penalty, ..., accumulate) are StepConfig's: pass them one by one or as
     config=StepConfig(...). spectral_norm applies ganfast.nn.apply_spectral_norm to D (the Parameter
-    objects stay the same); `sn_multi_tensor` (True for a D on the CPU or CUDA) computes all of D's layers in
-    one multi-tensor call per step, with the same numbers. `joint_d_forward` (decided on the first
+    objects stay the same); `sn_multi_tensor` (True for a D on the CPU or CUDA) computes all of D's
+    layers in one multi-tensor call per step, with the same numbers. `joint_d_forward` (decided on the first
     batch: True when D judges each sample on its own, which a probe checks; False with BatchNorm,
     minibatch stddev or dropout) runs D once on cat(real, fake) in D steps without R1 / R2 whose
     inputs are small (`_joint`). latent_dim: int or the shape of one z (default: from G's first
@@ -293,8 +293,7 @@ class Trainer:
         (joint_d_forward), no penalty differentiates D(real) or D(fake) alone (R1 / R2 would double
         their cost), and D's input is small: at most joint_d_max_elements (joint_d_limit: on the CPU
         JOINT_D_MAX_ELEMENTS) a side, where a D call is bound by per-op overhead and one call saves half
-        of it. Measured on
-        the 2-core CPU, step time joint / separate: MLP on 256 points 0.93, DCGAN 8x8 at B=128 (24576
+        of it. Measured on the 2-core CPU, step time joint / separate: MLP on 256 points 0.93, DCGAN 8x8 at B=128 (24576
         elements) 0.94, 16x16 at B=16 0.86; but 16x16 at B=64 (49152) 1.06 and 32x32 at B=64 1.01
         (larger conv batches ran slower per sample). `ganfast bench step` checks the choice."""
         return bool(self.joint_d_forward) and real.numel() <= self.joint_d_max_elements and not (
