@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # One-shot GPU check, for the lent GPU machine: no network, the `python3` found there (torch with
-# CUDA, Triton, pytest, numpy, tqdm already installed). Builds ganfast._C with its CUDA kernels, runs the
-# CUDA and Triton tests, times cuda against triton against the plain-PyTorch reference for every op
-# family and single-layer against multi-tensor spectral norm (the data for auto's GPU order:
-# $OUT/backend_order.txt and .json), runs `ganfast bench --quick` on the GPU and `ganfast validate`,
-# counts the launches per call on the GPU (`ganfast bench launches`), and runs the rest of the tests,
-# in that order (the most telling first), each step with its own time limit, and ends with one
+# CUDA, Triton, pytest, numpy, tqdm already installed). Builds ganfast._C with its CUDA kernels, checks
+# that bad input raises (with cuda-gdb's backtrace where it crashes), times cuda against triton against
+# the plain-PyTorch reference for every op family and single-layer against multi-tensor spectral norm
+# (the data for auto's GPU order: $OUT/backend_order.txt and .json), runs `ganfast bench --quick` on
+# the GPU, the CUDA and Triton tests and `ganfast validate`, counts the launches per call on the GPU
+# (`ganfast bench launches`), and runs the rest of the tests, in that order (timings while the machine
+# is quiet, then the most telling first), each step with its own time limit, and ends with one
 # summary table. Every log goes to $OUT (default /tmp/ganfast-gpu-check); the table is also
 # $OUT/summary.txt. Without a GPU (a rehearsal) the build still runs and the GPU steps are skipped.
 # Time: GPU_CHECK_SECONDS (default 570) bounds the whole run; a step gets at most what is left, and is
 # skipped when under 15 s is, so the summary is always written. Step limits in seconds can be changed:
-# GPU_CHECK_LIMITS="build=180 errors=40 gpu-tests=150 order=100 bench=150 validate=40 launches=40 other-tests=200".
+# GPU_CHECK_LIMITS="build=180 errors=40 backtrace=60 gpu-tests=150 order=100 bench=150 validate=40 launches=40 other-tests=200".
 # A failed or timed-out step is reported in the table; the next steps still run. Tests run on 8
 # processes where pytest-xdist is installed, each test under 120 s where pytest-timeout is.
 set -uo pipefail
@@ -21,7 +22,7 @@ py=${PYTHON:-python3}
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1  # nothing can be fetched there: never try
 export PYTHONUNBUFFERED=1
 
-declare -A limit=([env]=40 [build]=180 [info]=20 [errors]=40 [gpu-tests]=150 [order]=100 [bench]=150 [validate]=40
+declare -A limit=([env]=40 [build]=180 [info]=20 [errors]=40 [backtrace]=60 [gpu-tests]=150 [order]=100 [bench]=150 [validate]=40
                   [launches]=40 [other-tests]=200)
 for kv in ${GPU_CHECK_LIMITS:-}; do limit[${kv%%=*}]=${kv#*=}; done
 budget=${GPU_CHECK_SECONDS:-570}
@@ -113,10 +114,17 @@ else
   run_step errors "$py" -m pytest -q -p no:cacheprovider \
     "tests/losses/test_losses.py::TestEagerEntry::test_errors_come_back_as_python_exceptions" \
     "tests/augment/test_augment_ops.py::test_kernels_reject_bad_parameters" \
-    "tests/spectral_norm/test_multi.py::test_multi_bad_input"
-  run_step gpu-tests "$py" -m pytest "${pytest_args[@]}" -k "$gpu_tests" tests
+    "tests/spectral_norm/test_multi.py::test_multi_bad_input" ||
+  # where one still crashes: where, from cuda-gdb (it debugs host code too; gdb is not installed there)
+  if command -v cuda-gdb > /dev/null; then
+    run_step backtrace cuda-gdb -q -batch -ex "set pagination off" -ex run -ex bt -ex "info sharedlibrary" \
+      --args "$py" -c 'import torch, ganfast._C as C; C.gan_loss_eager(None, torch.randn(3))'
+  fi
+  # the timings first, while nothing else runs (the first run's sn bench ran at a load of 7.9 after
+  # the 8-process test step)
   run_step order "$py" -m ganfast.bench.backend_order --out "$out"
   run_step bench "$py" -m ganfast bench step losses sn gp --quick --device cuda
+  run_step gpu-tests "$py" -m pytest "${pytest_args[@]}" -k "$gpu_tests" tests
   run_step validate "$py" -m ganfast validate
   run_step launches "$py" -m ganfast bench launches --device cuda
   run_step other-tests "$py" -m pytest "${pytest_args[@]}" -k "not ($gpu_tests)" tests

@@ -49,13 +49,16 @@ int main() {
   const struct { const char* name; int id; } kinds[] = {{"ns", 0}, {"hinge", 2}, {"rahinge", 5}};
   for (const auto& k : kinds) {
     for (bool generator : {false, true}) {
-      const std::string what = std::string("kind=") + k.name + (generator ? " g" : " d");
-      GanLossArgs a{};
-      a.n_real = 64;
-      a.n_fake = 64;
-      a.kind = k.id;
-      a.generator = generator;
-      report("gan_loss", what.c_str(), [&] { return gan_loss(a, DType::Float32, nullptr); });
+      for (int64_t n : {int64_t(64), int64_t(1) << 20}) {  // one block; the grid of blocks
+        const std::string what =
+            std::string("kind=") + k.name + (generator ? " g" : " d") + (n > 64 ? " n=2^20" : "");
+        GanLossArgs a{};
+        a.n_real = n;
+        a.n_fake = n;
+        a.kind = k.id;
+        a.generator = generator;
+        report("gan_loss", what.c_str(), [&] { return gan_loss(a, DType::Float32, nullptr); });
+      }
     }
   }
   for (int kind = 0; kind < 3; ++kind) {

@@ -15,6 +15,9 @@ CUDA_DIR = ROOT / "csrc" / "cuda"
 # layer <= 3 forward (power iteration included) and <= 2 backward, all layers of a D <= 4.
 EXPECTED = {
     **{("gan_loss", f"kind={k} {side}"): 1 for k in ("ns", "hinge", "rahinge") for side in "dg"},
+    # over 8192 logits a side: the blocks' partial sums, then their total (and the relativistic pass)
+    **{("gan_loss", f"kind={k} {side} n=2^20"): 2 if k != "rahinge" else 3 for k in ("ns", "hinge", "rahinge")
+       for side in "dg"},
     **{("grad_penalty", f"kind={k}"): 2 for k in range(3)},
     ("gp_interpolate", "perturb=0"): 1,
     ("gp_interpolate", "perturb=1"): 2,  # DRAGAN: std, then the interpolation

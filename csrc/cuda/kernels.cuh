@@ -22,8 +22,11 @@ struct GanLossArgs {
   void* grad_real;  // n_real elements
   void* grad_fake;  // n_fake elements
   float* stats;     // 4 elements: real mean, fake mean, real acc, fake acc
+  double* partials;  // gan_loss_workspace(n_real, n_fake) elements; unused (may be null) when that is 0
 };
 
+// Size of GanLossArgs::partials in doubles: 0 where one block takes the whole loss.
+int64_t gan_loss_workspace(int64_t n_real, int64_t n_fake);
 cudaError_t gan_loss(const GanLossArgs& args, DType dtype, cudaStream_t stream);
 
 // Spectral norm (csrc/cuda/spectral_norm.cu). W3[a, r, b] = M[r, a * inner + b], contiguous. One call

@@ -148,6 +148,43 @@ def test_cpu_parallel_path_is_deterministic():
         assert relative_error(a.double(), reference.d_loss(r.double(), f.double(), kind)) < 1e-6
 
 
+def _cuda_kernel_or_skip():
+    if not ganfast.backends.status("cuda").available:
+        pytest.skip(ganfast.backends.status("cuda").reason)
+
+
+# real sizes on both sides of the CUDA kernel's one-block limit (8192 logits a side; fake has 2 more):
+# 8191 real with 8193 fake takes the grid path by its fake side, 2^20 + 3 the largest grid (256 blocks)
+@pytest.mark.parametrize("n_real", [8191, 70_001, (1 << 20) + 3], ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_grid_of_blocks(kind, n_real):
+    _cuda_kernel_or_skip()
+    drawn = draw(kind, (n_real,), seed=n_real % 101)
+    torch.full((4 << 20,), float("nan"), device="cuda")  # NaN in the memory the outputs reuse
+    check_against_reference(kind, drawn, torch.float32, "cuda", "cuda")
+    check_against_reference(kind, drawn, torch.float32, "cuda", "cuda", generator=True)
+    if n_real == 70_001:
+        check_against_reference(kind, drawn, torch.bfloat16, "cuda", "cuda")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_grid_is_deterministic_and_keeps_nan(kind):
+    _cuda_kernel_or_skip()
+    g = torch.Generator().manual_seed(11)
+    r = torch.randn(300_007, generator=g).cuda().requires_grad_()
+    f = torch.randn(300_007 if kind == "rpgan" else 200_003, generator=g).cuda().requires_grad_()
+    with ganfast.use_backend("cuda"):
+        runs = []
+        for _ in range(2):
+            loss, stats = losses.d_loss(r, f, kind, return_stats=True)
+            gr, gf = torch.autograd.grad(loss, (r, f))
+            runs.append([loss, gr, gf, *stats.values()])
+        assert all(torch.equal(a, b) for a, b in zip(*runs)), kind
+        r_nan = r.detach().clone()
+        r_nan[-5] = float("nan")  # in the last block of the grid
+        assert torch.isnan(losses.d_loss(r_nan, f.detach(), kind))
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 def test_unknown_kind_lists_valid_ones():
