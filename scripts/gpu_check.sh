@@ -22,7 +22,7 @@ py=${PYTHON:-python3}
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1  # nothing can be fetched there: never try
 export PYTHONUNBUFFERED=1
 
-declare -A limit=([env]=40 [build]=180 [info]=20 [errors]=40 [backtrace]=60 [gpu-tests]=150 [order]=100 [bench]=150 [validate]=40
+declare -A limit=([env]=40 [build]=180 [info]=20 [errors]=40 [backtrace]=60 [errors-preload]=30 [gpu-tests]=150 [order]=100 [bench]=150 [validate]=40
                   [launches]=40 [other-tests]=200)
 for kv in ${GPU_CHECK_LIMITS:-}; do limit[${kv%%=*}]=${kv#*=}; done
 budget=${GPU_CHECK_SECONDS:-570}
@@ -116,10 +116,15 @@ else
     "tests/augment/test_augment_ops.py::test_kernels_reject_bad_parameters" \
     "tests/spectral_norm/test_multi.py::test_multi_bad_input" ||
   # where one still crashes: where, from cuda-gdb (it debugs host code too; gdb is not installed there)
-  if command -v cuda-gdb > /dev/null; then
-    run_step backtrace cuda-gdb -q -batch -ex "set pagination off" -ex run -ex bt -ex "info sharedlibrary" \
-      --args "$py" -c 'import torch, ganfast._C as C; C.gan_loss_eager(None, torch.randn(3))'
-  fi
+  {
+    if command -v cuda-gdb > /dev/null; then
+      run_step backtrace cuda-gdb -q -batch -ex "set pagination off" -ex run -ex bt -ex "info sharedlibrary" \
+        --args "$py" -c 'import torch, ganfast._C as C; C.gan_loss_eager(None, torch.randn(3))'
+    fi
+    # and whether the C++ runtime of the compiler that built the extension makes them raise
+    run_step errors-preload env LD_PRELOAD="$(${CXX:-c++} -print-file-name=libstdc++.so.6)" \
+      "$py" -m pytest -q -p no:cacheprovider "tests/losses/test_losses.py::TestEagerEntry"
+  }
   # the timings first, while nothing else runs (the first run's sn bench ran at a load of 7.9 after
   # the 8-process test step)
   run_step order "$py" -m ganfast.bench.backend_order --out "$out"
