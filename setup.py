@@ -73,6 +73,17 @@ def openmp_flags(torch):
     return ["-fopenmp"], (bundled[:1] or ["-fopenmp"])
 
 
+def shared_cxx_runtime_flags():
+    """Link flags that make the extension use the process's shared libstdc++, as torch does.
+
+    A compiler that links libstdc++ statically (a wrapper adding -static-libstdc++; the H200 machine's
+    /opt/gcc/bin/g++ does) gives the extension a second copy of the iostream and locale code. Torch's
+    TORCH_CHECK messages are then formatted by that copy with the other's locale: on that machine
+    every check whose message has a number segfaulted; here (gcc 12) the number was silently dropped.
+    An explicit -lstdc++ ahead of the driver's static archive resolves every symbol in the shared one."""
+    return [] if os.name == "nt" or sys.platform == "darwin" else ["-lstdc++"]
+
+
 def extensions():
     if _flag("GANFAST_NO_EXT"):
         _loud("ganfast: GANFAST_NO_EXT is set: building WITHOUT the C++ extension ganfast._C; ganfast will run "
@@ -96,6 +107,7 @@ def extensions():
     csrc = os.path.join(ROOT, "csrc")
     sources = sorted(glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
     openmp_compile, openmp_link = openmp_flags(torch)
+    link_flags = openmp_link + shared_cxx_runtime_flags()
     cxx_flags = ["-O3", "-std=c++17"] + openmp_compile
     # the capability copies this build has (csrc/cpu/kernels.h declares and dispatches to them)
     macros = [(f"GANFAST_HAVE_{name}", None) for name in CPU_CAPABILITIES if name != "DEFAULT"]
@@ -108,12 +120,12 @@ def extensions():
             "ganfast._C", [os.path.relpath(s, ROOT) for s in sources],
             define_macros=macros + [("GANFAST_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
-            extra_link_args=openmp_link,
+            extra_link_args=link_flags,
         )
     else:
         ext = cpp_extension.CppExtension(
             "ganfast._C", [os.path.relpath(s, ROOT) for s in sources],
-            define_macros=macros, extra_compile_args={"cxx": cxx_flags}, extra_link_args=openmp_link,
+            define_macros=macros, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags,
         )
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
     return [ext], {"build_ext": capability_build_ext(build_ext)}

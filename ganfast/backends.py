@@ -57,22 +57,21 @@ TAKES: dict[str, dict[str, tuple[torch.dtype, ...]]] = {
 # empty range, skips it at every size.
 NEVER = (1, 0)
 # Measured on an NVIDIA H200 (torch 2.11, Triton 3.6, 2026-12-04; `python -m ganfast.bench.backend_order`,
-# fwd+bwd, medians per call):
-# - losses, cuda: the kernel is one block of 1024 threads, so its GPU time grows ~0.9 ns per logit:
-#   2x faster than the reference up to B = 57600 (246 vs 452 us, host-bound), 2x slower at B = 2^20
-#   (916 vs 448 us; hinge 700 vs 494). Kept to 2^16 logits, where that GPU time (~60 us) stays under
-#   the reference's own launch cost on any host; above, the reference.
+# fwd+bwd, medians per call; every figure host-bound, the GPU work a few us):
+# - losses, cuda: faster than the reference at every size timed. B = 64 / 4096 / 57600 / 2^20, ns:
+#   243 / 266 / 238 / 234 us against 425 / 514 / 473 / 454; hinge 249 / 257 / 276 / 287 against
+#   488 / 576 / 533 / 556. (Until the kernel ran as a grid of blocks over 8192 logits, its one block
+#   took 916 us at 2^20, and auto stopped at 2^16.)
 # - losses and penalty tails, triton: the custom-op call and Triton's launcher cost more than the
-#   reference's aten ops at every size timed (losses 445-3620 vs 448-511 us, a win of 6 % at one size;
-#   tails 590-638 vs 583-688 us, two sizes lost by 6-8 %), so `auto` goes from cuda to the reference.
-#   (An earlier run, before the CUDA kernels had built, had the tails ahead at three sizes and 1.12x
-#   the reference's time at 32x3x128x128: host-bound times that move by 10-15 % between runs.)
+#   reference's aten ops at almost every size timed, over two runs (losses 445-3620 vs 425-576 us, a
+#   win of 6 % at one size; tails 478-680 vs 484-688 us, two of eight timings lost by 6-8 %, the
+#   others within 10 %), so `auto` goes from cuda to the reference.
 # - spectral norm, triton: one layer fwd+bwd against PyTorch's parametrization (`ganfast bench sn
 #   --quick --device cuda`) 0.78-0.91x on three of five layers (Linear 2304->256, 4608->512, 8192->1),
 #   1.07x on the other two: never, as for the other two families. cuda: 2.6-4.3x there.
-# Augment was not timed on a GPU: no limit.
+# - augment: cuda 294 / 287 us, triton 547 / 533, the reference 2567 / 2535 (DiffAugment color,
+#   translation, cutout at B = 64, 32x32 / 64x64): no limit.
 SIZE_LIMITS: dict[tuple[str, str, str], tuple[int, int]] = {
-    ("losses", "cuda", "cuda"): (0, 1 << 16),
     ("losses", "triton", "cuda"): NEVER,
     ("penalties", "triton", "cuda"): NEVER,
     ("spectral_norm", "triton", "cuda"): NEVER,

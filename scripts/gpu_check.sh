@@ -12,6 +12,8 @@
 # Time: GPU_CHECK_SECONDS (default 570) bounds the whole run; a step gets at most what is left, and is
 # skipped when under 15 s is, so the summary is always written. Step limits in seconds can be changed:
 # GPU_CHECK_LIMITS="build=180 errors=40 backtrace=60 gpu-tests=150 order=100 bench=150 validate=40 launches=40 other-tests=200".
+# A short rerun: GPU_CHECK_STEPS names the steps to run after env and build (e.g. "errors gpu-tests"),
+# GPU_CHECK_TESTS replaces the gpu-tests step's -k expression.
 # A failed or timed-out step is reported in the table; the next steps still run. Tests run on 8
 # processes where pytest-xdist is installed, each test under 120 s where pytest-timeout is.
 set -uo pipefail
@@ -33,6 +35,9 @@ steps=() status=() seconds=()
 run_step() {
   local name=$1; shift
   local t0=$SECONDS rc left=$((budget - SECONDS - 10)) cap=${limit[$name]}
+  if [ -n "${GPU_CHECK_STEPS:-}" ] && [[ " env build $GPU_CHECK_STEPS " != *" $name "* ]]; then
+    skip_step "$name" "not in GPU_CHECK_STEPS"; return 0
+  fi
   if [ "$left" -lt 15 ]; then skip_step "$name" "no time left (GPU_CHECK_SECONDS=$budget)"; return 1; fi
   [ "$left" -lt "$cap" ] && cap=$left
   echo "== $name (limit $cap s)"
@@ -98,7 +103,7 @@ pytest_args=(-q -p no:cacheprovider -rfE --durations 10)
 # the tests that run a kernel on the GPU: every cuda and triton case, less the files that only compile
 # (csrc/cuda with nvcc, Triton for a stand-in target: CI runs those; the latter took a minute of the
 # first H200 run's test step)
-gpu_tests="(cuda or triton) and not cuda_sources and not cuda_launch_count and not triton_compile"
+gpu_tests=${GPU_CHECK_TESTS:-"(cuda or triton) and not cuda_sources and not cuda_launch_count and not triton_compile"}
 
 if [ "$has_gpu" != 1 ]; then
   for s in errors gpu-tests order bench validate launches other-tests; do skip_step $s "no GPU visible to torch"; done

@@ -251,7 +251,8 @@ class TestEagerEntry:
             self.eager(None, torch.arange(3), 0, True)
         with pytest.raises(TypeError):
             self.eager(None, torch.randn(3), "ns", True)
-        with pytest.raises(RuntimeError, match="takes"):
+        # the number in the message: an extension with its own static libstdc++ dropped it (or crashed)
+        with pytest.raises(RuntimeError, match=r"takes \(real, fake, kind, generator\), got 2 arguments"):
             self.eager(None, torch.randn(3))
 
     def test_declines_what_needs_the_dispatcher(self):
