@@ -9,6 +9,7 @@ import glob
 import os
 import platform
 import shutil
+import subprocess
 import sys
 
 from setuptools import setup
@@ -57,6 +58,7 @@ def capability_build_ext(base):
                     depends=sources + glob.glob(os.path.join(ROOT, "csrc", "**", "*.h"), recursive=True))
             ext.extra_objects = [o for o in ext.extra_objects if o not in objects] + objects
             super().build_extension(ext)
+            warn_if_static_cxx_runtime(self.get_ext_fullpath(ext.name))
     return BuildExt
 
 
@@ -76,12 +78,28 @@ def openmp_flags(torch):
 def shared_cxx_runtime_flags():
     """Link flags that make the extension use the process's shared libstdc++, as torch does.
 
-    A compiler that links libstdc++ statically (a wrapper adding -static-libstdc++; the H200 machine's
-    /opt/gcc/bin/g++ does) gives the extension a second copy of the iostream and locale code. Torch's
+    A compiler that links libstdc++ statically (the H200 machine's /opt/gcc/bin/g++, a wrapper around
+    Ubuntu's g++ 13, does) gives the extension a second copy of the iostream and locale code; torch's
     TORCH_CHECK messages are then formatted by that copy with the other's locale: on that machine
-    every check whose message has a number segfaulted; here (gcc 12) the number was silently dropped.
-    An explicit -lstdc++ ahead of the driver's static archive resolves every symbol in the shared one."""
-    return [] if os.name == "nt" or sys.platform == "darwin" else ["-lstdc++"]
+    every check whose message has a number segfaulted, and here (gcc 12 with -static-libstdc++) the
+    number was silently dropped. A plain -lstdc++ did not help there (the driver or the wrapper
+    rewrote it), so the library goes to the linker directly, shared, ahead of the driver's own."""
+    if os.name == "nt" or sys.platform == "darwin":
+        return []
+    return ["-Wl,--push-state,-Bdynamic,-lstdc++,--pop-state"]
+
+
+def warn_if_static_cxx_runtime(library):
+    """Loud warning when the built extension still does not load the shared libstdc++ (see above)."""
+    readelf = shutil.which("readelf")
+    if os.name == "nt" or sys.platform == "darwin" or readelf is None or not os.path.exists(library):
+        return
+    dynamic = subprocess.run([readelf, "-d", library], capture_output=True, text=True).stdout
+    if "[libstdc++.so" not in dynamic:
+        _loud(f"ganfast: {os.path.basename(library)} does not load the shared libstdc++: the C++ compiler "
+              f"({os.environ.get('CXX', 'c++')}) linked a static copy, and error messages from the C++ "
+              "kernels may crash the process or lose their numbers. Build with another compiler, e.g. "
+              "CXX=/usr/bin/g++ (tests/test_backends.py::test_extension_uses_the_shared_cxx_runtime).")
 
 
 def extensions():
