@@ -11,7 +11,7 @@
 # $OUT/summary.txt. Without a GPU (a rehearsal) the build still runs and the GPU steps are skipped.
 # Time: GPU_CHECK_SECONDS (default 570) bounds the whole run; a step gets at most what is left, and is
 # skipped when under 15 s is, so the summary is always written. Step limits in seconds can be changed:
-# GPU_CHECK_LIMITS="build=240 errors=40 backtrace=60 gpu-tests=150 order=100 bench=150 validate=40 launches=40 other-tests=200".
+# GPU_CHECK_LIMITS="build=240 errors=40 backtrace=60 gpu-tests=150 order=100 bench=150 validate=40 launches=90 other-tests=200".
 # A short rerun: GPU_CHECK_STEPS names the steps to run after env and build (e.g. "errors gpu-tests"),
 # GPU_CHECK_TESTS replaces the gpu-tests step's -k expression.
 # A failed or timed-out step is reported in the table; the next steps still run. Tests run on 8
@@ -25,7 +25,7 @@ export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1  # nothing can be fetched 
 export PYTHONUNBUFFERED=1
 
 declare -A limit=([env]=40 [build]=240 [info]=20 [errors]=40 [backtrace]=60 [errors-preload]=30 [gpu-tests]=150 [order]=100 [bench]=150 [validate]=40
-                  [launches]=40 [other-tests]=200)
+                  [launches]=90 [other-tests]=200)
 for kv in ${GPU_CHECK_LIMITS:-}; do limit[${kv%%=*}]=${kv#*=}; done
 budget=${GPU_CHECK_SECONDS:-570}
 steps=() status=() seconds=()

@@ -21,6 +21,7 @@ the figure to keep small. How each path is counted:
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -377,6 +378,11 @@ def nvcc() -> str | None:
     return shutil.which("nvcc") or shutil.which("nvcc", path="/usr/local/cuda/bin")
 
 
+def _check_build(cmd: list[str], proc: subprocess.CompletedProcess) -> None:
+    if proc.returncode != 0:
+        raise RuntimeError(f"the CUDA launch-count build failed:\n{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+
+
 def cuda_launch_counts(timeout: float = 600) -> dict[tuple[str, str], int]:
     """{(launcher, case): launches} from the counting build of csrc/cuda (tests/cuda_launch_count.cu);
     built once per source version into a cache folder. Raises RuntimeError without nvcc or on a
@@ -391,14 +397,22 @@ def cuda_launch_counts(timeout: float = 600) -> dict[tuple[str, str], int]:
     binary = cache / f"cuda_launch_count-{digest}"
     if not binary.exists():
         cache.mkdir(parents=True, exist_ok=True)
+        print(f"bench launches: compiling the counting build of csrc/cuda ({len(sources)} files, nvcc)",
+              file=sys.stderr, flush=True)
+        # Host code is what is counted: one cheap device target is enough.
+        flags = [compiler, "-std=c++17", "-O0", "-DGANFAST_COUNT_LAUNCHES", "-gencode", "arch=compute_80,code=sm_80"]
         with tempfile.TemporaryDirectory() as tmp:
+            objects = [str(pathlib.Path(tmp) / f"{i}_{p.stem}.o") for i, p in enumerate(sources)]
+            steps = [flags + ["-c", str(p), "-o", o] for p, o in zip(sources, objects)]
+            # one nvcc per file, side by side (one nvcc call compiles its files one after another)
+            with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                procs = list(pool.map(lambda cmd: subprocess.run(cmd, capture_output=True, text=True,
+                                                                 timeout=timeout), steps))
             built = pathlib.Path(tmp) / "count"
-            # Host code is what is counted: one cheap device target is enough.
-            cmd = [compiler, "-std=c++17", "-O0", "-DGANFAST_COUNT_LAUNCHES", "-gencode",
-                   "arch=compute_80,code=sm_80", "-o", str(built)] + [str(p) for p in sources]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-            if proc.returncode != 0:
-                raise RuntimeError(f"the CUDA launch-count build failed:\n{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+            link = [compiler, "-o", str(built)] + objects
+            for cmd, proc in zip(steps, procs):
+                _check_build(cmd, proc)
+            _check_build(link, subprocess.run(link, capture_output=True, text=True, timeout=timeout))
             shutil.move(str(built), binary)
     proc = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
