@@ -82,8 +82,9 @@ def shared_cxx_runtime_flags():
     Ubuntu's g++ 13, does) gives the extension a second copy of the iostream and locale code; torch's
     TORCH_CHECK messages are then formatted by that copy with the other's locale: on that machine
     every check whose message has a number segfaulted, and here (gcc 12 with -static-libstdc++) the
-    number was silently dropped. A plain -lstdc++ did not help there (the driver or the wrapper
-    rewrote it), so the library goes to the linker directly, shared, ahead of the driver's own."""
+    number was silently dropped. A plain -lstdc++ fixed it here but not there (ldd still showed no
+    libstdc++; how the wrapper links it is not known), so the library goes to the linker directly,
+    shared, ahead of the static one the driver adds (untried on that machine; tested here)."""
     if os.name == "nt" or sys.platform == "darwin":
         return []
     return ["-Wl,--push-state,-Bdynamic,-lstdc++,--pop-state"]
