@@ -46,6 +46,38 @@ template <int Threads> struct BlockSum {
 // One row of kSlots per block in GanLossArgs::partials.
 enum Slot : int { kSumR = 0, kSumF, kPosR, kNegF, kValR, kDerR, kValF, kDerF, kSlots };
 
+// The call's logits, gradients, sizes and loss spec, typed: every kernel's first lines.
+template <typename scalar_t> struct Logits {
+  const scalar_t* r;
+  const scalar_t* f;
+  scalar_t* gr;
+  scalar_t* gf;
+  int64_t nr, nf;
+  LossSpec spec;
+};
+template <typename scalar_t> __device__ Logits<scalar_t> typed_logits(const GanLossArgs& a) {
+  return {static_cast<const scalar_t*>(a.real), static_cast<const scalar_t*>(a.fake),
+          static_cast<scalar_t*>(a.grad_real), static_cast<scalar_t*>(a.grad_fake), a.n_real, a.n_fake,
+          loss_spec(a.kind, a.generator)};
+}
+
+// The relativistic gradients over this thread's indices (first, first + stride, ...):
+// dL/dr_i = (phi'(r_i - mean f) - mean psi') / Nr,  dL/df_j = (psi'(f_j - mean r) - mean phi') / Nf.
+template <typename scalar_t, typename T>
+__device__ void store_relavg_grads(const Logits<scalar_t>& t, T mean_r, T mean_f, T mean_dphi, T mean_dpsi,
+                                   int64_t first, int64_t stride) {
+  for (int64_t i = first; i < t.nr; i += stride) {
+    T v, d;
+    term_eval(t.spec.phi, load(t.r, i) - mean_f, v, d);
+    store(t.gr, i, (d - mean_dpsi) / T(t.nr));
+  }
+  for (int64_t i = first; i < t.nf; i += stride) {
+    T v, d;
+    term_eval(t.spec.psi, load(t.f, i) - mean_r, v, d);
+    store(t.gf, i, (d - mean_dphi) / T(t.nf));
+  }
+}
+
 int grid_blocks(int64_t n_real, int64_t n_fake) {
   const int64_t n = n_real > n_fake ? n_real : n_fake;
   if (n <= kSingleBlockMax) return 1;
@@ -60,12 +92,8 @@ __global__ void __launch_bounds__(kThreads) gan_loss_single_block_kernel(GanLoss
   __shared__ typename BlockSum<kThreads>::Storage storage;
   BlockSum<kThreads> block_sum_fp64{storage};
   auto block_sum = [&](double v) { return T(block_sum_fp64(v)); };
-  const scalar_t* r = static_cast<const scalar_t*>(a.real);
-  const scalar_t* f = static_cast<const scalar_t*>(a.fake);
-  scalar_t* gr = static_cast<scalar_t*>(a.grad_real);
-  scalar_t* gf = static_cast<scalar_t*>(a.grad_fake);
-  const int64_t nr = a.n_real, nf = a.n_fake;
-  const LossSpec spec = loss_spec(a.kind, a.generator);
+  const Logits<scalar_t> logits = typed_logits<scalar_t>(a);
+  const auto [r, f, gr, gf, nr, nf, spec] = logits;
 
   // Pass 1: statistics and means; the sums of logits in fp64, as their mean can cancel to ~0.
   double sum_r = 0, sum_f = 0;
@@ -118,18 +146,8 @@ __global__ void __launch_bounds__(kThreads) gan_loss_single_block_kernel(GanLoss
     store(static_cast<scalar_t*>(a.loss), 0, loss);
   }
   if (!relavg) return;
-  // Pass 3: dL/dr_i = (phi'(x_i) - mean psi') / Nr,  dL/df_j = (psi'(y_j) - mean phi') / Nf.
-  const T mean_dpsi = df / T(nf), mean_dphi = dr / T(nr);
-  for (int64_t i = threadIdx.x; i < nr; i += kThreads) {
-    T v, d;
-    term_eval(spec.phi, load(r, i) - shift_r, v, d);
-    store(gr, i, (d - mean_dpsi) / T(nr));
-  }
-  for (int64_t i = threadIdx.x; i < nf; i += kThreads) {
-    T v, d;
-    term_eval(spec.psi, load(f, i) - shift_f, v, d);
-    store(gf, i, (d - mean_dphi) / T(nf));
-  }
+  // Pass 3: the gradients, with the means of the derivatives.
+  store_relavg_grads(logits, mean_r, mean_f, dr / T(nr), df / T(nf), threadIdx.x, kThreads);
 }
 
 // The grid's sum of one slot: every block adds the partials in the same order.
@@ -147,12 +165,8 @@ __global__ void __launch_bounds__(kGridThreads) gan_loss_grid_terms_kernel(GanLo
   using T = typename OpMath<scalar_t>::type;
   __shared__ typename BlockSum<kGridThreads>::Storage storage;
   BlockSum<kGridThreads> block_sum{storage};
-  const scalar_t* r = static_cast<const scalar_t*>(a.real);
-  const scalar_t* f = static_cast<const scalar_t*>(a.fake);
-  scalar_t* gr = static_cast<scalar_t*>(a.grad_real);
-  scalar_t* gf = static_cast<scalar_t*>(a.grad_fake);
-  const int64_t nr = a.n_real, nf = a.n_fake;
-  const LossSpec spec = loss_spec(a.kind, a.generator);
+  const Logits<scalar_t> logits = typed_logits<scalar_t>(a);
+  const auto [r, f, gr, gf, nr, nf, spec] = logits;
   const bool plain = spec.mode == Mode::Plain, paired = spec.mode == Mode::Paired;
   const int64_t first = int64_t(blockIdx.x) * kGridThreads + threadIdx.x, stride = int64_t(gridDim.x) * kGridThreads;
 
@@ -200,10 +214,7 @@ __global__ void __launch_bounds__(kGridThreads) gan_loss_grid_relavg_kernel(GanL
   using T = typename OpMath<scalar_t>::type;
   __shared__ typename BlockSum<kGridThreads>::Storage storage;
   BlockSum<kGridThreads> block_sum{storage};
-  const scalar_t* r = static_cast<const scalar_t*>(a.real);
-  const scalar_t* f = static_cast<const scalar_t*>(a.fake);
-  const int64_t nr = a.n_real, nf = a.n_fake;
-  const LossSpec spec = loss_spec(a.kind, a.generator);
+  const auto [r, f, gr, gf, nr, nf, spec] = typed_logits<scalar_t>(a);
   const int blocks = gridDim.x;
   // the mean of each side shifts the other's logits: x_i = r_i - mean f, y_j = f_j - mean r
   const T mean_r = T(partials_total(block_sum, a.partials, blocks, kSumR) / double(nr));
@@ -232,8 +243,9 @@ __global__ void __launch_bounds__(kGridThreads) gan_loss_grid_finish_kernel(GanL
   using T = typename OpMath<scalar_t>::type;
   __shared__ typename BlockSum<kGridThreads>::Storage storage;
   BlockSum<kGridThreads> block_sum{storage};
-  const int64_t nr = a.n_real, nf = a.n_fake;
-  const LossSpec spec = loss_spec(a.kind, a.generator);
+  const Logits<scalar_t> logits = typed_logits<scalar_t>(a);
+  const int64_t nr = logits.nr, nf = logits.nf;
+  const LossSpec spec = logits.spec;
   double total[kSlots];
   for (int s = 0; s < kSlots; ++s) total[s] = partials_total(block_sum, a.partials, blocks, Slot(s));
   const T mean_r = nr ? T(total[kSumR] / double(nr)) : T(0);
@@ -250,22 +262,8 @@ __global__ void __launch_bounds__(kGridThreads) gan_loss_grid_finish_kernel(GanL
     store(static_cast<scalar_t*>(a.loss), 0, T(loss));
   }
   if (spec.mode != Mode::RelAvg) return;
-  const scalar_t* r = static_cast<const scalar_t*>(a.real);
-  const scalar_t* f = static_cast<const scalar_t*>(a.fake);
-  scalar_t* gr = static_cast<scalar_t*>(a.grad_real);
-  scalar_t* gf = static_cast<scalar_t*>(a.grad_fake);
-  const T mean_dpsi = T(total[kDerF] / double(nf)), mean_dphi = T(total[kDerR] / double(nr));
-  const int64_t first = int64_t(blockIdx.x) * kGridThreads + threadIdx.x, stride = int64_t(gridDim.x) * kGridThreads;
-  for (int64_t i = first; i < nr; i += stride) {
-    T v, d;
-    term_eval(spec.phi, load(r, i) - mean_f, v, d);
-    store(gr, i, (d - mean_dpsi) / T(nr));
-  }
-  for (int64_t i = first; i < nf; i += stride) {
-    T v, d;
-    term_eval(spec.psi, load(f, i) - mean_r, v, d);
-    store(gf, i, (d - mean_dphi) / T(nf));
-  }
+  store_relavg_grads(logits, mean_r, mean_f, T(total[kDerR] / double(nr)), T(total[kDerF] / double(nf)),
+                     int64_t(blockIdx.x) * kGridThreads + threadIdx.x, int64_t(gridDim.x) * kGridThreads);
 }
 
 template <typename scalar_t>
