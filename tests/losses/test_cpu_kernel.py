@@ -152,6 +152,27 @@ def test_deterministic_over_thread_counts(capability):
                 assert torch.equal(x, y), kind
 
 
+@pytest.mark.parametrize("sizes", [(20_000, 9_000), (7, 40_000), (40_000, 7), (16_385, 1)], ids=str)
+def test_unequal_sides(capability, sizes):
+    """The two sides of a loss share one parallel region (chunked_sum_pair): sides of very different
+    sizes, below and above a chunk, against the reference and over thread counts."""
+    g = torch.Generator().manual_seed(sum(sizes))
+    r64, f64 = (2 * torch.randn(n, generator=g, dtype=torch.float64) for n in sizes)
+    threads = torch.get_num_threads()
+    for kind in (k for k in KINDS if k != "rpgan"):  # rpgan pairs the logits: equal sizes only
+        check_against_reference(kind, (r64, f64, lambda x: x), torch.float32, "cpu", "cpu")
+        check_against_reference(kind, (r64, f64, lambda x: x), torch.float32, "cpu", "cpu", generator=True)
+        try:
+            runs = []
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                runs.append(cpu_loss(kind, r64.float(), f64.float()))
+        finally:
+            torch.set_num_threads(threads)
+        for other in runs[1:]:
+            assert all(torch.equal(x, y) for x, y in zip(runs[0], other)), kind
+
+
 def test_kernels_run_on_several_threads():
     """at::parallel_for in ganfast._C must be the parallel one torch uses: with ATen's OpenMP
     backend, an extension compiled without -fopenmp gets a serial loop and no error."""

@@ -9,12 +9,14 @@
 //   paired:  one pass over (r, f): statistics of both, phi(r_i - f_i), both gradients written.
 //   relavg:  statistics (the means shift the terms); terms and their derivatives d_i (written
 //            raw into the gradient); then grad_i = (d_i - mean of the other side's d) / N.
+// The two sides' passes run in one parallel region (chunked_sum_pair in common/parallel.h).
 #include "../../common/parallel.h"
 #include "../kernels.h"
 #include "vec_utils.h"
 
 #include <algorithm>
 #include <array>
+#include <functional>
 
 namespace ganfast {
 namespace CPU_CAPABILITY {
@@ -133,15 +135,20 @@ enum class GradWrite { None, Scaled, Raw };
 // The sums a pass returns.
 enum Sum : int { kSumA = 0, kHitsA, kSumB, kHitsB, kSumValue, kSumDeriv, kNumSums };
 
-// One pass over x_i = a_i - b_i (paired) or a_i - shift: the sums of a (and b), the counts of
-// a > 0 (a < 0 when !count_a_positive) and of b < 0, the sums of the term's values and derivatives;
-// writes the gradients as gw says.
+using Sums = std::array<double, kNumSums>;
+// A pass's body over [begin, end), adding into its sums (chunked_sum's body), type-erased so that the
+// two sides of a loss, each with its own term, can share one parallel region (chunked_sum_pair).
+using PassBody = std::function<void(int64_t, int64_t, Sums&)>;
+
+// The body of one pass over x_i = a_i - b_i (paired) or a_i - shift: the sums of a (and b), the
+// counts of a > 0 (a < 0 when !count_a_positive) and of b < 0, the sums of the term's values and
+// derivatives; writes the gradients as gw says.
 template <Term t, bool kPaired, GradWrite gw, typename scalar_t, typename T = opmath_t<scalar_t>>
-std::array<double, kNumSums> term_pass(const scalar_t* a, const scalar_t* b, T shift, int64_t n,
-                                       bool count_a_positive, scalar_t* grad_a, scalar_t* grad_b, T scale) {
+auto term_body(const scalar_t* a, const scalar_t* b, T shift, bool count_a_positive, scalar_t* grad_a,
+               scalar_t* grad_b, T scale) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
-  return chunked_sum<kNumSums>(n, [&](int64_t begin, int64_t end, std::array<double, kNumSums>& acc) {
+  return [=](int64_t begin, int64_t end, Sums& acc) {
     LaneSums<T, kNumSums> sums;
     for (int64_t block = begin; block < end; block += kBlockVecs * W) {
       const int64_t block_end = std::min(end, block + kBlockVecs * W);
@@ -206,6 +213,17 @@ std::array<double, kNumSums> term_pass(const scalar_t* a, const scalar_t* b, T s
       for (int q = 0; q < kNumSums; ++q) sums.add(q, part[q]);
     }
     for (int k = 0; k < kNumSums; ++k) acc[k] += sums.total(k);
+  };
+}
+
+// term_body for the term t given at run time.
+template <bool kPaired, GradWrite gw, typename scalar_t, typename T = opmath_t<scalar_t>>
+PassBody pass_body(Term t, const scalar_t* a, const scalar_t* b, T shift, bool count_a_positive, scalar_t* grad_a,
+                   scalar_t* grad_b, T scale) {
+  return with_term(t, [&](auto term) -> PassBody {
+    constexpr Term tt = decltype(term)::value;
+    constexpr GradWrite w = tt == Term::None ? GradWrite::None : gw;  // no term: nothing to write
+    return term_body<tt, kPaired, w>(a, b, shift, count_a_positive, grad_a, grad_b, scale);
   });
 }
 
@@ -264,23 +282,21 @@ void gan_loss_typed(const GanLossArgs& args) {
   };
 
   if (spec.mode == Mode::Paired) {  // L = mean phi(r_i - f_i): one pass over both
-    const auto s = with_term(spec.phi, [&](auto t) {
-      return term_pass<decltype(t)::value, true, GradWrite::Scaled>(r, f, T(0), nf, true, gr, gf, T(1) / T(nf));
-    });
+    const auto s = chunked_sum<kNumSums>(
+        nf, pass_body<true, GradWrite::Scaled>(spec.phi, r, f, T(0), true, gr, gf, T(1) / T(nf)));
     set_stats(s[kSumA], s[kHitsA], s[kSumB], s[kHitsB]);
     *static_cast<scalar_t*>(args.loss) = scalar_t(s[kSumValue] / nf);
     return;
   }
 
+  // Each side's passes share one parallel region (chunked_sum_pair).
+  auto both_sides = [&](const PassBody& real_body, const PassBody& fake_body) {
+    return chunked_sum_pair<kNumSums>(nr, real_body, nf, fake_body);
+  };
   if (spec.mode == Mode::Plain) {  // L = mean phi(r_i) + mean psi(f_j): one pass per side
-    const auto sr = with_term(spec.phi, [&](auto t) {
-      constexpr GradWrite gw = decltype(t)::value == Term::None ? GradWrite::None : GradWrite::Scaled;
-      return term_pass<decltype(t)::value, false, gw>(r, none, T(0), nr, true, gr, no_out, T(1) / T(nr ? nr : 1));
-    });
-    const auto sf = with_term(spec.psi, [&](auto t) {
-      return term_pass<decltype(t)::value, false, GradWrite::Scaled>(f, none, T(0), nf, false, gf, no_out,
-                                                                      T(1) / T(nf));
-    });
+    const auto [sr, sf] = both_sides(
+        pass_body<false, GradWrite::Scaled>(spec.phi, r, none, T(0), true, gr, no_out, T(1) / T(nr ? nr : 1)),
+        pass_body<false, GradWrite::Scaled>(spec.psi, f, none, T(0), false, gf, no_out, T(1) / T(nf)));
     if (spec.phi == Term::None) std::fill(gr, gr + nr, scalar_t(0));  // real logits passed but unused
     set_stats(sr[kSumA], sr[kHitsA], sf[kSumA], sf[kHitsA]);
     *static_cast<scalar_t*>(args.loss) =
@@ -289,17 +305,14 @@ void gan_loss_typed(const GanLossArgs& args) {
   }
 
   // relavg: L = mean phi(r_i - mean f) + mean psi(f_j - mean r)
-  const auto mr = term_pass<Term::None, false, GradWrite::None>(r, none, T(0), nr, true, no_out, no_out, T(0));
-  const auto mf = term_pass<Term::None, false, GradWrite::None>(f, none, T(0), nf, false, no_out, no_out, T(0));
+  const auto [mr, mf] =
+      both_sides(pass_body<false, GradWrite::None>(Term::None, r, none, T(0), true, no_out, no_out, T(0)),
+                 pass_body<false, GradWrite::None>(Term::None, f, none, T(0), false, no_out, no_out, T(0)));
   set_stats(mr[kSumA], mr[kHitsA], mf[kSumA], mf[kHitsA]);
   const T shift_r = T(mf[kSumA] / nf), shift_f = T(mr[kSumA] / nr);
   constexpr GradWrite gw = std::is_same_v<scalar_t, T> ? GradWrite::Raw : GradWrite::None;
-  const auto sr = with_term(spec.phi, [&](auto t) {
-    return term_pass<decltype(t)::value, false, gw>(r, none, shift_r, nr, true, gr, no_out, T(0));
-  });
-  const auto sf = with_term(spec.psi, [&](auto t) {
-    return term_pass<decltype(t)::value, false, gw>(f, none, shift_f, nf, false, gf, no_out, T(0));
-  });
+  const auto [sr, sf] = both_sides(pass_body<false, gw>(spec.phi, r, none, shift_r, true, gr, no_out, T(0)),
+                                   pass_body<false, gw>(spec.psi, f, none, shift_f, false, gf, no_out, T(0)));
   *static_cast<scalar_t*>(args.loss) = scalar_t(sr[kSumValue] / nr + sf[kSumValue] / nf);
   // dL/dr_i = (phi'(x_i) - mean_j psi'(y_j)) / Nr,  dL/df_j = (psi'(y_j) - mean_i phi'(x_i)) / Nf.
   with_term(spec.phi, [&](auto t) {
