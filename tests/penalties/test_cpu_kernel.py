@@ -4,6 +4,7 @@ inputs, every dtype, a random upstream gradient, determinism over thread counts.
 import pytest
 import torch
 
+import ganfast
 from ganfast.ops import penalties as ops
 from ganfast.reference import penalties as ref
 from ganfast.validate import FLOOR, relative_error
@@ -155,3 +156,33 @@ def test_capabilities_agree():
     for res in results[1:]:
         for k in res:
             assert relative_error(res[k], results[0][k]) <= 1e-6, k
+
+
+def test_backward_passes_the_saved_gradient_safely():
+    """With an upstream gradient of exactly 1 the backward passes the saved d penalty / d g on as it is
+    (csrc/autograd.h): a retained graph must give the same gradient again, accumulated, and a g that
+    came from create_graph=True (R1) must carry it into D's parameters as the reference does."""
+    if not CAPABILITIES:
+        pytest.skip("no ganfast._C")
+    g = torch.randn(5, 3, 7, requires_grad=True)
+    with ganfast.use_backend("cpu"):
+        p, _ = ops.dispatch_grad_penalty(g, ops.TWO_SIDED, 10.0, 1.0, 1.0)
+    p.backward(retain_graph=True)
+    first = g.grad.clone()
+    p.backward(retain_graph=True)
+    (p * 0.5).backward()
+    torch.testing.assert_close(g.grad, 2.5 * first)
+
+    D = torch.nn.Sequential(torch.nn.Linear(21, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    x = torch.randn(6, 21, dtype=torch.float64)
+    grads = {}
+    for backend in ("reference", "cpu"):
+        D.zero_grad(set_to_none=True)
+        xr = x.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(D(xr).sum(), xr, create_graph=True)
+        with ganfast.use_backend(backend):
+            pen, _ = ops.dispatch_grad_penalty(gx, ops.SQUARED, 5.0, 0.0, 1.0)  # R1
+        pen.backward()
+        grads[backend] = [q.grad for q in D.parameters() if q.grad is not None]  # not the last bias
+    assert len(grads["cpu"]) == len(grads["reference"]) == 3
+    torch.testing.assert_close(grads["cpu"], grads["reference"])
