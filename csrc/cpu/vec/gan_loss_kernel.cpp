@@ -227,37 +227,44 @@ PassBody pass_body(Term t, const scalar_t* a, const scalar_t* b, T shift, bool c
   });
 }
 
+// A gradient pass's body over [begin, end), type-erased as PassBody is.
+using GradBody = std::function<void(int64_t, int64_t)>;
+
 // Relativistic-average gradient: grad_i = (d_i - mean_other) · scale, with d_i the term's
 // derivative at a_i - shift. In op-math dtypes, d_i was stored in grad by the term pass and is
 // rescaled in place; in half/bfloat16 it is recomputed (rounding d_i to 8-11 bits first would cost
 // the difference its precision).
-template <Term t, typename scalar_t, typename T = opmath_t<scalar_t>>
-void relavg_grad_pass(const scalar_t* a, T shift, int64_t n, T mean_other, T scale, scalar_t* grad) {
-  using Vec = Vectorized<T>;
-  constexpr int64_t W = Vec::size();
-  if constexpr (kScalarTerms) {
-    chunked_for(n, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        T v, d;
-        if constexpr (std::is_same_v<scalar_t, T>) d = grad[i];
-        else term_eval<t>(T(a[i]) - shift, v, d);
-        grad[i] = scalar_t((d - mean_other) * scale);
-      }
-    });
-    return;
-  }
-  chunked_for(n, [&](int64_t begin, int64_t end) {
-    const Vec vshift(shift), vmean(mean_other), vscale(scale);
-    for (int64_t i = begin; i < end; i += W) {
-      const int64_t m = std::min(W, end - i);
-      Vec d;
-      if constexpr (std::is_same_v<scalar_t, T>) {
-        d = load(grad + i, m);
-      } else {
-        Vec v;
-        term_vec<t>(load(a + i, m) - vshift, v, d);
-      }
-      store(grad + i, (d - vmean) * vscale, m);
+
+template <typename scalar_t, typename T = opmath_t<scalar_t>>
+GradBody relavg_grad_body(Term term, const scalar_t* a, T shift, T mean_other, T scale, scalar_t* grad) {
+  return with_term(term, [&](auto term_constant) -> GradBody {
+    constexpr Term t = decltype(term_constant)::value;
+    using Vec = Vectorized<T>;
+    constexpr int64_t W = Vec::size();
+    if constexpr (kScalarTerms) {
+      return [=](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          T v, d;
+          if constexpr (std::is_same_v<scalar_t, T>) d = grad[i];
+          else term_eval<t>(T(a[i]) - shift, v, d);
+          grad[i] = scalar_t((d - mean_other) * scale);
+        }
+      };
+    } else {
+      return [=](int64_t begin, int64_t end) {
+        const Vec vshift(shift), vmean(mean_other), vscale(scale);
+        for (int64_t i = begin; i < end; i += W) {
+          const int64_t m = std::min(W, end - i);
+          Vec d;
+          if constexpr (std::is_same_v<scalar_t, T>) {
+            d = load(grad + i, m);
+          } else {
+            Vec v;
+            term_vec<t>(load(a + i, m) - vshift, v, d);
+          }
+          store(grad + i, (d - vmean) * vscale, m);
+        }
+      };
     }
   });
 }
@@ -315,11 +322,10 @@ void gan_loss_typed(const GanLossArgs& args) {
                                    pass_body<false, gw>(spec.psi, f, none, shift_f, false, gf, no_out, T(0)));
   *static_cast<scalar_t*>(args.loss) = scalar_t(sr[kSumValue] / nr + sf[kSumValue] / nf);
   // dL/dr_i = (phi'(x_i) - mean_j psi'(y_j)) / Nr,  dL/df_j = (psi'(y_j) - mean_i phi'(x_i)) / Nf.
-  with_term(spec.phi, [&](auto t) {
-    relavg_grad_pass<decltype(t)::value>(r, shift_r, nr, T(sf[kSumDeriv] / nf), T(1) / T(nr), gr);
-  });
-  with_term(spec.psi, [&](auto t) {
-    relavg_grad_pass<decltype(t)::value>(f, shift_f, nf, T(sr[kSumDeriv] / nr), T(1) / T(nf), gf);
+  const GradBody grad_r = relavg_grad_body(spec.phi, r, shift_r, T(sf[kSumDeriv] / nf), T(1) / T(nr), gr);
+  const GradBody grad_f = relavg_grad_body(spec.psi, f, shift_f, T(sr[kSumDeriv] / nr), T(1) / T(nf), gf);
+  for_chunks_of_two(nr, nf, [&](int side, int64_t, int64_t begin, int64_t end) {
+    (side == 0 ? grad_r : grad_f)(begin, end);
   });
 }
 
