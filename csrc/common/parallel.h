@@ -3,8 +3,8 @@
 #pragma once
 #include <ATen/Parallel.h>
 #include <array>
-#include <utility>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace ganfast {
@@ -58,13 +58,13 @@ void for_chunks_of_two(int64_t na, int64_t nb, const Chunk& chunk) {
 template <size_t K, typename BodyA, typename BodyB>
 std::pair<std::array<double, K>, std::array<double, K>> chunked_sum_pair(int64_t na, const BodyA& body_a, int64_t nb,
                                                                           const BodyB& body_b) {
-  std::vector<std::array<double, K>> partial((na + kChunk - 1) / kChunk + (nb + kChunk - 1) / kChunk);
+  const size_t chunks_a = (na + kChunk - 1) / kChunk;
+  std::vector<std::array<double, K>> partial(chunks_a + (nb + kChunk - 1) / kChunk);
   for_chunks_of_two(na, nb, [&](int side, int64_t c, int64_t begin, int64_t end) {
     if (side == 0) body_a(begin, end, partial[c]);
     else body_b(begin, end, partial[c]);
   });
   std::pair<std::array<double, K>, std::array<double, K>> total{};
-  const size_t chunks_a = (na + kChunk - 1) / kChunk;
   for (size_t c = 0; c < partial.size(); ++c)
     for (size_t k = 0; k < K; ++k) (c < chunks_a ? total.first : total.second)[k] += partial[c][k];
   return total;

@@ -9,7 +9,8 @@
 //   paired:  one pass over (r, f): statistics of both, phi(r_i - f_i), both gradients written.
 //   relavg:  statistics (the means shift the terms); terms and their derivatives d_i (written
 //            raw into the gradient); then grad_i = (d_i - mean of the other side's d) / N.
-// The two sides' passes run in one parallel region (chunked_sum_pair in common/parallel.h).
+// The two sides' passes run in one parallel region (chunked_sum_pair, for_chunks_of_two in
+// common/parallel.h).
 #include "../../common/parallel.h"
 #include "../kernels.h"
 #include "vec_utils.h"
@@ -234,7 +235,6 @@ using GradBody = std::function<void(int64_t, int64_t)>;
 // derivative at a_i - shift. In op-math dtypes, d_i was stored in grad by the term pass and is
 // rescaled in place; in half/bfloat16 it is recomputed (rounding d_i to 8-11 bits first would cost
 // the difference its precision).
-
 template <typename scalar_t, typename T = opmath_t<scalar_t>>
 GradBody relavg_grad_body(Term term, const scalar_t* a, T shift, T mean_other, T scale, scalar_t* grad) {
   return with_term(term, [&](auto term_constant) -> GradBody {
@@ -296,7 +296,7 @@ void gan_loss_typed(const GanLossArgs& args) {
     return;
   }
 
-  // Each side's passes share one parallel region (chunked_sum_pair).
+  // The two sides' passes share one parallel region (chunked_sum_pair).
   auto both_sides = [&](const PassBody& real_body, const PassBody& fake_body) {
     return chunked_sum_pair<kNumSums>(nr, real_body, nf, fake_body);
   };
