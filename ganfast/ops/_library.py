@@ -13,8 +13,9 @@ Which backend runs is decided once per op family, in the `dispatch_*` function o
 
 The autograd rule, the same for every family: the fused forward computes everything its backward
 needs (the loss's or the penalty's gradient w.r.t. its input; spectral norm's u', v' and sigma), and
-the backward is a rescale by grad_output (losses, penalties) or one more fused kernel (spectral
-norm's dW). Where that autograd is written follows one rule: ops with C++/CUDA kernels that run on
+the backward is a rescale by grad_output (losses, penalties; none when grad_output is a plain CPU 1
+and no graph is built: the saved gradient is passed on, csrc/autograd.h) or one more fused kernel
+(spectral norm's dW). Where that autograd is written follows one rule: ops with C++/CUDA kernels that run on
 every step, once per call site, have C++ autograd; ops whose launcher is Python have Python autograd.
 - C++ autograd: gan_loss and grad_penalty (a wrapper op ganfast::<name>, csrc/<name>.cpp, whose
   backward rescales the gradients the fused forward saved), spectral_norm_fused and
