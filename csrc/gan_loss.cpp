@@ -32,6 +32,7 @@ struct GanLossFunction : public torch::autograd::Function<GanLossFunction> {
     ctx->save_for_backward({grad_real, grad_fake});
     ctx->saved_data["has_real"] = real.has_value() && real->defined();
     ctx->mark_non_differentiable({stats});
+    ctx->set_materialize_grads(false);  // stats get no gradient: no zero tensor made for it each backward
     return {loss, stats};
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,

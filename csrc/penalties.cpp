@@ -26,6 +26,7 @@ struct GradPenaltyFunction : public torch::autograd::Function<GradPenaltyFunctio
     auto [penalty, grad_g, norms] = call_fused(g, kind, weight, center, inv_scale);
     ctx->save_for_backward({grad_g});
     ctx->mark_non_differentiable({norms});
+    ctx->set_materialize_grads(false);  // the norms get no gradient: no zero tensor made for them each backward
     return {penalty, norms};
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
