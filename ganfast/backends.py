@@ -298,7 +298,9 @@ def _backend(key: tuple, numel: int) -> str:
 def backend_for(family: str, t: torch.Tensor) -> str:
     """The backend that runs a `family` op on input `t` under the current selection (the dispatch rule
     of the module docstring). Raises when an explicitly selected backend cannot take `t`."""
-    return _backend((_selected, family, t.device.type, t.dtype, t.layout), t.numel())
+    # is_cpu / is_cuda before device.type: the string costs 0.28 us a read (an ostringstream each time)
+    device_type = "cpu" if t.is_cpu else "cuda" if t.is_cuda else t.device.type
+    return _backend((_selected, family, device_type, t.dtype, t.layout), t.numel())
 
 
 def resolve(device: torch.device, family: str = "losses", dtype: torch.dtype = torch.float32,
