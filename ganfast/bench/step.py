@@ -14,7 +14,10 @@ layer instead of the trainer's one multi-tensor call (`Trainer.sn_multi_tensor`,
 Without SN, "trainer-nostats-one-d-call" or "-two-d-calls" makes the other choice than the trainer's
 (`Trainer._joint`) where D allows one call, and a "joint check" line compares the two.
 vs eager = plain-loop time / variant time (> 1: the trainer is faster); steps/s = 1 / median. The
-variants of a case are timed in alternation (this CPU is shared).
+variants of a case are timed in alternation (this CPU is shared). On the CPU the plain loop runs with
+the malloc settings that a Trainer applies to its process (ganfast.train.cpu_malloc), set before the
+first case: these ratios are those of the code; `python -m ganfast.bench.malloc` measures what the
+settings add to a plain loop in a process of its own.
 
 After each case's table row, a line gives where the step's time goes (`step_shares`, torch.profiler
 over a few steps of trainer-nostats and of the plain loop): the models' forward and backward (with
@@ -230,6 +233,10 @@ def cases(quick: bool):
 
 def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list[Row]:
     from ..train import Trainer
+    from ..train.cpu_malloc import keep_freed_memory
+
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()  # what the first Trainer would do: the same settings for every variant
     try:
         from .. import nn as _gnn, penalties as _pen  # noqa: F401
         regs = [None, "sn+r1"]

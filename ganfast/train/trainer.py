@@ -45,6 +45,7 @@ from . import distributed as _dist
 from .config import LossInputs, StepConfig
 from .monitor import StabilityMonitor, step_schedulers
 from .augment import Augmenter
+from .cpu_malloc import keep_freed_memory
 from .ema import EMA
 from .labels import ClassDistribution, is_pair, looks_labelled, missing_error, unconditional_error
 from .penalty import PenaltyTerm
@@ -128,6 +129,8 @@ class Trainer:
         self.classes = ClassDistribution(num_classes, class_probs) if num_classes is not None else None
         self.schedulers = checked_schedulers(schedulers, g_optimizer, d_optimizer)
         self.device = place_models(generator, discriminator, device, distributed)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # the step's memory kept for the next step, not faulted back in (cpu_malloc.py)
         self.G, self.D = generator, discriminator
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
         self.extra_d_loss, self.extra_g_loss = extra_d_loss, extra_g_loss
