@@ -1,12 +1,15 @@
-"""The plain-PyTorch GAN step on the CPU with glibc's default malloc against the same step with the
-settings `Trainer` applies (ganfast.train.cpu_malloc.keep_freed_memory): median step time and minor
-page faults a step. malloc's settings are per process, so each variant runs in its own child
-processes, in alternation (this CPU is shared); the step is `ganfast bench step`'s careful plain loop.
+"""`ganfast bench malloc`: the plain-PyTorch GAN step on the CPU with glibc's default malloc ("eager")
+against the same step with the settings `Trainer` applies to its process ("eager-kept-memory",
+ganfast.train.cpu_malloc.keep_freed_memory): median step time, and minor page faults a step on a line
+of its own. malloc's settings are per process, so each variant runs in child processes of its own, in
+alternation (this CPU is shared); the step is `ganfast bench step`'s careful plain loop on the DCGAN-32
+case. CPU only (glibc).
 
-    python -m ganfast.bench.malloc [--quick] [--rounds N] [--steps N]
+    ganfast bench malloc [--quick]
+    python -m ganfast.bench.malloc [--quick] [--rounds N] [--steps N]   # more children or steps
 
 `ganfast bench step` runs its plain loop in the trainer's process, with the trainer's malloc
-settings: its ratios are those of the code, and this benchmark gives what the settings add.
+settings: its ratios are those of the code, and this suite gives what the settings add.
 """
 from __future__ import annotations
 
@@ -18,16 +21,19 @@ import subprocess
 import sys
 import time
 
+import torch
+
+from . import Row
+from ..train.cpu_malloc import ENV_SWITCH, keep_freed_memory, reason_to_leave_alone
+
 VARIANTS = ("default", "kept")
+ROW_NAMES = {"default": "eager", "kept": "eager-kept-memory"}
 
 
 def _child(variant: str, case: str, steps: int) -> dict:
     import resource
 
-    import torch
-
     from . import step as S
-    from ..train.cpu_malloc import keep_freed_memory
 
     if variant == "kept" and not keep_freed_memory():
         raise SystemExit("the malloc settings could not be applied here (see ganfast.train.cpu_malloc)")
@@ -52,21 +58,38 @@ def _child(variant: str, case: str, steps: int) -> dict:
     return {"case": name, "median_s": statistics.median(times), "faults_per_step": faults}
 
 
-def run(quick: bool = False, rounds: int = 3, steps: int = 8) -> dict[str, list[dict]]:
-    """{variant: [one child's result per round]}, the variants' children in alternation."""
-    from ..train.cpu_malloc import ENV_SWITCH
+def _child_env() -> dict[str, str]:
+    """This process's environment without the malloc variables and ganfast's switch: glibc's defaults."""
+    return {k: v for k, v in os.environ.items() if k != ENV_SWITCH and not (k.startswith("MALLOC_") and k.endswith("_"))}
 
-    # glibc's defaults in the children: without this process's malloc variables and switch
-    env = {k: v for k, v in os.environ.items() if k != ENV_SWITCH and not (k.startswith("MALLOC_") and k.endswith("_"))}
+
+def run_children(quick: bool, rounds: int, steps: int) -> dict[str, list[dict]]:
+    """{variant: [one child's result per round]}, the variants' children in alternation."""
+    env = _child_env()
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for _ in range(rounds):
         for variant in VARIANTS:
             out = subprocess.run([sys.executable, "-m", "ganfast.bench.malloc", "--child", variant, "--steps",
                                   str(steps)] + (["--quick"] if quick else []), env=env, capture_output=True, text=True)
             if out.returncode != 0:
-                raise SystemExit(f"the {variant!r} child failed: {out.stderr.strip()[-2000:]}")
+                raise RuntimeError(f"bench malloc: the {ROW_NAMES[variant]!r} child failed: {out.stderr.strip()[-2000:]}")
             results[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
     return results
+
+
+def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list[Row]:
+    """The suite: a row per variant (median over the children of their median step), and the report
+    with the faults printed."""
+    reason = None if torch.device(device).type == "cpu" else f"the device is {torch.device(device).type}"
+    reason = reason or reason_to_leave_alone(env=_child_env())
+    if reason is not None:
+        print(f"bench malloc: skipped ({reason})", flush=True)
+        return []
+    results = run_children(quick, rounds=2 if quick else 3, steps=4 if quick else 8)
+    print(report(results), flush=True)
+    case = results["default"][0]["case"]
+    return [Row("malloc", case, ROW_NAMES[v], statistics.median(r["median_s"] for r in rs))
+            for v, rs in results.items()]
 
 
 def report(results: dict[str, list[dict]]) -> str:
@@ -76,8 +99,9 @@ def report(results: dict[str, list[dict]]) -> str:
     for v, rs in results.items():
         times = ", ".join(f"{r['median_s'] * 1e3:.1f}" for r in rs)
         faults = ", ".join(f"{r['faults_per_step']:.0f}" for r in rs)
-        lines.append(f"  {v:8s} median {med[v] * 1e3:7.1f} ms (per process: {times}); minor faults a step: {faults}")
-    lines.append(f"  kept / default: the step {med['default'] / med['kept']:.2f}x as fast with the trainer's settings")
+        lines.append(f"  {ROW_NAMES[v]:17s} median {med[v] * 1e3:7.1f} ms (per process: {times}); minor faults a step: "
+                     f"{faults}")
+    lines.append(f"  the step {med['default'] / med['kept']:.2f}x as fast with the trainer's malloc settings")
     return "\n".join(lines)
 
 
@@ -93,7 +117,7 @@ def main(argv=None) -> None:
     if args.child:
         print(json.dumps(_child(args.child, "quick" if args.quick else "full", args.steps)))
         return
-    print(report(run(args.quick, args.rounds, args.steps)), flush=True)
+    print(report(run_children(args.quick, args.rounds, args.steps)), flush=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ Without SN, "trainer-nostats-one-d-call" or "-two-d-calls" makes the other choic
 vs eager = plain-loop time / variant time (> 1: the trainer is faster); steps/s = 1 / median. The
 variants of a case are timed in alternation (this CPU is shared). On the CPU the plain loop runs with
 the malloc settings that a Trainer applies to its process (ganfast.train.cpu_malloc), set before the
-first case: these ratios are those of the code; `python -m ganfast.bench.malloc` measures what the
+first case: these ratios are those of the code; `ganfast bench malloc` measures what the
 settings add to a plain loop in a process of its own.
 
 After each case's table row, a line gives where the step's time goes (`step_shares`, torch.profiler

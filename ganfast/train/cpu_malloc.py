@@ -6,7 +6,7 @@ step allocates and frees the same activations every step, so the next step takes
 OS page by page. On the 2-core CPU of the README, the plain-PyTorch DCGAN-32 step (width 64, B = 64)
 took 10,000-11,400 minor page faults and a median 189 ms a step with glibc's defaults, against 56-192
 faults and 172 ms with both limits raised; width 32, B = 32: 3,300-3,500 faults and 38.3 ms against
-96-160 and 28.2 ms (`python -m ganfast.bench.malloc [--quick]`, 2026-12-04). Raising one limit alone
+96-160 and 28.2 ms (`ganfast bench malloc [--quick]`, 2026-12-04). Raising one limit alone
 is worse: an explicit trim threshold turns glibc's growing mmap threshold off (84,000 faults a step,
 263-312 ms, against 172 ms with the defaults in the same run).
 
