@@ -24,7 +24,7 @@ import time
 import torch
 
 from . import Row
-from ..train.cpu_malloc import ENV_SWITCH, keep_freed_memory, reason_to_leave_alone
+from ..train.cpu_malloc import keep_freed_memory, reason_to_leave_alone, with_glibc_defaults
 
 VARIANTS = ("default", "kept")
 ROW_NAMES = {"default": "eager", "kept": "eager-kept-memory"}
@@ -58,14 +58,9 @@ def _child(variant: str, case: str, steps: int) -> dict:
     return {"case": name, "median_s": statistics.median(times), "faults_per_step": faults}
 
 
-def _child_env() -> dict[str, str]:
-    """This process's environment without the malloc variables and ganfast's switch: glibc's defaults."""
-    return {k: v for k, v in os.environ.items() if k != ENV_SWITCH and not (k.startswith("MALLOC_") and k.endswith("_"))}
-
-
 def run_children(quick: bool, rounds: int, steps: int) -> dict[str, list[dict]]:
     """{variant: [one child's result per round]}, the variants' children in alternation."""
-    env = _child_env()
+    env = with_glibc_defaults(os.environ)
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for _ in range(rounds):
         for variant in VARIANTS:
@@ -81,7 +76,7 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
     """The suite: a row per variant (median over the children of their median step), and the report
     with the faults printed."""
     reason = None if torch.device(device).type == "cpu" else f"the device is {torch.device(device).type}"
-    reason = reason or reason_to_leave_alone(env=_child_env())
+    reason = reason or reason_to_leave_alone(env=with_glibc_defaults(os.environ))
     if reason is not None:
         print(f"bench malloc: skipped ({reason})", flush=True)
         return []

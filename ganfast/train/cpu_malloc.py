@@ -38,6 +38,17 @@ _ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 _state: str | None = None  # None: not tried yet; "" applied; else why not
 
 
+def _is_malloc_variable(name: str) -> bool:
+    """MALLOC_ARENA_MAX_, MALLOC_TRIM_THRESHOLD_, ...: glibc's malloc settings in the environment."""
+    return name.startswith("MALLOC_") and name.endswith("_")
+
+
+def with_glibc_defaults(env) -> dict[str, str]:
+    """`env` without the variables that set malloc or switch these settings off: a child process
+    started with it runs glibc's defaults (until it calls keep_freed_memory)."""
+    return {k: v for k, v in env.items() if k != ENV_SWITCH and not _is_malloc_variable(k)}
+
+
 def reason_to_leave_alone(env=os.environ, libc: str | None = None) -> str | None:
     """Why malloc's settings must not be changed in a process with environment `env`, or None."""
     if env.get(ENV_SWITCH, "1").strip() == "0":
@@ -46,7 +57,7 @@ def reason_to_leave_alone(env=os.environ, libc: str | None = None) -> str | None
     for name in _ALLOCATORS:
         if name in preload:
             return f"{name} is preloaded (LD_PRELOAD)"
-    chosen = sorted(k for k in env if k.startswith("MALLOC_") and k.endswith("_"))
+    chosen = sorted(k for k in env if _is_malloc_variable(k))
     if chosen:
         return f"malloc is configured by the environment ({', '.join(chosen)})"
     if "glibc.malloc" in env.get("GLIBC_TUNABLES", ""):
