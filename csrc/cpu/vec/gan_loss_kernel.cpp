@@ -52,7 +52,7 @@ inline Vectorized<float> exp_nonpositive(const Vectorized<float>& x) {
   p = at::vec::fmadd(p, r, Vec(5.0000001201e-1f));
   const Vec er = at::vec::fmadd(p, r * r, r + Vec(1.f));
   // n in [-126, 0] where the result is kept: 2^n = float with exponent bits n + 127
-  const Vec two_n = at::vec::cast<float>((at::vec::convert_to_int_of_same_size(n) + IVec(127)) * IVec(1 << 23));
+  const Vec two_n = at::vec::cast<float>((at::vec::convert_to_int_of_same_size(n) + IVec(127)) << IVec(23));
   return Vec::blendv(er * two_n, Vec(0.f), x < Vec(-87.33654f));  // also exp(-inf) = 0; NaN stays NaN
 }
 
@@ -149,8 +149,16 @@ auto term_body(const scalar_t* a, const scalar_t* b, T shift, bool count_a_posit
                scalar_t* grad_b, T scale) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
+  // Sums no one reads are not kept: the values' without a term, the derivatives' outside relavg
+  // (its term pass, whose gradient is written raw or not at all, is the only one that reads them).
+  constexpr bool kSumsValue = t != Term::None;
+  constexpr bool kSumsDeriv = t != Term::None && gw != GradWrite::Scaled;
+  constexpr std::array<bool, kNumSums> kKept = {true, true, kPaired, kPaired, kSumsValue, kSumsDeriv};  // Sum's order
   return [=](int64_t begin, int64_t end, Sums& acc) {
     LaneSums<T, kNumSums> sums;
+    // The vector loop counts hits in integers (count_sign; exact, as the lanes' sums of 0 and 1 are)
+    // and leaves their lanes at 0; the scalar loop sums them in its lanes.
+    int64_t hits_a = 0, hits_b = 0;
     for (int64_t block = begin; block < end; block += kBlockVecs * W) {
       const int64_t block_end = std::min(end, block + kBlockVecs * W);
       const Vec zero(T(0));
@@ -182,12 +190,19 @@ auto term_body(const scalar_t* a, const scalar_t* b, T shift, bool count_a_posit
         }
         for (int q = 0; q < kNumSums; ++q) part[q] = Vec::loadu(lane[q]);
       } else {
+        // Copies of the captured values: the compiler must otherwise reload them after each store
+        // into the gradients (a masked store may write anywhere, as far as it knows).
+        const scalar_t* const pa = a;
+        const scalar_t* const pb = b;
+        scalar_t* const ga = grad_a;
+        scalar_t* const gb = grad_b;
+        const bool positive = count_a_positive;
         const Vec vshift(shift), vscale(scale);
         for (int q = 0; q < kNumSums; ++q) part[q] = zero;
         for (int64_t i = block; i < block_end; i += W) {
           const int64_t m = std::min(W, block_end - i);
-          const Vec xa = load(a + i, m);  // lanes past m are 0: they add nothing to the sums of a and b
-          const Vec xb = kPaired ? load(b + i, m) : vshift;
+          const Vec xa = load(pa + i, m);  // lanes past m are 0: they add nothing to the sums of a and b
+          const Vec xb = kPaired ? load(pb + i, m) : vshift;
           Vec v, d;
           term_vec<t>(xa - xb, v, d);
           if (m < W) {
@@ -195,25 +210,28 @@ auto term_body(const scalar_t* a, const scalar_t* b, T shift, bool count_a_posit
             v = Vec::blendv(zero, v, live);
             d = Vec::blendv(zero, d, live);
           }
-          part[kSumValue] += v;
-          part[kSumDeriv] += d;
+          if constexpr (kSumsValue) part[kSumValue] += v;
+          if constexpr (kSumsDeriv) part[kSumDeriv] += d;
           part[kSumA] += xa;
-          part[kHitsA] += ones_where(count_a_positive ? xa > zero : xa < zero);
+          hits_a += count_sign(xa, positive);
           if constexpr (kPaired) {
             part[kSumB] += xb;
-            part[kHitsB] += ones_where(xb < zero);
+            hits_b += count_sign(xb, false);
           }
           if constexpr (gw == GradWrite::Scaled) {
-            store(grad_a + i, d * vscale, m);
-            if constexpr (kPaired) store(grad_b + i, d.neg() * vscale, m);
+            store(ga + i, d * vscale, m);
+            if constexpr (kPaired) store(gb + i, d.neg() * vscale, m);
           } else if constexpr (gw == GradWrite::Raw) {
-            store(grad_a + i, d, m);
+            store(ga + i, d, m);
           }
         }
       }
-      for (int q = 0; q < kNumSums; ++q) sums.add(q, part[q]);
+      for (int q = 0; q < kNumSums; ++q)
+        if (kKept[q]) sums.add(q, part[q]);
     }
     for (int k = 0; k < kNumSums; ++k) acc[k] += sums.total(k);
+    acc[kHitsA] += double(hits_a);
+    acc[kHitsB] += double(hits_b);
   };
 }
 
