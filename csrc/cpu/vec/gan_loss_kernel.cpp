@@ -24,7 +24,7 @@ namespace CPU_CAPABILITY {
 namespace {
 
 // softplus(y) = max(y, 0) + log1p(e) and sigmoid(y) = (y < 0 ? e : 1) / (1 + e), e = exp(-|y|),
-// as softplus_sigmoid in common/gan_loss.h; blendv on `y < 0` keeps NaN in both.
+// as softplus_sigmoid in common/gan_loss.h; selecting on `y < 0` keeps NaN in both.
 //
 // In float, exp and log1p are written out here, inline and with one division between them: SLEEF's
 // log1p cost ten times its exp, and its calls spilled every vector register. Error, measured over
@@ -53,35 +53,35 @@ inline Vectorized<float> exp_nonpositive(const Vectorized<float>& x) {
   const Vec er = at::vec::fmadd(p, r * r, r + Vec(1.f));
   // n in [-126, 0] where the result is kept: 2^n = float with exponent bits n + 127
   const Vec two_n = at::vec::cast<float>((at::vec::convert_to_int_of_same_size(n) + IVec(127)) << IVec(23));
-  return Vec::blendv(er * two_n, Vec(0.f), x < Vec(-87.33654f));  // also exp(-inf) = 0; NaN stays NaN
+  return select(less(x, Vec(-87.33654f)), Vec(0.f), er * two_n);  // also exp(-inf) = 0; NaN stays NaN
 }
 
 template <typename T>
 inline void softplus_sigmoid(const Vectorized<T>& y, Vectorized<T>& sp, Vectorized<T>& sg) {
   using Vec = Vectorized<T>;
   const Vec zero(T(0)), one(T(1));
-  const Vec negative = y < zero;
+  const auto negative = less(y, zero);
   if constexpr (std::is_same_v<T, float>) {
-    const Vec e = exp_nonpositive(y.abs().neg());
-    const Vec big = e > Vec(0.41421356f);
+    const Vec e = exp_nonpositive(y | Vec(-0.f));  // -|y|: the sign bit set
+    const auto big = greater(e, Vec(0.41421356f));
     const Vec one_plus_e = one + e;
-    const Vec den = Vec::blendv(e + Vec(2.f), e + Vec(3.f), big);
+    const Vec den = select(big, e + Vec(3.f), e + Vec(2.f));
     const Vec w = one / (one_plus_e * den);
     const Vec q = den * w;                                          // 1 / (1 + e)
-    const Vec s = Vec::blendv(e, e - one, big) * (one_plus_e * w);  // (e or e - 1) / (2 + e or 3 + e)
+    const Vec s = select(big, e - one, e) * (one_plus_e * w);  // (e or e - 1) / (2 + e or 3 + e)
     const Vec z = s * s;
     Vec series = at::vec::fmadd(z, Vec(1.f / 9.f), Vec(1.f / 7.f));
     series = at::vec::fmadd(series, z, Vec(1.f / 5.f));
     series = at::vec::fmadd(series, z, Vec(1.f / 3.f));
     series = at::vec::fmadd(series, z, one);
-    const Vec log1p_e = at::vec::fmadd(s + s, series, Vec::blendv(zero, Vec(0.69314718f), big));
-    sp = Vec::blendv(y, zero, negative) + log1p_e;
-    sg = Vec::blendv(q, e * q, negative);
+    const Vec log1p_e = at::vec::fmadd(s + s, series, select(big, Vec(0.69314718f), zero));
+    sp = select(negative, zero, y) + log1p_e;
+    sg = select(negative, e * q, q);
   } else {
     const Vec e = y.abs().neg().exp();
-    sp = Vec::blendv(y, zero, negative) + e.log1p();
+    sp = select(negative, zero, y) + e.log1p();
     const Vec q = one / (one + e);
-    sg = Vec::blendv(q, e * q, negative);
+    sg = select(negative, e * q, q);
   }
 }
 
@@ -103,8 +103,8 @@ inline void term_vec(const Vectorized<T>& x, Vectorized<T>& v, Vectorized<T>& d)
   if constexpr (t == Term::SoftplusNeg) { softplus_sigmoid(x.neg(), v, d); d = d.neg(); }
   else if constexpr (t == Term::SoftplusPos) { softplus_sigmoid(x, v, d); }
   else if constexpr (t == Term::NegSoftplusPos) { softplus_sigmoid(x, v, d); v = v.neg(); d = d.neg(); }
-  else if constexpr (t == Term::HingeNeg) { const Vec a = one - x; v = Vec::blendv(a, zero, a < zero); d = Vec::blendv(zero, one.neg(), a > zero); }
-  else if constexpr (t == Term::HingePos) { const Vec a = one + x; v = Vec::blendv(a, zero, a < zero); d = Vec::blendv(zero, one, a > zero); }
+  else if constexpr (t == Term::HingeNeg) { const Vec a = one - x; v = select(less(a, zero), zero, a); d = select(greater(a, zero), one.neg(), zero); }
+  else if constexpr (t == Term::HingePos) { const Vec a = one + x; v = select(less(a, zero), zero, a); d = select(greater(a, zero), one, zero); }
   else if constexpr (t == Term::Neg) { v = x.neg(); d = one.neg(); }
   else if constexpr (t == Term::Pos) { v = x; d = one; }
   else if constexpr (t == Term::HalfSqMinus1) { d = x - one; v = Vec(T(0.5)) * d * d; }

@@ -51,6 +51,33 @@ inline Vectorized<T> lanes_below(int64_t n) {
   return Vectorized<T>::arange(T(0), T(1)) < Vectorized<T>(T(n));
 }
 
+// Comparisons and selection with the CPU's own masks: AVX-512 keeps a comparison in a mask register
+// (__mmask16 / __mmask8) and selects with one masked blend, where ATen's Vectorized widens each
+// comparison into a vector and turns it back into a mask for every blendv (two more instructions).
+// Elsewhere the mask is the Vectorized comparison. Both are ordered and quiet: NaN compares false.
+#if defined(CPU_CAPABILITY_AVX512)
+inline __mmask16 less(const Vectorized<float>& a, const Vectorized<float>& b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+inline __mmask16 greater(const Vectorized<float>& a, const Vectorized<float>& b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+inline __mmask8 less(const Vectorized<double>& a, const Vectorized<double>& b) { return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ); }
+inline __mmask8 greater(const Vectorized<double>& a, const Vectorized<double>& b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ); }
+// if_true where mask is set, else if_false
+inline Vectorized<float> select(__mmask16 mask, const Vectorized<float>& if_true, const Vectorized<float>& if_false) {
+  return _mm512_mask_blend_ps(mask, if_false, if_true);
+}
+inline Vectorized<double> select(__mmask8 mask, const Vectorized<double>& if_true, const Vectorized<double>& if_false) {
+  return _mm512_mask_blend_pd(mask, if_false, if_true);
+}
+#else
+template <typename T>
+inline Vectorized<T> less(const Vectorized<T>& a, const Vectorized<T>& b) { return a < b; }
+template <typename T>
+inline Vectorized<T> greater(const Vectorized<T>& a, const Vectorized<T>& b) { return a > b; }
+template <typename T>
+inline Vectorized<T> select(const Vectorized<T>& mask, const Vectorized<T>& if_true, const Vectorized<T>& if_false) {
+  return Vectorized<T>::blendv(if_false, if_true, mask);
+}
+#endif
+
 // How many lanes of x are above zero (above = true) or below it: a comparison and a popcount with
 // AVX-512 and AVX2 (counting in a float vector takes an add and a conversion of the mask besides).
 // Lanes that hold 0 or NaN count in neither.
