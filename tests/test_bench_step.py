@@ -72,20 +72,23 @@ def test_the_other_choice_of_d_calls():
     """The bench's alternative trainer makes the other choice: two calls where the trainer makes one,
     one where the size limit keeps it at two, none where D mixes the samples of a batch."""
     from ganfast.bench.step import _other_call_count
-    from ganfast.train.trainer import JOINT_D_MAX_ELEMENTS
 
     def make(d):
         torch.manual_seed(0)
         return nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)), d
 
-    def trainer(G, D):
-        return ganfast.Trainer(G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()), seed=0)
+    def trainer(G, D, limit=None):
+        t = ganfast.Trainer(G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()), seed=0)
+        if limit is not None:
+            t.joint_d_max_elements = limit
+        return t
 
-    for n, name, joint in ((64, "trainer-nostats-two-d-calls", False),
-                           (JOINT_D_MAX_ELEMENTS // 2 + 1, "trainer-nostats-one-d-call", True)):
+    for n, name, joint, limit in ((64, "trainer-nostats-two-d-calls", False, None),
+                                  (65, "trainer-nostats-one-d-call", True, 128)):
         G, D = make(nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1)))
         real = torch.randn(n, 2)
-        variant, other = _other_call_count(trainer(G, D), real, lambda: trainer(*make(copy.deepcopy(D))))
+        variant, other = _other_call_count(trainer(G, D, limit), real,
+                                           lambda: trainer(*make(copy.deepcopy(D)), limit))
         assert variant == name
         other.step(real[:4])  # the probe
         assert other._joint(real, False) is joint

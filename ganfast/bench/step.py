@@ -202,21 +202,21 @@ def _other_call_count(trainer, real, make_trainer):
     if trainer._joint(real, False):
         other.joint_d_forward = False
         return "trainer-nostats-two-d-calls", other
-    other.joint_d_max_elements = real.numel()
+    other.joint_d_max_elements = real.numel()  # the trainer's size limit kept it at two calls
     return "trainer-nostats-one-d-call", other
 
 
 def joint_check(case: str, rows: list[Row], other: str, tolerance: float = AUTO_TOLERANCE) -> str:
     """A line saying whether the trainer's choice of D calls in the D step (the "trainer-nostats"
     row) beat the other choice (row `other`) in `case`: the check of the trainer's size limit
-    (`joint_d_limit`)."""
+    (`Trainer.joint_d_max_elements`, by default JOINT_D_MAX_ELEMENTS: no limit)."""
     times = {r.variant: r.seconds for r in rows if r.case == case}
     chosen = "two D calls" if other.endswith("one-d-call") else "one D call"
     ratio = times[other] / times["trainer-nostats"]
     line = f"joint check {case}: the trainer makes {chosen} in the D step; {other} took {ratio:.2f}x its time"
     if ratio * tolerance < 1:
-        line += (" <- the other choice was faster: if a quiet rerun confirms it, move the limit of "
-                 "ganfast.train.trainer.joint_d_limit (JOINT_D_MAX_ELEMENTS on the CPU)")
+        line += (" <- the other choice was faster: if a quiet rerun confirms it, change the size limit of "
+                 "the joint call (ganfast.train.trainer.JOINT_D_MAX_ELEMENTS)")
     return line
 
 

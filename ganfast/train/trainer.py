@@ -58,16 +58,15 @@ log = logging.getLogger("ganfast.train")
 STAT_NAMES = ("d_loss", "g_loss", "penalty", "real_mean", "fake_mean", "real_acc", "fake_acc",
               "d_grad_norm", "g_grad_norm")
 __all__ = ["Trainer", "LossInputs", "infer_latent_shape"]
-# The largest D input (a side of a D step) called jointly (Trainer._joint), measured on the CPU; on
-# CUDA, where a D call is bound by its launches, no limit (joint_d_limit).
-JOINT_D_MAX_ELEMENTS = 32768
-
-
-def joint_d_limit(device: torch.device) -> int:
-    """The most numbers a side of a D step may hold for the joint D call on `device`. On an H200
-    (2026-12-04, `ganfast bench step --quick --device cuda`) one call took 0.92x the time of two on a
-    DCGAN-32 D at B = 32 (98304 numbers a side), two calls 1.15x one on the MLP."""
-    return sys.maxsize if device.type == "cuda" else JOINT_D_MAX_ELEMENTS
+# The largest D input (numbers a side of a D step) that Trainer._joint calls jointly: no limit on any
+# device. On an H200 (2026-12-04, `ganfast bench step --quick --device cuda`) one call took 0.92x the
+# time of two on a DCGAN-32 D at B = 32, two calls 1.15x one on the MLP. On the 2-core CPU, with the
+# trainer's malloc settings (cpu_malloc), trainer steps of a width-64 DCGAN without SN, five process
+# pairs, medians in ms joint / separate (2026-12-04 22:42): 8x8 B=128 14.8 / 15.4, 16x16 B=64 40.6 / 48.8, 32x32 B=64
+# 140.5 / 139.9; three pairs: 32x32 B=128 285 / 289, 64x64 B=32 400 / 409. Before those settings,
+# 16x16 B=64 and 32x32 B=64 had run 1.06x and 1.01x slower jointly, so the CPU had a limit of 32768.
+# A trainer's joint_d_max_elements sets one.
+JOINT_D_MAX_ELEMENTS = sys.maxsize
 
 
 class Trainer:
@@ -147,7 +146,7 @@ class Trainer:
         self.sn_multi_tensor = self.device.type in ("cpu", "cuda")
         # None: decided on the first batch, True when D judges each sample on its own (probe.batch_independent)
         self.joint_d_forward: bool | None = None
-        self.joint_d_max_elements = joint_d_limit(self.device)  # `ganfast bench step` checks this limit
+        self.joint_d_max_elements = JOINT_D_MAX_ELEMENTS  # `ganfast bench step` checks the joint call
         self._comm = _dist.communicator(distributed, self.device, dist_timeout)
         self._penalty = PenaltyTerm(cfg, self._comm, self._draw) if cfg.penalty else None
         # every rank starts from rank 0's weights, buffers (SN u, v) and seed
@@ -294,11 +293,10 @@ class Trainer:
     def _joint(self, real: torch.Tensor, apply_pen: bool) -> bool:
         """Whether this D step calls D once on cat(real, fake): when D judges each sample on its own
         (joint_d_forward), no penalty differentiates D(real) or D(fake) alone (R1 / R2 would double
-        their cost), and D's input is small: at most joint_d_max_elements (joint_d_limit: on the CPU
-        JOINT_D_MAX_ELEMENTS) a side, where a D call is bound by per-op overhead and one call saves half
-        of it. Measured on the 2-core CPU, step time joint / separate: MLP on 256 points 0.93, DCGAN 8x8 at B=128 (24576
-        elements) 0.94, 16x16 at B=16 0.86; but 16x16 at B=64 (49152) 1.06 and 32x32 at B=64 1.01
-        (larger conv batches ran slower per sample). `ganfast bench step` checks the choice."""
+        their cost), and D's input holds at most joint_d_max_elements numbers a side (no limit by
+        default: JOINT_D_MAX_ELEMENTS). One call pays D's per-op overhead once: on the 2-core CPU the
+        MLP step on 256 points took 0.93x the time of two calls, DCGAN steps 0.83-1.00x (see
+        JOINT_D_MAX_ELEMENTS). `ganfast bench step` checks the choice."""
         return bool(self.joint_d_forward) and real.numel() <= self.joint_d_max_elements and not (
             apply_pen and (self._penalty.on_real or self._penalty.on_fake))
 
