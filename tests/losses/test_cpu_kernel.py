@@ -82,6 +82,28 @@ def _compare_with_reference(kind, r, f, generator):
         assert err <= 1e-5, f"{kind} {'g' if generator else 'd'}: {name} error {err} ({a} vs {b})"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_counts_of_the_stats_are_exact(capability, dtype):
+    """real_acc (r > 0) and fake_acc (f < 0) are counted exactly (compare + popcount in the vector
+    copies, lane sums in the scalar one): ±0, NaN, ±inf and denormals count as their comparisons say,
+    in vector bodies, tails, blocks and chunks, for plain, paired (rpgan) and relativistic kinds."""
+    tiny = torch.finfo(torch.float32).tiny
+    specials = torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf"), tiny * 1e-3, -tiny * 1e-3])
+    for n in (5, 17, 1025, 33001):
+        g = torch.Generator().manual_seed(n)
+        r, f = torch.randn(n, generator=g), torch.randn(n, generator=g)
+        r[::7] = specials[torch.arange(0, n, 7) % 7]
+        f[3::5] = specials[torch.arange(3, n, 5) % 7]
+        r, f = r.to(dtype), f.to(dtype)
+        want = {"real_acc": float(torch.tensor(int((r > 0).sum()) / n, dtype=torch.float32)),
+                "fake_acc": float(torch.tensor(int((f < 0).sum()) / n, dtype=torch.float32))}
+        for kind in KINDS:
+            with ganfast.use_backend("cpu"):
+                _, stats = losses.d_loss(r, f, kind, return_stats=True)
+            for name, value in want.items():
+                assert stats[name].item() == value, (kind, n, name)
+
+
 def test_denormal_logits(capability):
     tiny = torch.finfo(torch.float32).tiny
     for n in (7, 16, 37):
