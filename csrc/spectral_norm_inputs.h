@@ -44,8 +44,8 @@ inline void check_sn_vectors(const at::Tensor& w, SnDims d, const at::Tensor& u,
 
 // A fresh contiguous copy of the vector t in dtype acc. A contiguous CPU vector already in acc (u and
 // v as the modules keep them) is copied by memcpy: a copying .to() goes through the dispatcher and a
-// TensorIterator, about 1.5 us a vector, and the multi-tensor op copies two per layer (an MLP D's four
-// small layers spent 29 us a call on the ops' fixed costs).
+// TensorIterator, 0.66 us more a vector (measured), and the multi-tensor op copies two per layer (an
+// MLP D's four small layers: 41.7 -> 36.4 us a call).
 inline at::Tensor vector_copy(const at::Tensor& t, at::ScalarType acc) {
   if (t.is_cpu() && t.scalar_type() == acc && t.is_contiguous() && !t.is_conj() && !t.is_neg()) {
     at::Tensor out = at::empty(t.sizes(), t.options());

@@ -153,12 +153,11 @@ auto term_body(const scalar_t* a, const scalar_t* b, T shift, bool count_a_posit
   // (its term pass, whose gradient is written raw or not at all, is the only one that reads them).
   constexpr bool kSumsValue = t != Term::None;
   constexpr bool kSumsDeriv = t != Term::None && gw != GradWrite::Scaled;
-  constexpr std::array<bool, kNumSums> kKept = {true, true, kPaired, kPaired, kSumsValue, kSumsDeriv};  // Sum's order
+  // Sum's order; the hits are counted in integers instead (hits_a, hits_b)
+  constexpr std::array<bool, kNumSums> kKept = {true, false, kPaired, false, kSumsValue, kSumsDeriv};
   return [=](int64_t begin, int64_t end, Sums& acc) {
     LaneSums<T, kNumSums> sums;
-    // The vector loop counts hits in integers (count_sign; exact, as the lanes' sums of 0 and 1 are)
-    // and leaves their lanes at 0; the scalar loop sums them in its lanes.
-    int64_t hits_a = 0, hits_b = 0;
+    int64_t hits_a = 0, hits_b = 0;  // the counts of the statistics, exact (not lane sums)
     for (int64_t block = begin; block < end; block += kBlockVecs * W) {
       const int64_t block_end = std::min(end, block + kBlockVecs * W);
       const Vec zero(T(0));
@@ -176,10 +175,10 @@ auto term_body(const scalar_t* a, const scalar_t* b, T shift, bool count_a_posit
           lane[kSumValue][j] += v;
           lane[kSumDeriv][j] += d;
           lane[kSumA][j] += xa;
-          lane[kHitsA][j] += (count_a_positive ? xa > T(0) : xa < T(0)) ? T(1) : T(0);
+          hits_a += count_a_positive ? xa > T(0) : xa < T(0);
           if constexpr (kPaired) {
             lane[kSumB][j] += xb;
-            lane[kHitsB][j] += xb < T(0) ? T(1) : T(0);
+            hits_b += xb < T(0);
           }
           if constexpr (gw == GradWrite::Scaled) {
             grad_a[i] = scalar_t(d * scale);

@@ -78,27 +78,20 @@ inline Vectorized<T> select(const Vectorized<T>& mask, const Vectorized<T>& if_t
 }
 #endif
 
-// How many lanes of x are above zero (above = true) or below it: a comparison and a popcount with
-// AVX-512 and AVX2 (counting in a float vector takes an add and a conversion of the mask besides).
-// Lanes that hold 0 or NaN count in neither.
+// How many lanes of x are above zero (above = true) or below it: the comparison's mask and a
+// popcount with AVX-512 and AVX2 (counting in a float vector takes an add and a conversion of the mask
+// besides). Lanes that hold 0 or NaN count in neither.
 template <typename T>
 inline int64_t count_sign(const Vectorized<T>& x, bool above) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  const Vectorized<T> zero(T(0));
+  const auto mask = above ? greater(x, zero) : less(x, zero);
 #if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<T, float>) {
-    const __m512 zero = _mm512_setzero_ps();
-    return __builtin_popcount(above ? _mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ) : _mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ));
-  } else {
-    const __m512d zero = _mm512_setzero_pd();
-    return __builtin_popcount(above ? _mm512_cmp_pd_mask(x, zero, _CMP_GT_OQ) : _mm512_cmp_pd_mask(x, zero, _CMP_LT_OQ));
-  }
-#elif defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<T, float>) {
-    const __m256 zero = _mm256_setzero_ps();
-    return __builtin_popcount(_mm256_movemask_ps(above ? _mm256_cmp_ps(x, zero, _CMP_GT_OQ) : _mm256_cmp_ps(x, zero, _CMP_LT_OQ)));
-  } else {
-    const __m256d zero = _mm256_setzero_pd();
-    return __builtin_popcount(_mm256_movemask_pd(above ? _mm256_cmp_pd(x, zero, _CMP_GT_OQ) : _mm256_cmp_pd(x, zero, _CMP_LT_OQ)));
-  }
+  return __builtin_popcount(mask);
+#else
+  if constexpr (std::is_same_v<T, float>) return __builtin_popcount(_mm256_movemask_ps(mask));
+  else return __builtin_popcount(_mm256_movemask_pd(mask));
+#endif
 #else
   T buf[Vectorized<T>::size()];
   x.store(buf);
