@@ -104,6 +104,29 @@ def test_counts_of_the_stats_are_exact(capability, dtype):
                 assert stats[name].item() == value, (kind, n, name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_means_do_not_lose_digits_when_they_cancel(capability, dtype):
+    """real_mean and fake_mean are summed in double, so a mean that cancels to a small fraction of its
+    logits' magnitudes still comes out as the fp32 rounding of the exact mean; so does the wasserstein
+    loss (a difference of two means) and each side's shift of the relativistic kinds. Float block sums
+    were off by 3e-5 of a mean of 123 logits."""
+    for n in (123, 1025, 33001, 100003):
+        g = torch.Generator().manual_seed(n)
+        r, f = 4 * torch.randn(n, generator=g, dtype=torch.float64), 4 * torch.randn(n, generator=g, dtype=torch.float64)
+        r, f = (r - r.mean() + 1e-3).to(dtype), (f - f.mean() - 2e-3).to(dtype)  # means of 1e-3 against |x| ~ 4
+        exact = {"real_mean": r.double().mean().item(), "fake_mean": f.double().mean().item()}
+        for kind in KINDS:
+            with ganfast.use_backend("cpu"):
+                loss, stats = losses.d_loss(r, f, kind, return_stats=True)
+            for name, value in exact.items():
+                assert stats[name].item() == pytest.approx(value, rel=2 ** -23), (kind, n, name)
+        want_loss = exact["fake_mean"] - exact["real_mean"]
+        eps = torch.finfo(dtype).eps
+        with ganfast.use_backend("cpu"):
+            assert losses.d_loss(r, f, "wasserstein").item() == pytest.approx(want_loss, rel=2 * eps), n
+            assert losses.g_loss(f, "wasserstein").item() == pytest.approx(-exact["fake_mean"], rel=2 * eps), n
+
+
 def test_denormal_logits(capability):
     tiny = torch.finfo(torch.float32).tiny
     for n in (7, 16, 37):

@@ -2,7 +2,8 @@
 // the loss, d loss / d logits and the D statistics. Terms are evaluated in op-math vectors (float,
 // double for double inputs) with ATen's Vectorized (exp and log1p: see softplus_sigmoid); sums
 // follow vec_utils.h (blocks, then double lanes, then fixed-size chunks in order: deterministic
-// whatever the thread count).
+// whatever the thread count), except the sums of the logits themselves (the means of the statistics
+// and of relavg, and a linear term's values), which are double from the first addition (WideLanes).
 //
 // Passes over the logits (each reads them once):
 //   plain:   one pass per side: statistics, term values, and the gradient d_i / N written.
@@ -38,50 +39,71 @@ namespace {
 //     relative accuracy as e -> 0 (log1p(e) ~ e), where log(1 + e) would not.
 //   The shared division: w = 1 / ((1 + e)(2 + e or 3 + e)) gives both 1 / (1 + e) and s.
 // In double, SLEEF's exp and log1p (1 ulp) through Vectorized.
-inline Vectorized<float> exp_nonpositive(const Vectorized<float>& x) {
-  using Vec = Vectorized<float>;
-  using IVec = Vectorized<int32_t>;
-  const Vec n = (x * Vec(1.44269504088896341f)).round();
-  Vec r = at::vec::fmadd(n, Vec(-0.693359375f), x);
-  r = at::vec::fmadd(n, Vec(2.12194440e-4f), r);
-  Vec p(1.9875691500e-4f);
-  p = at::vec::fmadd(p, r, Vec(1.3981999507e-3f));
-  p = at::vec::fmadd(p, r, Vec(8.3334519073e-3f));
-  p = at::vec::fmadd(p, r, Vec(4.1665795894e-2f));
-  p = at::vec::fmadd(p, r, Vec(1.6666665459e-1f));
-  p = at::vec::fmadd(p, r, Vec(5.0000001201e-1f));
-  const Vec er = at::vec::fmadd(p, r * r, r + Vec(1.f));
-  // n in [-126, 0] where the result is kept: 2^n = float with exponent bits n + 127
-  const Vec two_n = at::vec::cast<float>((at::vec::convert_to_int_of_same_size(n) + IVec(127)) << IVec(23));
-  return select(less(x, Vec(-87.33654f)), Vec(0.f), er * two_n);  // also exp(-inf) = 0; NaN stays NaN
+// Each function below computes N independent vectors statement by statement (each() loops over
+// them): with N = 2 the two dependency chains interleave in program order, which the AVX2 copy needs
+// (see kInterleave); with N = 1 it is the plain one-vector code. Either way every lane gets the same
+// operations, so results do not depend on N.
+template <int N, typename F>
+C10_ALWAYS_INLINE void each(F&& f) {
+  for (int k = 0; k < N; ++k) f(k);
 }
 
-template <typename T>
-inline void softplus_sigmoid(const Vectorized<T>& y, Vectorized<T>& sp, Vectorized<T>& sg) {
+template <int N>
+C10_ALWAYS_INLINE void exp_nonpositive(const Vectorized<float> (&x)[N], Vectorized<float> (&out)[N]) {
+  using Vec = Vectorized<float>;
+  using IVec = Vectorized<int32_t>;
+  Vec n[N], r[N], p[N];
+  each<N>([&](int k) { n[k] = (x[k] * Vec(1.44269504088896341f)).round(); });
+  each<N>([&](int k) { r[k] = at::vec::fmadd(n[k], Vec(-0.693359375f), x[k]); });
+  each<N>([&](int k) { r[k] = at::vec::fmadd(n[k], Vec(2.12194440e-4f), r[k]); });
+  each<N>([&](int k) { p[k] = at::vec::fmadd(Vec(1.9875691500e-4f), r[k], Vec(1.3981999507e-3f)); });
+  each<N>([&](int k) { p[k] = at::vec::fmadd(p[k], r[k], Vec(8.3334519073e-3f)); });
+  each<N>([&](int k) { p[k] = at::vec::fmadd(p[k], r[k], Vec(4.1665795894e-2f)); });
+  each<N>([&](int k) { p[k] = at::vec::fmadd(p[k], r[k], Vec(1.6666665459e-1f)); });
+  each<N>([&](int k) { p[k] = at::vec::fmadd(p[k], r[k], Vec(5.0000001201e-1f)); });
+  each<N>([&](int k) {
+    const Vec er = at::vec::fmadd(p[k], r[k] * r[k], r[k] + Vec(1.f));
+    // n in [-126, 0] where the result is kept: 2^n = float with exponent bits n + 127
+    const Vec two_n = at::vec::cast<float>(shift_left<23>(at::vec::convert_to_int_of_same_size(n[k]) + IVec(127)));
+    out[k] = select(less(x[k], Vec(-87.33654f)), Vec(0.f), er * two_n);  // also exp(-inf) = 0; NaN stays NaN
+  });
+}
+
+template <int N, typename T>
+C10_ALWAYS_INLINE void softplus_sigmoid(const Vectorized<T> (&y)[N], Vectorized<T> (&sp)[N], Vectorized<T> (&sg)[N]) {
   using Vec = Vectorized<T>;
   const Vec zero(T(0)), one(T(1));
-  const auto negative = less(y, zero);
   if constexpr (std::is_same_v<T, float>) {
-    const Vec e = exp_nonpositive(y | Vec(-0.f));  // -|y|: the sign bit set
-    const auto big = greater(e, Vec(0.41421356f));
-    const Vec one_plus_e = one + e;
-    const Vec den = select(big, e + Vec(3.f), e + Vec(2.f));
-    const Vec w = one / (one_plus_e * den);
-    const Vec q = den * w;                                          // 1 / (1 + e)
-    const Vec s = select(big, e - one, e) * (one_plus_e * w);  // (e or e - 1) / (2 + e or 3 + e)
-    const Vec z = s * s;
-    Vec series = at::vec::fmadd(z, Vec(1.f / 9.f), Vec(1.f / 7.f));
-    series = at::vec::fmadd(series, z, Vec(1.f / 5.f));
-    series = at::vec::fmadd(series, z, Vec(1.f / 3.f));
-    series = at::vec::fmadd(series, z, one);
-    const Vec log1p_e = at::vec::fmadd(s + s, series, select(big, Vec(0.69314718f), zero));
-    sp = select(negative, zero, y) + log1p_e;
-    sg = select(negative, e * q, q);
+    Vec minus_abs[N], e[N], one_plus_e[N], den[N], w[N], s[N], series[N];
+    each<N>([&](int k) { minus_abs[k] = y[k] | Vec(-0.f); });  // -|y|: the sign bit set
+    exp_nonpositive<N>(minus_abs, e);
+    each<N>([&](int k) {
+      one_plus_e[k] = one + e[k];
+      den[k] = select(greater(e[k], Vec(0.41421356f)), e[k] + Vec(3.f), e[k] + Vec(2.f));
+      w[k] = one / (one_plus_e[k] * den[k]);
+    });
+    each<N>([&](int k) {
+      const auto big = greater(e[k], Vec(0.41421356f));
+      s[k] = select(big, e[k] - one, e[k]) * (one_plus_e[k] * w[k]);  // (e or e - 1) / (2 + e or 3 + e)
+      const Vec q = den[k] * w[k];                                      // 1 / (1 + e)
+      sg[k] = select(less(y[k], zero), e[k] * q, q);
+    });
+    each<N>([&](int k) { series[k] = at::vec::fmadd(s[k] * s[k], Vec(1.f / 9.f), Vec(1.f / 7.f)); });
+    each<N>([&](int k) { series[k] = at::vec::fmadd(series[k], s[k] * s[k], Vec(1.f / 5.f)); });
+    each<N>([&](int k) { series[k] = at::vec::fmadd(series[k], s[k] * s[k], Vec(1.f / 3.f)); });
+    each<N>([&](int k) { series[k] = at::vec::fmadd(series[k], s[k] * s[k], one); });
+    each<N>([&](int k) {
+      const auto big = greater(e[k], Vec(0.41421356f));
+      const Vec log1p_e = at::vec::fmadd(s[k] + s[k], series[k], select(big, Vec(0.69314718f), zero));
+      sp[k] = select(less(y[k], zero), zero, y[k]) + log1p_e;
+    });
   } else {
-    const Vec e = y.abs().neg().exp();
-    sp = select(negative, zero, y) + e.log1p();
-    const Vec q = one / (one + e);
-    sg = select(negative, e * q, q);
+    each<N>([&](int k) {
+      const Vec e = y[k].abs().neg().exp();
+      sp[k] = select(less(y[k], zero), zero, y[k]) + e.log1p();
+      const Vec q = one / (one + e);
+      sg[k] = select(less(y[k], zero), e * q, q);
+    });
   }
 }
 
@@ -95,21 +117,43 @@ constexpr bool kScalarTerms = true;
 constexpr bool kScalarTerms = false;
 #endif
 
-// Value and derivative of one term (the vector form of term_eval in common/gan_loss.h).
-template <Term t, typename T>
-inline void term_vec(const Vectorized<T>& x, Vectorized<T>& v, Vectorized<T>& d) {
+// Vectors per step of the loss loop. On Zen 2 (AVX2 only) the softplus' dependency chains, side by
+// side in program order (each() above), overlap where one chain at a time did not: the fused g_loss
+// ns at B = 57600 on one thread went from 121 to 102 us, wasserstein from 19.5 to 15 us (2026-12-05).
+// AVX-512 stays at one: an unrolled loop measured no faster on Zen 4 (2026-12-04).
+#if defined(CPU_CAPABILITY_AVX2)
+constexpr int kInterleave = 2;
+#else
+constexpr int kInterleave = 1;
+#endif
+
+// Values and derivatives of one term on N vectors (the vector form of term_eval in
+// common/gan_loss.h).
+template <Term t, int N, typename T>
+C10_ALWAYS_INLINE void term_vec(const Vectorized<T> (&x)[N], Vectorized<T> (&v)[N], Vectorized<T> (&d)[N]) {
   using Vec = Vectorized<T>;
   const Vec zero(T(0)), one(T(1));
-  if constexpr (t == Term::SoftplusNeg) { softplus_sigmoid(x.neg(), v, d); d = d.neg(); }
-  else if constexpr (t == Term::SoftplusPos) { softplus_sigmoid(x, v, d); }
-  else if constexpr (t == Term::NegSoftplusPos) { softplus_sigmoid(x, v, d); v = v.neg(); d = d.neg(); }
-  else if constexpr (t == Term::HingeNeg) { const Vec a = one - x; v = select(less(a, zero), zero, a); d = select(greater(a, zero), one.neg(), zero); }
-  else if constexpr (t == Term::HingePos) { const Vec a = one + x; v = select(less(a, zero), zero, a); d = select(greater(a, zero), one, zero); }
-  else if constexpr (t == Term::Neg) { v = x.neg(); d = one.neg(); }
-  else if constexpr (t == Term::Pos) { v = x; d = one; }
-  else if constexpr (t == Term::HalfSqMinus1) { d = x - one; v = Vec(T(0.5)) * d * d; }
-  else if constexpr (t == Term::HalfSq) { v = Vec(T(0.5)) * x * x; d = x; }
-  else { v = zero; d = zero; }
+  if constexpr (t == Term::SoftplusNeg) {
+    Vec y[N];
+    each<N>([&](int k) { y[k] = x[k].neg(); });
+    softplus_sigmoid<N>(y, v, d);
+    each<N>([&](int k) { d[k] = d[k].neg(); });
+  } else if constexpr (t == Term::SoftplusPos) {
+    softplus_sigmoid<N>(x, v, d);
+  } else if constexpr (t == Term::NegSoftplusPos) {
+    softplus_sigmoid<N>(x, v, d);
+    each<N>([&](int k) { v[k] = v[k].neg(); d[k] = d[k].neg(); });
+  } else {
+    each<N>([&](int k) {
+      if constexpr (t == Term::HingeNeg) { const Vec a = one - x[k]; v[k] = select(less(a, zero), zero, a); d[k] = select(greater(a, zero), one.neg(), zero); }
+      else if constexpr (t == Term::HingePos) { const Vec a = one + x[k]; v[k] = select(less(a, zero), zero, a); d[k] = select(greater(a, zero), one, zero); }
+      else if constexpr (t == Term::Neg) { v[k] = x[k].neg(); d[k] = one.neg(); }
+      else if constexpr (t == Term::Pos) { v[k] = x[k]; d[k] = one; }
+      else if constexpr (t == Term::HalfSqMinus1) { d[k] = x[k] - one; v[k] = Vec(T(0.5)) * d[k] * d[k]; }
+      else if constexpr (t == Term::HalfSq) { v[k] = Vec(T(0.5)) * x[k] * x[k]; d[k] = x[k]; }
+      else { v[k] = zero; d[k] = zero; }
+    });
+  }
 }
 
 template <typename F>
@@ -151,10 +195,14 @@ auto term_body(const scalar_t* a, const scalar_t* b, T shift, bool count_a_posit
   constexpr int64_t W = Vec::size();
   // Sums no one reads are not kept: the values' without a term, the derivatives' outside relavg
   // (its term pass, whose gradient is written raw or not at all, is the only one that reads them).
-  constexpr bool kSumsValue = t != Term::None;
+  // A linear term's values sum to ±(sum of a - sum of b or n·shift): taken from the double sums of a
+  // and b below, not summed again.
+  constexpr bool kLinear = t == Term::Pos || t == Term::Neg;
+  constexpr bool kSumsValue = t != Term::None && !kLinear;
   constexpr bool kSumsDeriv = t != Term::None && gw != GradWrite::Scaled;
-  // Sum's order; the hits are counted in integers instead (hits_a, hits_b)
-  constexpr std::array<bool, kNumSums> kKept = {true, false, kPaired, false, kSumsValue, kSumsDeriv};
+  // The term's sums, in Sum's order, kept in op-math blocks (part); the sums of a and b are kept in
+  // double lanes instead (WideLanes), the hits in integers (hits_a, hits_b).
+  constexpr std::array<bool, kNumSums> kKept = {false, false, false, false, kSumsValue, kSumsDeriv};
   return [=](int64_t begin, int64_t end, Sums& acc) {
     LaneSums<T, kNumSums> sums;
     int64_t hits_a = 0, hits_b = 0;  // the counts of the statistics, exact (not lane sums)
@@ -162,6 +210,7 @@ auto term_body(const scalar_t* a, const scalar_t* b, T shift, bool count_a_posit
       const int64_t block_end = std::min(end, block + kBlockVecs * W);
       const Vec zero(T(0));
       Vec part[kNumSums];  // this block's sums, lane by lane
+      double wide_a[W] = {}, wide_b[W] = {};  // this block's sums of a and b, lane by lane
       if constexpr (kScalarTerms) {
         // Lane j takes elements block + k W + j, as the vector loop's lanes do (the inner loop over
         // j is the one the compiler can vectorize).
@@ -174,10 +223,10 @@ auto term_body(const scalar_t* a, const scalar_t* b, T shift, bool count_a_posit
           term_eval<t>(xa - xb, v, d);
           lane[kSumValue][j] += v;
           lane[kSumDeriv][j] += d;
-          lane[kSumA][j] += xa;
+          wide_a[j] += double(xa);
           hits_a += count_a_positive ? xa > T(0) : xa < T(0);
           if constexpr (kPaired) {
-            lane[kSumB][j] += xb;
+            wide_b[j] += double(xb);
             hits_b += xb < T(0);
           }
           if constexpr (gw == GradWrite::Scaled) {
@@ -198,37 +247,59 @@ auto term_body(const scalar_t* a, const scalar_t* b, T shift, bool count_a_posit
         const bool positive = count_a_positive;
         const Vec vshift(shift), vscale(scale);
         for (int q = 0; q < kNumSums; ++q) part[q] = zero;
-        for (int64_t i = block; i < block_end; i += W) {
-          const int64_t m = std::min(W, block_end - i);
-          const Vec xa = load(pa + i, m);  // lanes past m are 0: they add nothing to the sums of a and b
-          const Vec xb = kPaired ? load(pb + i, m) : vshift;
-          Vec v, d;
-          term_vec<t>(xa - xb, v, d);
-          if (m < W) {
-            const Vec live = lanes_below<T>(m);
-            v = Vec::blendv(zero, v, live);
-            d = Vec::blendv(zero, d, live);
-          }
-          if constexpr (kSumsValue) part[kSumValue] += v;
-          if constexpr (kSumsDeriv) part[kSumDeriv] += d;
-          part[kSumA] += xa;
-          hits_a += count_sign(xa, positive);
-          if constexpr (kPaired) {
-            part[kSumB] += xb;
-            hits_b += count_sign(xb, false);
-          }
-          if constexpr (gw == GradWrite::Scaled) {
-            store(ga + i, d * vscale, m);
-            if constexpr (kPaired) store(gb + i, d.neg() * vscale, m);
-          } else if constexpr (gw == GradWrite::Raw) {
-            store(ga + i, d, m);
-          }
-        }
+        WideLanes<T> sum_a, sum_b;
+        // N vectors from i on, the last of them with m_last live lanes (the others full)
+        auto step = [&](auto n_vecs, int64_t i, int64_t m_last) {
+          constexpr int N = decltype(n_vecs)::value;
+          Vec xa[N], xb[N], x[N], v[N], d[N];
+          each<N>([&](int k) {
+            const int64_t m = k == N - 1 ? m_last : W;
+            xa[k] = load(pa + i + k * W, m);  // lanes past m are 0: they add nothing to the sums of a and b
+            xb[k] = kPaired ? load(pb + i + k * W, m) : vshift;
+            x[k] = xa[k] - xb[k];
+          });
+          term_vec<t, N>(x, v, d);
+          each<N>([&](int k) {  // in the order of the vectors, as one at a time would
+            const int64_t m = k == N - 1 ? m_last : W;
+            if (m < W) {
+              const Vec live = lanes_below<T>(m);
+              v[k] = Vec::blendv(zero, v[k], live);
+              d[k] = Vec::blendv(zero, d[k], live);
+            }
+            if constexpr (kSumsValue) part[kSumValue] += v[k];
+            if constexpr (kSumsDeriv) part[kSumDeriv] += d[k];
+            sum_a.add(xa[k]);
+            hits_a += count_sign(xa[k], positive);
+            if constexpr (kPaired) {
+              sum_b.add(xb[k]);
+              hits_b += count_sign(xb[k], false);
+            }
+            const int64_t at = i + k * W;
+            if constexpr (gw == GradWrite::Scaled) {
+              store(ga + at, d[k] * vscale, m);
+              if constexpr (kPaired) store(gb + at, d[k].neg() * vscale, m);
+            } else if constexpr (gw == GradWrite::Raw) {
+              store(ga + at, d[k], m);
+            }
+          });
+        };
+        int64_t i = block;
+        for (; i + kInterleave * W <= block_end; i += kInterleave * W)
+          step(std::integral_constant<int, kInterleave>{}, i, W);
+        for (; i < block_end; i += W) step(std::integral_constant<int, 1>{}, i, std::min(W, block_end - i));
+        sum_a.add_into(wide_a);
+        if constexpr (kPaired) sum_b.add_into(wide_b);
       }
       for (int q = 0; q < kNumSums; ++q)
         if (kKept[q]) sums.add(q, part[q]);
+      sums.add(kSumA, wide_a);
+      if constexpr (kPaired) sums.add(kSumB, wide_b);
     }
     for (int k = 0; k < kNumSums; ++k) acc[k] += sums.total(k);
+    if constexpr (kLinear) {
+      const double x_sum = sums.total(kSumA) - (kPaired ? sums.total(kSumB) : double(shift) * double(end - begin));
+      acc[kSumValue] += t == Term::Pos ? x_sum : -x_sum;
+    }
     acc[kHitsA] += double(hits_a);
     acc[kHitsB] += double(hits_b);
   };
@@ -272,14 +343,15 @@ GradBody relavg_grad_body(Term term, const scalar_t* a, T shift, T mean_other, T
         const Vec vshift(shift), vmean(mean_other), vscale(scale);
         for (int64_t i = begin; i < end; i += W) {
           const int64_t m = std::min(W, end - i);
-          Vec d;
+          Vec d[1];
           if constexpr (std::is_same_v<scalar_t, T>) {
-            d = load(grad + i, m);
+            d[0] = load(grad + i, m);
           } else {
-            Vec v;
-            term_vec<t>(load(a + i, m) - vshift, v, d);
+            const Vec x[1] = {load(a + i, m) - vshift};
+            Vec v[1];
+            term_vec<t, 1>(x, v, d);
           }
-          store(grad + i, (d - vmean) * vscale, m);
+          store(grad + i, (d[0] - vmean) * vscale, m);
         }
       };
     }

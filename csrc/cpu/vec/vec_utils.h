@@ -78,6 +78,20 @@ inline Vectorized<T> select(const Vectorized<T>& mask, const Vectorized<T>& if_t
 }
 #endif
 
+// x << bits in each 32-bit lane, by an immediate: Vectorized's operator<< takes a vector of counts
+// and guards each against counts of 32 and more (a compare and an and besides the shift, on AVX2).
+template <int bits>
+inline Vectorized<int32_t> shift_left(const Vectorized<int32_t>& x) {
+  static_assert(bits >= 0 && bits < 32, "shift_left: 0 to 31 bits");
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_slli_epi32(x, bits);
+#elif defined(CPU_CAPABILITY_AVX2)
+  return _mm256_slli_epi32(x, bits);
+#else
+  return x << Vectorized<int32_t>(bits);
+#endif
+}
+
 // How many lanes of x are above zero (above = true) or below it: the comparison's mask and a
 // popcount with AVX-512 and AVX2 (counting in a float vector takes an add and a conversion of the mask
 // besides). Lanes that hold 0 or NaN count in neither.
@@ -136,10 +150,54 @@ struct LaneSums {
     v.store(buf);
     for (int j = 0; j < W; ++j) lane[k][j] += double(buf[j]);
   }
+  // Adds W values already in double (a block's lanes of a WideLanes).
+  void add(int k, const double* values) {
+    for (int j = 0; j < W; ++j) lane[k][j] += values[j];
+  }
   double total(int k) const {
     double s = 0;
     for (int j = 0; j < W; ++j) s += lane[k][j];
     return s;
+  }
+};
+
+// A block's per-lane sums of op-math vectors kept in double: a float vector is widened (exactly) as
+// it is added. The statistics' sums of the logits use it, because a mean of logits may cancel to a
+// small fraction of their magnitudes: float block sums then lose digits that a mean's user (and
+// relavg, which shifts by it) would see (a mean of 123 float logits off by 3e-5 of itself).
+template <typename T>
+struct WideLanes {
+  static constexpr int W = Vectorized<T>::size();
+  using DVec = Vectorized<double>;
+  static constexpr int kParts = W / DVec::size();  // 2 for float, 1 for double
+  DVec part[kParts];
+  WideLanes() {
+    for (auto& p : part) p = DVec(0.0);
+  }
+  void add(const Vectorized<T>& v) {
+    if constexpr (std::is_same_v<T, double>) {
+      part[0] += v;
+    } else {
+#if defined(CPU_CAPABILITY_AVX512)
+      const __m512 x = v;
+      part[0] += DVec(_mm512_cvtps_pd(_mm512_castps512_ps256(x)));
+      part[1] += DVec(_mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1)));
+#elif defined(CPU_CAPABILITY_AVX2)
+      const __m256 x = v;
+      part[0] += DVec(_mm256_cvtps_pd(_mm256_castps256_ps128(x)));
+      part[1] += DVec(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)));
+#else
+      T buf[W];
+      v.store(buf);
+      double wide[W];
+      for (int j = 0; j < W; ++j) wide[j] = double(buf[j]);
+      for (int p = 0; p < kParts; ++p) part[p] += DVec::loadu(wide + p * DVec::size());
+#endif
+    }
+  }
+  // Lane j of the vectors added so far, for j < W, added into out[j].
+  void add_into(double* out) const {
+    for (int p = 0; p < kParts; ++p) (DVec::loadu(out + p * DVec::size()) + part[p]).store(out + p * DVec::size());
   }
 };
 
