@@ -48,20 +48,26 @@ struct bf16_bits {
 #define GANFAST_SN_X86 1
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#define SN_VECTOR_BYTES 64
 namespace avx512 {
 #include "spectral_norm_kernels.h"
 }
+#undef SN_VECTOR_BYTES
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
+#define SN_VECTOR_BYTES 32
 namespace avx2 {
 #include "spectral_norm_kernels.h"
 }
+#undef SN_VECTOR_BYTES
 #pragma GCC pop_options
 #endif
+#define SN_VECTOR_BYTES 16
 namespace baseline {
 #include "spectral_norm_kernels.h"
 }
+#undef SN_VECTOR_BYTES
 
 enum Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 

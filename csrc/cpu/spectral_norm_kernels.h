@@ -3,16 +3,20 @@
 // `::avx2` and `::baseline`, each under its own `#pragma GCC target`, and picks one at run time. No
 // include guard on purpose; the includes it needs (<cstdint>, <cstring>) come before.
 //
-// A vector is 64 bytes (16 floats or 8 doubles): one register with AVX-512, two with AVX2, four with
-// SSE2. Products are summed in the opmath type T (float, or double for double weights) in 4 x 64
-// independent lanes, added in a fixed order. S is the storage type: float, double, half_bits, bf16_bits.
+// A vector is one register of the instruction set, SN_VECTOR_BYTES (defined by the includer): 64 bytes
+// with AVX-512, 32 with AVX2, 16 with SSE2. (A 64-byte vector everywhere kept the lanes, and so the
+// rounding, the same on every copy, but GCC 12 keeps a vector wider than the registers on the stack and
+// moves it through general registers: 2-3x slower loops with AVX2.) Products are summed in the opmath
+// type T (float, or double for double weights) in 4 vectors of independent lanes, added in a fixed
+// order. S is the storage type: float, double, half_bits, bf16_bits.
+#define SN_HALF_BYTES (SN_VECTOR_BYTES / 2)
 
-typedef float vfloat __attribute__((vector_size(64)));
-typedef double vdouble __attribute__((vector_size(64)));
-typedef uint32_t vu32 __attribute__((vector_size(64)));
-typedef int32_t vi32 __attribute__((vector_size(64)));
-typedef uint16_t vu16 __attribute__((vector_size(32)));
-typedef _Float16 vf16 __attribute__((vector_size(32)));
+typedef float vfloat __attribute__((vector_size(SN_VECTOR_BYTES)));
+typedef double vdouble __attribute__((vector_size(SN_VECTOR_BYTES)));
+typedef uint32_t vu32 __attribute__((vector_size(SN_VECTOR_BYTES)));
+typedef int32_t vi32 __attribute__((vector_size(SN_VECTOR_BYTES)));
+typedef uint16_t vu16 __attribute__((vector_size(SN_HALF_BYTES)));
+typedef _Float16 vf16 __attribute__((vector_size(SN_HALF_BYTES)));
 
 #define SN_INLINE static inline __attribute__((always_inline))
 
@@ -21,8 +25,9 @@ template <class S> struct Lanes;  // opmath vector of S, its width N, and loads/
 template <> struct Lanes<float> {
   using T = float;
   using V = vfloat;
-  static constexpr int N = 16;
+  static constexpr int N = SN_VECTOR_BYTES / 4;
   using Raw = vfloat;  // N elements as stored
+  typedef float RawU __attribute__((vector_size(SN_VECTOR_BYTES), aligned(1), may_alias));  // Raw at any address
   SN_INLINE V widen(Raw r) { return r; }
   SN_INLINE Raw narrow(V x) { return x; }
 };
@@ -30,8 +35,9 @@ template <> struct Lanes<float> {
 template <> struct Lanes<double> {
   using T = double;
   using V = vdouble;
-  static constexpr int N = 8;
+  static constexpr int N = SN_VECTOR_BYTES / 8;
   using Raw = vdouble;
+  typedef double RawU __attribute__((vector_size(SN_VECTOR_BYTES), aligned(1), may_alias));
   SN_INLINE V widen(Raw r) { return r; }
   SN_INLINE Raw narrow(V x) { return x; }
 };
@@ -39,8 +45,9 @@ template <> struct Lanes<double> {
 template <> struct Lanes<half_bits> {
   using T = float;
   using V = vfloat;
-  static constexpr int N = 16;
+  static constexpr int N = SN_VECTOR_BYTES / 4;
   using Raw = vf16;
+  typedef _Float16 RawU __attribute__((vector_size(SN_HALF_BYTES), aligned(1), may_alias));
   SN_INLINE V widen(Raw r) { return __builtin_convertvector(r, vfloat); }
   SN_INLINE Raw narrow(V x) { return __builtin_convertvector(x, vf16); }  // round to nearest even
 };
@@ -48,8 +55,9 @@ template <> struct Lanes<half_bits> {
 template <> struct Lanes<bf16_bits> {
   using T = float;
   using V = vfloat;
-  static constexpr int N = 16;
+  static constexpr int N = SN_VECTOR_BYTES / 4;
   using Raw = vu16;
+  typedef uint16_t RawU __attribute__((vector_size(SN_HALF_BYTES), aligned(1), may_alias));
   SN_INLINE V widen(Raw r) { return (vfloat)(__builtin_convertvector(r, vu32) << 16); }
   // Round to nearest even, NaN -> quiet NaN (as c10::BFloat16).
   SN_INLINE Raw narrow(V x) {
@@ -60,10 +68,9 @@ template <> struct Lanes<bf16_bits> {
   }
 };
 
+// Full vectors move through RawU, an unaligned vector type (one unaligned load or store).
 template <class S> SN_INLINE typename Lanes<S>::V load(const S* p) {
-  typename Lanes<S>::Raw r;
-  memcpy(&r, p, sizeof(r));
-  return Lanes<S>::widen(r);
+  return Lanes<S>::widen(*reinterpret_cast<const typename Lanes<S>::RawU*>(p));
 }
 
 template <class S> SN_INLINE typename Lanes<S>::V load_n(const S* p, int64_t n) {  // n < N, rest 0
@@ -73,8 +80,7 @@ template <class S> SN_INLINE typename Lanes<S>::V load_n(const S* p, int64_t n) 
 }
 
 template <class S> SN_INLINE void store(S* p, typename Lanes<S>::V x) {
-  const typename Lanes<S>::Raw r = Lanes<S>::narrow(x);
-  memcpy(p, &r, sizeof(r));
+  *reinterpret_cast<typename Lanes<S>::RawU*>(p) = Lanes<S>::narrow(x);
 }
 
 template <class S> SN_INLINE void store_n(S* p, typename Lanes<S>::V x, int64_t n) {
@@ -202,3 +208,4 @@ template <class S> void grad_row(const S* g, const typename Lanes<S>::T* v, type
 }
 
 #undef SN_INLINE
+#undef SN_HALF_BYTES
