@@ -153,10 +153,23 @@ def test_multi_same_result_for_any_thread_count():
             assert torch.equal(a, b), i
 
 
-def test_multi_equals_single(capability):
-    """The multi-tensor ops run the single-layer math on every layer (bitwise the same), mixed dtypes and dims."""
-    layers = [((300, 517), 0, torch.float32), ((6, 17, 3, 3), 1, torch.float64), ((7, 13), 0, torch.bfloat16),
-              ((40, 70, 3, 3), 0, torch.float16), ((1, 129), 0, torch.float32)]
+# Layers of the multi-tensor tests: small ones (one group), and ones of several MB that the CPU ops
+# cut into cache-sized groups (csrc/cpu/spectral_norm.cpp, kGroupBytes = 4 MB): a layer over the limit
+# alone, one that would overflow the group before it, and a small layer grouped with a large one.
+MULTI_LAYERS = {
+    "small": [((300, 517), 0, torch.float32), ((6, 17, 3, 3), 1, torch.float64), ((7, 13), 0, torch.bfloat16),
+              ((40, 70, 3, 3), 0, torch.float16), ((1, 129), 0, torch.float32)],
+    "cache_groups": [((1100, 1000), 0, torch.float32), ((300, 517), 0, torch.float32),
+                     ((700, 1000), 0, torch.float64), ((40, 70, 3, 3), 1, torch.float16),
+                     ((1000, 900), 0, torch.float32)],
+}
+
+
+@pytest.mark.parametrize("layer_set", list(MULTI_LAYERS))
+def test_multi_equals_single(capability, layer_set):
+    """The multi-tensor ops run the single-layer math on every layer (bitwise the same), mixed dtypes and
+    dims, in one group or in several."""
+    layers = MULTI_LAYERS[layer_set]
     ws, us, vs, ups, dims = [], [], [], [], []
     for i, (shape, dim, dtype) in enumerate(layers):
         w, u, v, up = draw(shape, dim, 10 + i)
