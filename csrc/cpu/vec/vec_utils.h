@@ -8,6 +8,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
+#include <array>
 #include <cstdint>
 #include <type_traits>
 
@@ -120,35 +121,41 @@ inline int64_t count_sign(const Vectorized<T>& x, bool above) {
 // is fixed by the data layout alone (deterministic for any thread count).
 constexpr int64_t kBlockVecs = 64;
 
+// The lanes of a float vector as two double vectors (lanes [0, W/2) and [W/2, W)), exactly, from v's
+// register: GCC 12 made a loop over the lanes a conversion and an add per lane (6 sums of 16 lanes
+// every 64 vectors of the loss kernel: about a third of the time of its cheap terms), and a vector
+// version that went through memory made it keep the kernel's accumulators in memory too.
+inline std::array<Vectorized<double>, 2> widen(const Vectorized<float>& v) {
+  using DVec = Vectorized<double>;
+  static_assert(Vectorized<float>::size() == 2 * DVec::size(), "widen: a float vector is two double vectors");
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512 x = v;
+  return {DVec(_mm512_cvtps_pd(_mm512_castps512_ps256(x))), DVec(_mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1)))};
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m256 x = v;
+  return {DVec(_mm256_cvtps_pd(_mm256_castps256_ps128(x))), DVec(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)))};
+#else
+  float buf[Vectorized<float>::size()];
+  v.store(buf);
+  double wide[Vectorized<float>::size()];
+  for (int j = 0; j < Vectorized<float>::size(); ++j) wide[j] = double(buf[j]);
+  return {DVec::loadu(wide), DVec::loadu(wide + DVec::size())};
+#endif
+}
+
 template <typename T, int K>
 struct LaneSums {
   static constexpr int W = Vectorized<T>::size();
   double lane[K][W] = {};
   void add(int k, const Vectorized<T>& v) {
-#if defined(CPU_CAPABILITY_AVX512)
+    using DVec = Vectorized<double>;
+    double* l = lane[k];
     if constexpr (std::is_same_v<T, float>) {
-      // The loop below's additions, 8 lanes to a register, straight from v's register: GCC 12 made that
-      // loop a conversion and an add per lane (6 sums of 16 lanes every 64 vectors of the loss kernel:
-      // about a third of the time of its cheap terms), and a vector version that went through memory
-      // made it keep the kernel's accumulators in memory too.
-      const __m512 x = v;
-      double* l = lane[k];
-      _mm512_storeu_pd(l, _mm512_add_pd(_mm512_loadu_pd(l), _mm512_cvtps_pd(_mm512_castps512_ps256(x))));
-      _mm512_storeu_pd(l + 8, _mm512_add_pd(_mm512_loadu_pd(l + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1))));
-      return;
+      const auto halves = widen(v);
+      for (int p = 0; p < 2; ++p) (DVec::loadu(l + p * DVec::size()) + halves[p]).store(l + p * DVec::size());
+    } else {
+      (DVec::loadu(l) + v).store(l);
     }
-#elif defined(CPU_CAPABILITY_AVX2)
-    if constexpr (std::is_same_v<T, float>) {
-      const __m256 x = v;
-      double* l = lane[k];
-      _mm256_storeu_pd(l, _mm256_add_pd(_mm256_loadu_pd(l), _mm256_cvtps_pd(_mm256_castps256_ps128(x))));
-      _mm256_storeu_pd(l + 4, _mm256_add_pd(_mm256_loadu_pd(l + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1))));
-      return;
-    }
-#endif
-    T buf[W];
-    v.store(buf);
-    for (int j = 0; j < W; ++j) lane[k][j] += double(buf[j]);
   }
   // Adds W values already in double (a block's lanes of a WideLanes).
   void add(int k, const double* values) {
@@ -178,21 +185,9 @@ struct WideLanes {
     if constexpr (std::is_same_v<T, double>) {
       part[0] += v;
     } else {
-#if defined(CPU_CAPABILITY_AVX512)
-      const __m512 x = v;
-      part[0] += DVec(_mm512_cvtps_pd(_mm512_castps512_ps256(x)));
-      part[1] += DVec(_mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1)));
-#elif defined(CPU_CAPABILITY_AVX2)
-      const __m256 x = v;
-      part[0] += DVec(_mm256_cvtps_pd(_mm256_castps256_ps128(x)));
-      part[1] += DVec(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)));
-#else
-      T buf[W];
-      v.store(buf);
-      double wide[W];
-      for (int j = 0; j < W; ++j) wide[j] = double(buf[j]);
-      for (int p = 0; p < kParts; ++p) part[p] += DVec::loadu(wide + p * DVec::size());
-#endif
+      const auto halves = widen(v);
+      part[0] += halves[0];
+      part[1] += halves[1];
     }
   }
   // Lane j of the vectors added so far, for j < W, added into out[j].
