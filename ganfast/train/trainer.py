@@ -22,7 +22,8 @@ the one update; noise and penalty draws are made for the whole batch at once.
 Speed structure: spectral norm once per D call group (`ganfast.nn.sn_step`), D(real) shared by the
 loss and R1 (`real.requires_grad_()` + `penalties.r1_from_logits`), one D call on cat(real, fake) for
 a small D that judges each sample on its own (`Trainer._joint`), fused losses, D's parameters
-frozen during the G step (no wasted weight gradients), and no host-device synchronization unless the
+frozen during the G step (no wasted weight gradients), the D step's backward asked for D's parameters
+only (no gradient for the reals R1 differentiates), and no host-device synchronization unless the
 stats are read (`return_stats=True`: one `.tolist()` of one stacked tensor).
 
 Beside this file: batches.py, fit.py (the loop), monitor.py (checks, rollback), checkpoint.py (files,
@@ -339,7 +340,10 @@ class Trainer:
                     if self.extra_d_loss is not None:
                         inputs = LossInputs(self, r, f, real_logits, fake_logits, loss, ry, fy)
                         total = total + self.extra_d_loss(inputs)
-                self.d_scaler.scale(total / k if k > 1 else total).backward(retain_graph=self._keep_sn_graph(i))
+                # inputs: D's weights only, not the reals that R1 differentiates (nor WGAN-GP's x̂), whose
+                # gradient nobody reads and costs D's first layer a grad-input pass (README, "Performance")
+                self.d_scaler.scale(total / k if k > 1 else total).backward(retain_graph=self._keep_sn_graph(i),
+                                                                            inputs=self._d_params or None)
                 loss_sum = loss_sum + loss.detach() if k > 1 else loss.detach()
                 if want:
                     stats = {n: stats.get(n, 0.0) + v for n, v in st.items()} if k > 1 else st

@@ -443,3 +443,43 @@ def test_tensorboard_scalars_when_available(monkeypatch, tmp_path):
     assert written[0][0] == "train/d_loss" and written[0][2] == 1 and math.isfinite(written[0][1])
     assert {tag for tag, _, _ in written} >= {"train/d_loss", "train/g_loss", "train/real_acc"}
     assert {s for _, _, s in written} == {1, 2}
+
+
+class _CountBackward(torch.autograd.Function):
+    """The identity, counting the calls of its backward (that is, the gradients asked of D's input)."""
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        _CountBackward.calls += 1
+        return grad
+
+
+@pytest.mark.parametrize("penalty, input_grads", [(None, 1), ("r1", 2), ("r2", 2), ("r1+r2", 3), ("wgan-gp", 2),
+                                                  ("dragan", 2)])
+def test_d_step_backward_asks_no_gradient_of_d_input(penalty, input_grads):
+    """A step asks D for the gradient at its input only where it is used: once per penalty gradient
+    (R1, R2, x̂) and once in the G step (towards G). The D step's backward is restricted to D's weights:
+    the inputs R1 / R2 / WGAN-GP differentiate are leaves whose gradient nobody reads."""
+    if penalty is not None:
+        pytest.importorskip("ganfast.penalties")
+    G, D = mlp_pair(dtype=torch.float64)
+
+    class Counted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = D
+
+        def forward(self, x):
+            return self.net(_CountBackward.apply(x))
+
+    counted = Counted()
+    t = ganfast.Trainer(G, counted, *adam_pair(G, counted), loss="ns", penalty=penalty, penalty_weight=1.0, seed=3)
+    t.step(points(16, torch.float64), return_stats=False)  # the first step also probes the models
+    _CountBackward.calls = 0
+    t.step(points(16, torch.float64), return_stats=False)
+    assert _CountBackward.calls == input_grads
