@@ -11,25 +11,20 @@ import torch
 import torch.nn as nn
 
 from ganfast import backends
-from ganfast.bench import copy_bandwidth, gp
+from ganfast.bench import bytes_floor_seconds, gp
 
 VARIANTS = ["eager"] + [b for b in backends.available_backends("cpu")]
 OP_VARIANTS = ["eager", "compiled"] + [b for b in backends.available_backends("cpu") if b != "reference"]
 
 
-@pytest.fixture(scope="session")
-def bandwidth():
-    return copy_bandwidth(torch.device("cpu"))
-
-
 @pytest.mark.parametrize("variant", OP_VARIANTS + ["floor"])
 @pytest.mark.parametrize("part", ["tail", "interpolate"])
 @pytest.mark.parametrize("shape", gp.OP_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_penalty_op(benchmark, bandwidth, shape, part, variant):
+def test_penalty_op(benchmark, shape, part, variant):
     cases = gp.op_steps(shape, torch.device("cpu"), compile_reference=variant == "compiled")
     (case, (steps, (floor_step, _), nbytes)), = [(c, v) for c, v in cases.items() if c.startswith(part)]
     benchmark.group = case
-    benchmark.extra_info["bytes_floor_s"] = nbytes / bandwidth
+    benchmark.extra_info["bytes_floor_s"] = bytes_floor_seconds(nbytes)
     step = floor_step if variant == "floor" else steps[variant]
     step()  # compile / warm up outside the timing
     benchmark(step)

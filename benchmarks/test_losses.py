@@ -3,23 +3,18 @@
     pytest benchmarks/test_losses.py --benchmark-only --benchmark-group-by=group
 
 Each group is one (loss, kind, batch size): eager reference, torch.compile of it, each ganfast
-backend, and the floor (the autograd floor on the same tensors; for B >= 57600 the bytes floor is
-in extra_info, from the copy bandwidth measured once per session).
+backend, and the autograd floor on the same tensors (the bytes floor, a copy moving the bytes the
+loss must move, is in extra_info; the larger of the two binds).
 """
 import pytest
 import torch
 
 from ganfast import backends, losses
-from ganfast.bench import copy_bandwidth
+from ganfast.bench import bytes_floor_seconds
 from ganfast.bench.losses import SIZES, autograd_floor_step, cases, make_step, moved_bytes, variants
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 VARIANTS = ["eager", "compiled"] + [b for b in backends.available_backends(DEVICE.type) if b != "reference"]
-
-
-@pytest.fixture(scope="session")
-def bandwidth():
-    return copy_bandwidth(DEVICE)
 
 
 def _bench(benchmark, step):
@@ -37,10 +32,10 @@ def _bench(benchmark, step):
 @pytest.mark.parametrize("loss", ["d", "g"])
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("kind", losses.KINDS)
-def test_loss_fwd_bwd(benchmark, bandwidth, kind, size, loss, variant):
+def test_loss_fwd_bwd(benchmark, kind, size, loss, variant):
     (case, _, gen, real, fake), = cases((kind,), (size,), DEVICE, generator=(loss == "g",))
     benchmark.group = case
-    benchmark.extra_info["bytes_floor_s"] = moved_bytes(real, fake, kind, gen) / bandwidth
+    benchmark.extra_info["bytes_floor_s"] = bytes_floor_seconds(moved_bytes(real, fake, kind, gen), DEVICE)
     if variant == "floor":
         _bench(benchmark, autograd_floor_step(real, fake, kind, gen))
         return

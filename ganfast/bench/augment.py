@@ -5,8 +5,9 @@ each available ganfast backend.
 
 Two cases per size: "apply" times the transforms on fixed parameters (what the kernels do);
 "draw+apply" times the whole call, the parameter draw included (what a training step pays), with
-the same draw for every variant. The floor is the bytes a fused forward + backward must move (read x,
-write the output, read the upstream gradient, write dx) at the copy bandwidth measured in the same run.
+the same draw for every variant. The floor is the time of a copy moving the bytes a fused forward +
+backward must move (read x, write the output, read the upstream gradient, write dx), timed in the
+same rounds as the variants.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from .. import augment, backends
 from ..reference import augment as reference
-from . import Row, bytes_floor, copy_bandwidth, interleaved_medians
+from . import Floor, Row, copy_step, interleaved_medians
 
 POLICY = "color,translation,cutout"
 BATCH = 64
@@ -74,12 +75,12 @@ def steps(shape, device, compile_reference: bool = True):
 
 
 def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list[Row]:
-    bandwidth = copy_bandwidth(device)
     rows = []
     for shape in SHAPES[:1] if quick else SHAPES:
         cases, x = steps(shape, device)
-        floor = bytes_floor(4 * x.numel() * x.element_size(), bandwidth)
         for case, fns in cases.items():
-            for variant, seconds in interleaved_medians(fns, device).items():
+            times = interleaved_medians({**fns, "bytes": copy_step(4 * x.numel() * x.element_size(), device)}, device)
+            floor = Floor(times.pop("bytes"), "bytes")
+            for variant, seconds in times.items():
                 rows.append(Row("augment", case, variant, seconds, floor=floor))
     return rows

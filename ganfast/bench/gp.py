@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 from .. import backends, losses, penalties
 from ..ops import penalties as penalty_ops
 from ..reference import penalties as penalty_reference
-from . import Floor, Row, bytes_floor, copy_bandwidth, interleaved_medians, mark_auto, under_backend
+from . import Floor, Row, binding_floor, copy_step, interleaved_medians, mark_auto, under_backend
 
 PENALTIES = ("wgan_gp", "r1", "r2", "dragan")
 LOSS_KIND = {"wgan_gp": "wasserstein", "r1": "ns", "r2": "ns", "dragan": "ns"}
@@ -111,7 +111,6 @@ def ganfast_step(D, opt, real, fake, name, sn_ctx):
 
 
 OP_SHAPES = ((64, 2), (64, 3, 32, 32), (64, 3, 64, 64))
-FLOOR_BYTES_FROM = 57600  # elements; below, the autograd floor
 
 
 def op_steps(shape, device: torch.device, compile_reference: bool = True):
@@ -158,16 +157,11 @@ def op_steps(shape, device: torch.device, compile_reference: bool = True):
 
 
 def run_ops(device: torch.device, shapes=OP_SHAPES) -> list[Row]:
-    bandwidth = copy_bandwidth(device)
     rows = []
     for shape in shapes:
-        numel = 1
-        for n in shape:
-            numel *= n
         for case, (steps, (floor_step, basis), nbytes) in op_steps(shape, device).items():
-            small = numel < FLOOR_BYTES_FROM
-            times = interleaved_medians({**steps, "floor": floor_step} if small else steps, device)
-            floor = Floor(times.pop("floor"), basis) if small else bytes_floor(nbytes, bandwidth)
+            times = interleaved_medians({**steps, "floor": floor_step, "bytes": copy_step(nbytes, device)}, device)
+            floor = binding_floor(Floor(times.pop("floor"), basis), Floor(times.pop("bytes"), "bytes"))
             rows.extend(Row("gp", case, variant, t, floor=floor) for variant, t in times.items())
             mark_auto(rows, case, "penalties", torch.empty(shape, device=device))
     return rows

@@ -2,20 +2,20 @@
 reference, and each available ganfast backend. B = 64, 4096, 57600 (a 64x30x30 patch
 discriminator) and 1,048,576.
 
-Each case has a floor: below FLOOR_BYTES_FROM elements, the autograd floor on the same tensors
-(`(r.sum() + f.sum()).backward()`, or `f.sum().backward()` for a g_loss that reads only f: dispatch
-and the autograd engine, nothing else); from there, the bytes a fused forward + backward must move
-(read the logits, write their gradients) at the copy bandwidth measured in the same run."""
+Each case has a floor, the larger of two measured in the same run: the autograd floor on the same
+tensors (`(r.sum() + f.sum()).backward()`, or `f.sum().backward()` for a g_loss that reads only f:
+dispatch and the autograd engine, and a trivial pass over the logits) and the time of a copy moving
+the bytes a fused forward + backward must move (read the logits, write their gradients). The first
+binds at small inputs and, on a CPU with a slow autograd engine, up to B = 57600 or beyond."""
 from __future__ import annotations
 
 import torch
 
 from .. import backends, losses
 from ..reference import losses as reference
-from . import Floor, Row, bytes_floor, copy_bandwidth, interleaved_medians, mark_auto, under_backend
+from . import Floor, Row, binding_floor, copy_step, interleaved_medians, mark_auto, under_backend
 
 SIZES = (64, 4096, 57600, 1_048_576)
-FLOOR_BYTES_FROM = 57600
 
 
 def make_step(loss_fn, real, fake):
@@ -79,18 +79,15 @@ def moved_bytes(real, fake, kind, generator) -> int:
 def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list[Row]:
     kinds = ("ns", "hinge", "rahinge") if quick else losses.KINDS
     sizes = (64, 4096) if quick else SIZES
-    bandwidth = copy_bandwidth(device)
     rows = []
     for case, kind, gen, real, fake in cases(kinds, sizes, device):
         steps = {variant: under_backend(variant, make_step(fn, real, fake))
                  for variant, fn in variants(kind, device, generator=gen).items()}
-        small = fake.numel() < FLOOR_BYTES_FROM
-        if small:
-            # under the same harness as the variants (the backend selection around each call)
-            steps["floor"] = under_backend("floor", autograd_floor_step(real, fake, kind, gen))
+        # under the same harness as the variants (the backend selection around each call)
+        steps["floor"] = under_backend("floor", autograd_floor_step(real, fake, kind, gen))
+        steps["bytes"] = copy_step(moved_bytes(real, fake, kind, gen), device)
         times = interleaved_medians(steps, device)
-        floor = (Floor(times.pop("floor"), "autograd") if small
-                 else bytes_floor(moved_bytes(real, fake, kind, gen), bandwidth))
+        floor = binding_floor(Floor(times.pop("floor"), "autograd"), Floor(times.pop("bytes"), "bytes"))
         for variant, seconds in times.items():
             rows.append(Row("losses", case, variant, seconds, floor=floor))
         mark_auto(rows, case, "losses", fake)

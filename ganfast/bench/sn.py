@@ -5,8 +5,8 @@ multi-tensor kernel; and a discriminator step where D is called three times (rea
 input): PyTorch's spectral norm vs ganfast inside sn_step, with the aten ops each step dispatches.
 
 Floor of a layer (the larger of the two, timed in the same run):
-- bytes: W is read and W / sigma written, G is read and dW written, at the copy bandwidth measured
-  now (2x the time of copying W); any implementation reads W at least once more for sigma.
+- bytes: W is read and W / sigma written, G is read and dW written: a copy moving 4x W's bytes
+  (`ganfast.bench.copy_step`); any implementation reads W at least once more for sigma.
 - autograd: a trivial differentiable use of the same weight (a view) and its backward.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import backends
 from ..nn import apply_spectral_norm, sn_step, spectral_norm
-from . import Row, interleaved_medians, mark_auto, median_time, under_backend
+from . import Row, copy_step, interleaved_medians, mark_auto, median_time, under_backend
 
 LAYERS = {
     "Linear 2304->256": lambda: nn.Linear(2304, 256),
@@ -66,14 +66,10 @@ def _steps_of(modules, multi_tensor=None):
 
 
 def _floor_fns(weights):
-    """(time-to-copy-W functions, trivial-autograd function) on the same tensors."""
-    copies = [(w.detach(), torch.empty_like(w)) for w in weights]
+    """(the bytes floor's copy, trivial-autograd function) on the same tensors."""
     views = [w.detach().clone().requires_grad_() for w in weights]
     grads = [torch.randn_like(w) for w in weights]
-
-    def copy():
-        for src, dst in copies:
-            dst.copy_(src)
+    copy = copy_step(4 * sum(w.numel() * w.element_size() for w in weights), weights[0].device)
 
     def autograd():
         for v in views:
@@ -99,7 +95,7 @@ def _case_rows(case, device, make_modules, quick):
     copy, autograd = _floor_fns([m.parametrizations.weight.original for m in ours])
     fns["copy"], fns["autograd"] = copy, autograd
     times = interleaved_medians(fns, device, rounds=5 if quick else 11)
-    floor_bytes, floor_autograd = 2 * times.pop("copy"), times.pop("autograd")
+    floor_bytes, floor_autograd = times.pop("copy"), times.pop("autograd")
     rows = [Row("sn", case, name, t) for name, t in times.items()]
     weights = [m.parametrizations.weight.original for m in ours]
     if len(weights) == 1:  # (a multi-layer case runs several sizes: no single pick)
