@@ -3,7 +3,8 @@
     pytest benchmarks/test_losses.py --benchmark-only --benchmark-group-by=group
 
 Each group is one (loss, kind, batch size): eager reference, torch.compile of it, each ganfast
-backend, and the autograd floor on the same tensors (the bytes floor, a copy moving the bytes the
+backend, and the autograd floor on the same tensors (`torch.dot(r, f).backward()`, or
+`f.sum().backward()` for a g_loss that reads only f; the bytes floor, a copy moving the bytes the
 loss must move, is in extra_info; the larger of the two binds).
 """
 import pytest
