@@ -84,9 +84,11 @@ class Trainer:
     noise generator (z, penalty draws, data shuffling). monitor: a StabilityMonitor. schedulers:
     (g_scheduler, d_scheduler), either None: stepped after each step, checkpointed, composed with the
     monitor's learning-rate cut. extra_d_loss / extra_g_loss: called with a LossInputs, return a term
-    added to that loss. distributed: None runs data-parallel when launched on several processes
-    (torchrun, distributed.launch), True requires it, False trains alone; step(real) then takes this
-    rank's batch and the update is one process's on all ranks' batches concatenated.
+    added to that loss (the D step's backward computes gradients for D's parameters only: a module
+    outside D that extra_d_loss uses gets none there). distributed: None runs data-parallel when
+    launched on several processes (torchrun, distributed.launch), True requires it, False trains
+    alone; step(real) then takes this rank's batch and the update is one process's on all ranks'
+    batches concatenated.
     dist_timeout: seconds a collective waits for the other ranks. num_classes: K makes the run
     class-conditional (batches (x, y), G(z, y), D(x, y)); class_probs: the K probabilities of the
     fake labels (default uniform; e.g. the data's class frequencies).
