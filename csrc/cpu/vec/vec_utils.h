@@ -20,6 +20,19 @@ using at::vec::Vectorized;
 template <typename scalar_t>
 using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
+// Half and bfloat16: a whole vector converts with the CPU's instructions on AVX2 and AVX-512 (F16C's
+// vcvtph2ps / vcvtps2ph; shifts with round-to-nearest-even for bfloat16), through ATen's helpers; a
+// partial vector, and every vector of the default copy, one element at a time through c10's
+// conversions. Both round to nearest even, so they give the same numbers; only a NaN's bits may
+// differ (each writes a quiet NaN). The element loop had made half and bfloat16 losses 2-3x slower
+// than float32 (d_loss hinge, B = 1M: fp16 2.0 ms, bf16 1.4 ms, fp32 0.67 ms on a Zen 2).
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+#define GANFAST_VEC_HALF_CONVERT 1
+#endif
+
+template <typename scalar_t>
+constexpr bool kHalfOrBFloat16 = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
+
 // Loads n (1..size) elements as op-math values; lanes from n on are 0.
 template <typename scalar_t, typename T = opmath_t<scalar_t>>
 inline Vectorized<T> load(const scalar_t* p, int64_t n) {
@@ -27,6 +40,16 @@ inline Vectorized<T> load(const scalar_t* p, int64_t n) {
   if constexpr (std::is_same_v<scalar_t, T>) {
     return n == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, n);
   } else {
+#ifdef GANFAST_VEC_HALF_CONVERT
+    if constexpr (kHalfOrBFloat16<scalar_t>) {
+      if (n == Vec::size()) {
+        Vec out;
+        if constexpr (std::is_same_v<scalar_t, c10::Half>) at::vec::load_fp32_from_fp16(p, out);
+        else at::vec::load_fp32_from_bf16(p, out);
+        return out;
+      }
+    }
+#endif
     T buf[Vec::size()] = {};
     for (int64_t j = 0; j < n; ++j) buf[j] = T(p[j]);
     return Vec::loadu(buf);
@@ -40,6 +63,22 @@ inline void store(scalar_t* p, const Vectorized<T>& v, int64_t n) {
   if constexpr (std::is_same_v<scalar_t, T>) {
     v.store(p, int(n));
   } else {
+#ifdef GANFAST_VEC_HALF_CONVERT
+    if constexpr (kHalfOrBFloat16<scalar_t> && std::is_same_v<T, float>) {
+      if (n == Vec::size()) {
+#if defined(CPU_CAPABILITY_AVX512)
+        const __m512 x = v;
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), std::is_same_v<scalar_t, c10::Half>
+                                                                 ? at::vec::cvtfp32_fp16(x) : at::vec::cvtfp32_bf16(x));
+#else
+        const __m256 x = v;
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(p), std::is_same_v<scalar_t, c10::Half>
+                                                            ? at::vec::cvtfp32_fp16(x) : at::vec::cvtfp32_bf16(x));
+#endif
+        return;
+      }
+    }
+#endif
     T buf[Vec::size()];
     v.store(buf);
     for (int64_t j = 0; j < n; ++j) p[j] = scalar_t(buf[j]);
