@@ -28,6 +28,9 @@
 #include <iterator>
 #include <string>
 #include <vector>
+#if defined(__x86_64__)
+#include <immintrin.h>  // F16C's half conversions in the AVX2 / AVX-512 copies (spectral_norm_kernels.h)
+#endif
 
 #include "../common/parallel.h"
 #include "../spectral_norm_inputs.h"
