@@ -1,6 +1,8 @@
 """Forward + backward of d_loss and g_loss for each kind: eager reference, torch.compile of the
 reference, and each available ganfast backend. B = 64, 4096, 57600 (a 64x30x30 patch
-discriminator) and 1,048,576.
+discriminator) and 1,048,576, in float32; and B = 57600 in the other dtypes (DTYPE_CASES: bfloat16
+and float16, as under autocast, and float64), so that the auto check covers every dtype the kernels
+take.
 
 Each case has a floor, the larger of two measured in the same rounds as its variants:
 - autograd: one op with one backward node on the same tensors, the least a fused loss can be:
@@ -20,6 +22,8 @@ from ..reference import losses as reference
 from . import Floor, Row, binding_floor, copy_step, interleaved_medians, mark_auto, under_backend
 
 SIZES = (64, 4096, 57600, 1_048_576)
+# (dtype, batch size, kinds) timed besides the float32 cases
+DTYPE_CASES = tuple((dtype, 57600, ("ns", "hinge", "rans")) for dtype in (torch.bfloat16, torch.float16, torch.float64))
 
 
 def make_step(loss_fn, real, fake):
@@ -37,15 +41,18 @@ def autograd_floor_step(real, fake, kind="ns", generator=False):
     return make_step(torch.dot, real, fake)
 
 
-def cases(kinds=losses.KINDS, sizes=SIZES, device=torch.device("cpu"), generator=(False, True)):
-    """(case name, kind, generator, real, fake) for each kind, batch size and loss (d, then g)."""
+def cases(kinds=losses.KINDS, sizes=SIZES, device=torch.device("cpu"), generator=(False, True),
+          dtype=torch.float32):
+    """(case name, kind, generator, real, fake) for each kind, batch size and loss (d, then g); the
+    name gives the dtype when it is not float32."""
+    suffix = "" if dtype == torch.float32 else " " + str(dtype).removeprefix("torch.")
     for kind in kinds:
         for b in sizes:
             for gen in generator:
                 g = torch.Generator().manual_seed(b)
-                real = torch.randn(b, generator=g).to(device).requires_grad_()
-                fake = torch.randn(b, generator=g).to(device).requires_grad_()
-                yield f"{'g' if gen else 'd'}_loss[{kind}] B={b}", kind, gen, real, fake
+                real = torch.randn(b, generator=g).to(device, dtype).requires_grad_()
+                fake = torch.randn(b, generator=g).to(device, dtype).requires_grad_()
+                yield f"{'g' if gen else 'd'}_loss[{kind}] B={b}{suffix}", kind, gen, real, fake
 
 
 def variants(kind: str, device: torch.device, compile_reference: bool = True, generator: bool = False):
@@ -83,8 +90,11 @@ def moved_bytes(real, fake, kind, generator) -> int:
 def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list[Row]:
     kinds = ("ns", "hinge", "rahinge") if quick else losses.KINDS
     sizes = (64, 4096) if quick else SIZES
+    all_cases = [cases(kinds, sizes, device)]
+    if not quick:
+        all_cases += [cases(dtype_kinds, (b,), device, dtype=dtype) for dtype, b, dtype_kinds in DTYPE_CASES]
     rows = []
-    for case, kind, gen, real, fake in cases(kinds, sizes, device):
+    for case, kind, gen, real, fake in (c for group in all_cases for c in group):
         steps = {variant: under_backend(variant, make_step(fn, real, fake))
                  for variant, fn in variants(kind, device, generator=gen).items()}
         # under the same harness as the variants (the backend selection around each call)
