@@ -3,9 +3,9 @@
     pytest benchmarks/test_losses.py --benchmark-only --benchmark-group-by=group
 
 Each group is one (loss, kind, batch size; and dtype, for the DTYPE_CASES): eager reference,
-torch.compile of it, each ganfast backend, and the autograd floor on the same tensors (`torch.dot(r, f).backward()`, or
-`f.sum().backward()` for a g_loss that reads only f; the bytes floor, a copy moving the bytes the
-loss must move, is in extra_info; the larger of the two binds).
+torch.compile of it, each ganfast backend, and the autograd floor on the same tensors
+(`torch.dot(r, f).backward()`, or `f.sum().backward()` for a g_loss that reads only f; the bytes
+floor, a copy moving the bytes the loss must move, is in extra_info; the larger of the two binds).
 """
 import pytest
 import torch
