@@ -172,6 +172,7 @@ class Trainer:
         self._augment = Augmenter(augment, augment_p, self.device, self._draw) if augment is not None else None
         self.description["augment"] = self._augment.describe() if self._augment is not None else None
         self._d_params = [p for p in discriminator.parameters() if p.requires_grad]
+        self._d_all_params = list(discriminator.parameters())  # frozen ones too: one may be unfrozen later
         self._all_modules = [*generator.modules(), *discriminator.modules()]  # put in train mode by each step
         self._g_params = [p for p in generator.parameters() if p.requires_grad]
         self._stat_dtype = torch.float32 if self.device.type == "mps" else torch.float64
@@ -303,9 +304,18 @@ class Trainer:
         return bool(self.joint_d_forward) and real.numel() <= self.joint_d_max_elements and not (
             apply_pen and (self._penalty.on_real or self._penalty.on_fake))
 
+    def _trainable_d(self) -> list:
+        """D's parameters that require grad now (a layer may be frozen or unfrozen between steps, as
+        FreezeD does): the D step's backward computes gradients for these and nothing else, and the G
+        step freezes them."""
+        return [p for p in self._d_all_params if p.requires_grad]
+
     def _d_update(self, real, fake, want: bool, real_y=None, fake_y=None):
         cfg, k = self.config, self.config.accumulate
         self.d_optimizer.zero_grad(set_to_none=True)
+        # the backward's inputs: D's weights, not the reals that R1 differentiates (nor WGAN-GP's x̂),
+        # whose gradient nobody reads and costs D's first layer a grad-input pass (README, "Performance")
+        weights = self._trainable_d() or None
         real, fake = self._d_input(real), self._d_input(fake)  # whole batches: the draws do not depend on k
         apply_pen = cfg.penalty is not None and self.d_step_count % cfg.penalty_interval == 0
         alphas, noises = self._penalty.draws(real) if apply_pen else ([None] * k, [None] * k)  # per packed sample
@@ -342,10 +352,8 @@ class Trainer:
                     if self.extra_d_loss is not None:
                         inputs = LossInputs(self, r, f, real_logits, fake_logits, loss, ry, fy)
                         total = total + self.extra_d_loss(inputs)
-                # inputs: D's weights only, not the reals that R1 differentiates (nor WGAN-GP's x̂), whose
-                # gradient nobody reads and costs D's first layer a grad-input pass (README, "Performance")
                 self.d_scaler.scale(total / k if k > 1 else total).backward(retain_graph=self._keep_sn_graph(i),
-                                                                            inputs=self._d_params or None)
+                                                                            inputs=weights)
                 loss_sum = loss_sum + loss.detach() if k > 1 else loss.detach()
                 if want:
                     stats = {n: stats.get(n, 0.0) + v for n, v in st.items()} if k > 1 else st
@@ -379,7 +387,8 @@ class Trainer:
     def _g_update(self, fake, z, real, want: bool, fake_y=None, real_y=None):
         cfg, k = self.config, self.config.accumulate
         self.g_optimizer.zero_grad(set_to_none=True)
-        for p in self._d_params:  # no weight gradients for D in the G step
+        frozen = self._trainable_d()  # no weight gradients for D in the G step
+        for p in frozen:
             p.requires_grad_(False)
         try:
             with self._sn():
@@ -398,7 +407,7 @@ class Trainer:
                         loss = loss + part.detach() / k
                         f = part = total = None  # free this chunk's graph (kept by retain_graph)
         finally:
-            for p in self._d_params:
+            for p in frozen:  # as they were: a layer the user froze stays frozen
                 p.requires_grad_(True)
         gn = self._update(self.g_optimizer, self.g_scaler, self._g_params, cfg.grad_clip[0], want, "G")
         self._comm.average_(self._sync_buffers, "the BatchNorm buffers")

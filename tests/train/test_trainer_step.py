@@ -483,3 +483,23 @@ def test_d_step_backward_asks_no_gradient_of_d_input(penalty, input_grads):
     _CountBackward.calls = 0
     t.step(points(16, torch.float64), return_stats=False)
     assert _CountBackward.calls == input_grads
+
+
+def test_layers_frozen_or_unfrozen_between_steps_are_respected():
+    """FreezeD-style freezing: a D layer frozen before the trainer is built, unfrozen, then frozen again
+    between steps trains exactly while it requires grad, stays as the user set it after each step
+    (the G step's freezing of D restores it), and the D step's backward (restricted to D's weights)
+    never fails on it."""
+    pytest.importorskip("ganfast.penalties")
+    G, D = mlp_pair(dtype=torch.float64)
+    first = D[0].weight
+    first.requires_grad_(False)
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), loss="ns", penalty="r1", penalty_weight=1.0, seed=3)
+    x = points(16, torch.float64)
+    for frozen, steps in ((True, 2), (False, 2), (True, 2)):
+        first.requires_grad_(not frozen)
+        before = first.detach().clone()
+        for _ in range(steps):
+            t.step(x, return_stats=False)
+            assert first.requires_grad is not frozen
+        assert torch.equal(first, before) is frozen
