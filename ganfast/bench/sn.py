@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import backends
 from ..nn import apply_spectral_norm, sn_step, spectral_norm
-from . import Row, copy_step, interleaved_medians, mark_auto, median_time, under_backend
+from . import Floor, Row, binding_floor, copy_step, interleaved_medians, mark_auto, median_time, under_backend
 
 LAYERS = {
     "Linear 2304->256": lambda: nn.Linear(2304, 256),
@@ -95,15 +95,13 @@ def _case_rows(case, device, make_modules, quick):
     copy, autograd = _floor_fns([m.parametrizations.weight.original for m in ours])
     fns["copy"], fns["autograd"] = copy, autograd
     times = interleaved_medians(fns, device, rounds=5 if quick else 11)
-    floor_bytes, floor_autograd = times.pop("copy"), times.pop("autograd")
+    # ties go to bytes (the first of the largest)
+    floor = binding_floor(Floor(times.pop("copy"), "bytes"), Floor(times.pop("autograd"), "autograd"))
     rows = [Row("sn", case, name, t) for name, t in times.items()]
     weights = [m.parametrizations.weight.original for m in ours]
     if len(weights) == 1:  # (a multi-layer case runs several sizes: no single pick)
         mark_auto(rows, case, "spectral_norm", weights[0], {b: f"ganfast-{b}" for b in backends.BACKENDS})
-    if floor_bytes >= floor_autograd:
-        rows.append(Row("sn", case, "floor (bytes)", floor_bytes))
-    else:
-        rows.append(Row("sn", case, "floor (autograd)", floor_autograd))
+    rows.append(Row("sn", case, f"floor ({floor.basis})", floor.seconds))
     return rows
 
 
