@@ -40,9 +40,9 @@ namespace {
 //   The shared division: w = 1 / ((1 + e)(2 + e or 3 + e)) gives both 1 / (1 + e) and s.
 // In double, SLEEF's exp and log1p (1 ulp) through Vectorized.
 // Each function below computes N independent vectors statement by statement (each() loops over
-// them): with N = 2 the two dependency chains interleave in program order, which the AVX2 copy needs
-// (see kInterleave); with N = 1 it is the plain one-vector code. Either way every lane gets the same
-// operations, so results do not depend on N.
+// them): with N > 1 the N dependency chains interleave in program order, which the AVX2 copy needs
+// (see kInterleaveSoftplus); with N = 1 it is the plain one-vector code. Either way every lane gets
+// the same operations, so results do not depend on N.
 template <int N, typename F>
 C10_ALWAYS_INLINE void each(F&& f) {
   for (int k = 0; k < N; ++k) f(k);
@@ -117,15 +117,24 @@ constexpr bool kScalarTerms = true;
 constexpr bool kScalarTerms = false;
 #endif
 
-// Vectors per step of the loss loop. On Zen 2 (AVX2 only) the softplus' dependency chains, side by
-// side in program order (each() above), overlap where one chain at a time did not: the fused g_loss
-// ns at B = 57600 on one thread went from 121 to 102 us, wasserstein from 19.5 to 15 us (2026-12-05).
+// Vectors per step of the loss loop, for the softplus terms and for the others. On Zen 2 (AVX2 only)
+// the dependency chains of N vectors, side by side in program order (each() above), overlap where one
+// chain at a time did not. The softplus' chain (exp, a division, log1p: ~100 cycles) wants four: the
+// fused d_loss ns at B = 1M on one thread took 5.1 ms with one vector a step, 4.0 with two, 3.0 with
+// four, 3.1-3.2 with three, six or eight (2026-12-05, second session). The cheap terms' chains are
+// short: two took wasserstein's g_loss at B = 57600 on one thread from 19.5 to 15 us, and four were
+// slower than two for hinge (25 -> 28 us at 57600 on two threads).
 // AVX-512 stays at one: an unrolled loop measured no faster on Zen 4 (2026-12-04).
 #if defined(CPU_CAPABILITY_AVX2)
+constexpr int kInterleaveSoftplus = 4;
 constexpr int kInterleave = 2;
 #else
+constexpr int kInterleaveSoftplus = 1;
 constexpr int kInterleave = 1;
 #endif
+
+template <Term t>
+constexpr bool kSoftplusTerm = t == Term::SoftplusNeg || t == Term::SoftplusPos || t == Term::NegSoftplusPos;
 
 // Values and derivatives of one term on N vectors (the vector form of term_eval in
 // common/gan_loss.h).
@@ -284,8 +293,8 @@ auto term_body(const scalar_t* a, const scalar_t* b, T shift, bool count_a_posit
           });
         };
         int64_t i = block;
-        for (; i + kInterleave * W <= block_end; i += kInterleave * W)
-          step(std::integral_constant<int, kInterleave>{}, i, W);
+        constexpr int kStep = kSoftplusTerm<t> ? kInterleaveSoftplus : kInterleave;
+        for (; i + kStep * W <= block_end; i += kStep * W) step(std::integral_constant<int, kStep>{}, i, W);
         for (; i < block_end; i += W) step(std::integral_constant<int, 1>{}, i, std::min(W, block_end - i));
         sum_a.add_into(wide_a);
         if constexpr (kPaired) sum_b.add_into(wide_b);
