@@ -348,20 +348,26 @@ GradBody relavg_grad_body(Term term, const scalar_t* a, T shift, T mean_other, T
         }
       };
     } else {
+      constexpr bool kRecompute = !std::is_same_v<scalar_t, T>;
       return [=](int64_t begin, int64_t end) {
         const Vec vshift(shift), vmean(mean_other), vscale(scale);
-        for (int64_t i = begin; i < end; i += W) {
-          const int64_t m = std::min(W, end - i);
-          Vec d[1];
-          if constexpr (std::is_same_v<scalar_t, T>) {
-            d[0] = load(grad + i, m);
-          } else {
-            const Vec x[1] = {load(a + i, m) - vshift};
-            Vec v[1];
-            term_vec<t, 1>(x, v, d);
-          }
-          store(grad + i, (d[0] - vmean) * vscale, m);
-        }
+        // N vectors from i on, the last of them with m_last live lanes
+        auto step = [&](auto n_vecs, int64_t i, int64_t m_last) {
+          constexpr int N = decltype(n_vecs)::value;
+          Vec x[N], v[N], d[N];
+          each<N>([&](int k) {
+            const int64_t m = k == N - 1 ? m_last : W;
+            if constexpr (kRecompute) x[k] = load(a + i + k * W, m) - vshift;
+            else d[k] = load(grad + i + k * W, m);
+          });
+          if constexpr (kRecompute) term_vec<t, N>(x, v, d);
+          each<N>([&](int k) { store(grad + i + k * W, (d[k] - vmean) * vscale, k == N - 1 ? m_last : W); });
+        };
+        // recomputing a softplus: as many vectors a step as the term pass (kInterleaveSoftplus)
+        constexpr int kStep = kRecompute && kSoftplusTerm<t> ? kInterleaveSoftplus : 1;
+        int64_t i = begin;
+        for (; i + kStep * W <= end; i += kStep * W) step(std::integral_constant<int, kStep>{}, i, W);
+        for (; i < end; i += W) step(std::integral_constant<int, 1>{}, i, std::min(W, end - i));
       };
     }
   });
