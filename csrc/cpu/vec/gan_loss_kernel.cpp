@@ -121,7 +121,7 @@ constexpr bool kScalarTerms = false;
 // the dependency chains of N vectors, side by side in program order (each() above), overlap where one
 // chain at a time did not. The softplus' chain (exp, a division, log1p: ~100 cycles) wants four: the
 // fused d_loss ns at B = 1M on one thread took 5.1 ms with one vector a step, 4.0 with two, 3.0 with
-// four, 3.1-3.2 with three, six or eight (2026-12-05, second session). The cheap terms' chains are
+// four, 3.1-3.2 with three, six or eight (2026-12-05, third Zen 2 session). The cheap terms' chains are
 // short: two took wasserstein's g_loss at B = 57600 on one thread from 19.5 to 15 us, and four were
 // slower than two for hinge (25 -> 28 us at 57600 on two threads).
 // AVX-512 stays at one: an unrolled loop measured no faster on Zen 4 (2026-12-04).
