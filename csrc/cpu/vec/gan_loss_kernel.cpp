@@ -136,6 +136,15 @@ constexpr int kInterleave = 1;
 template <Term t>
 constexpr bool kSoftplusTerm = t == Term::SoftplusNeg || t == Term::SoftplusPos || t == Term::NegSoftplusPos;
 
+// step(N, i, m_last) over [begin, end): steps of kStep full vectors (W lanes each), then one vector
+// at a time, the last with m_last < W live lanes when W does not divide the range.
+template <int kStep, int64_t W, typename Step>
+C10_ALWAYS_INLINE void for_steps(int64_t begin, int64_t end, Step&& step) {
+  int64_t i = begin;
+  for (; i + kStep * W <= end; i += kStep * W) step(std::integral_constant<int, kStep>{}, i, W);
+  for (; i < end; i += W) step(std::integral_constant<int, 1>{}, i, std::min(W, end - i));
+}
+
 // Values and derivatives of one term on N vectors (the vector form of term_eval in
 // common/gan_loss.h).
 template <Term t, int N, typename T>
@@ -292,10 +301,7 @@ auto term_body(const scalar_t* a, const scalar_t* b, T shift, bool count_a_posit
             }
           });
         };
-        int64_t i = block;
-        constexpr int kStep = kSoftplusTerm<t> ? kInterleaveSoftplus : kInterleave;
-        for (; i + kStep * W <= block_end; i += kStep * W) step(std::integral_constant<int, kStep>{}, i, W);
-        for (; i < block_end; i += W) step(std::integral_constant<int, 1>{}, i, std::min(W, block_end - i));
+        for_steps<kSoftplusTerm<t> ? kInterleaveSoftplus : kInterleave, W>(block, block_end, step);
         sum_a.add_into(wide_a);
         if constexpr (kPaired) sum_b.add_into(wide_b);
       }
@@ -364,10 +370,7 @@ GradBody relavg_grad_body(Term term, const scalar_t* a, T shift, T mean_other, T
           each<N>([&](int k) { store(grad + i + k * W, (d[k] - vmean) * vscale, k == N - 1 ? m_last : W); });
         };
         // recomputing a softplus: as many vectors a step as the term pass (kInterleaveSoftplus)
-        constexpr int kStep = kRecompute && kSoftplusTerm<t> ? kInterleaveSoftplus : 1;
-        int64_t i = begin;
-        for (; i + kStep * W <= end; i += kStep * W) step(std::integral_constant<int, kStep>{}, i, W);
-        for (; i < end; i += W) step(std::integral_constant<int, 1>{}, i, std::min(W, end - i));
+        for_steps<kRecompute && kSoftplusTerm<t> ? kInterleaveSoftplus : 1, W>(begin, end, step);
       };
     }
   });
