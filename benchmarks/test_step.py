@@ -1,5 +1,6 @@
 """pytest-benchmark: one GAN step of ganfast.Trainer vs the plain-PyTorch loop with the same models
-(MLP on 2-D points; DCGAN 32x32). Run: pytest benchmarks/test_step.py --benchmark-group-by=param:case
+(MLP on 2-D points; DCGAN 32x32; that DCGAN class-conditional with DiffAugment). Run:
+pytest benchmarks/test_step.py --benchmark-group-by=param:case
 The ratios (plain / trainer) also come out of `ganfast bench step`. No timing is asserted."""
 
 import pytest
@@ -8,25 +9,35 @@ import torch
 from ganfast.bench import step as bench_step
 from ganfast.train import Trainer
 
-CASES = {name: (factory, latent, shape) for name, factory, latent, shape in bench_step.cases(quick=True)}
+CASES = {case.name: case for case in bench_step.cases(quick=True)}
 REGS = [None, "sn+r1"]
 
 
-def _setup(case):
-    factory, latent, shape = CASES[case]
+def _setup(name):
+    case = CASES[name]
     torch.manual_seed(0)
-    G, D = factory()
-    return G, D, latent, torch.rand(shape) * 2 - 1
+    G, D = case.models()
+    return case, G, D, case.batch("cpu")
+
+
+def _trainer(case, G, D, reg):
+    return Trainer(G, D, *bench_step._optims(G, D), penalty="r1" if reg else None, spectral_norm=bool(reg), seed=0,
+                   num_classes=case.num_classes, augment=case.augment)
+
+
+def _step_batch(real, labels):
+    return real if labels is None else (real, labels)
 
 
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_plain_pytorch_step(benchmark, case, reg):
-    G, D, latent, real = _setup(case)
+    case, G, D, (real, labels) = _setup(case)
     if reg:
         bench_step._torch_sn(D)
     g_opt, d_opt = bench_step._optims(G, D)
-    benchmark.pedantic(bench_step.plain_step, args=(G, D, g_opt, d_opt, real, latent, 10.0 if reg else None),
+    benchmark.pedantic(bench_step.plain_step, args=(G, D, g_opt, d_opt, real, case.latent, 10.0 if reg else None,
+                                                    labels, case.num_classes, case.augment),
                        rounds=5, warmup_rounds=1)
 
 
@@ -37,9 +48,10 @@ def test_trainer_step(benchmark, case, reg, stats):
     if reg:
         pytest.importorskip("ganfast.penalties")
         pytest.importorskip("ganfast.nn")
-    G, D, latent, real = _setup(case)
-    t = Trainer(G, D, *bench_step._optims(G, D), penalty="r1" if reg else None, spectral_norm=bool(reg), seed=0)
-    benchmark.pedantic(lambda: t.step(real, return_stats=stats), rounds=5, warmup_rounds=1)
+    case, G, D, (real, labels) = _setup(case)
+    t = _trainer(case, G, D, reg)
+    batch = _step_batch(real, labels)
+    benchmark.pedantic(lambda: t.step(batch, return_stats=stats), rounds=5, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -48,7 +60,8 @@ def test_trainer_step_sn_per_layer(benchmark, case):
     call (its CPU default): the A/B behind that default."""
     pytest.importorskip("ganfast.penalties")
     pytest.importorskip("ganfast.nn")
-    G, D, latent, real = _setup(case)
-    t = Trainer(G, D, *bench_step._optims(G, D), penalty="r1", spectral_norm=True, seed=0)
+    case, G, D, (real, labels) = _setup(case)
+    t = _trainer(case, G, D, "sn+r1")
     t.sn_multi_tensor = False
-    benchmark.pedantic(lambda: t.step(real, return_stats=False), rounds=5, warmup_rounds=1)
+    batch = _step_batch(real, labels)
+    benchmark.pedantic(lambda: t.step(batch, return_stats=False), rounds=5, warmup_rounds=1)

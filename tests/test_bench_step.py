@@ -94,3 +94,37 @@ def test_the_other_choice_of_d_calls():
         assert other._joint(real, False) is joint
     G, D = make(nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)))
     assert _other_call_count(trainer(G, D), torch.randn(64, 2), lambda: trainer(*make(copy.deepcopy(D)))) is None
+
+
+def test_the_suite_has_a_conditional_augmented_case():
+    from ganfast.bench.step import cases
+
+    cond = [c for c in cases(quick=True) if c.num_classes is not None]
+    assert [c.name for c in cond] == ["DCGAN 32x32 w=32 B=32 cond+aug"]
+    real, labels = cond[0].batch("cpu")
+    assert real.shape == (32, 3, 32, 32) and labels.shape == (32,) and 0 <= labels.min() <= labels.max() < 10
+    assert cond[0].augment == "color,translation,cutout"
+
+
+def test_plain_step_conditional_and_augmented():
+    """The plain loop of the cond+aug case: every D call gets its batch's labels (the reals' own, fake
+    labels drawn in range), the images D sees are augmented (R1 at the augmented reals), both models
+    learn, and D's parameters are trainable again afterwards."""
+    from ganfast.bench.step import _optims, _torch_sn, plain_step
+    from ganfast.models import DCGANDiscriminator, DCGANGenerator
+
+    torch.manual_seed(0)
+    G, D = DCGANGenerator(16, 32, 3, 8, num_classes=5), _torch_sn(DCGANDiscriminator(32, 3, 8, num_classes=5))
+    g_opt, d_opt = _optims(G, D)
+    real, labels = torch.rand(6, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 3, 4, 0])
+    calls = []
+    D.register_forward_pre_hook(lambda m, args: calls.append(args))
+    g0, d0 = copy.deepcopy(G.state_dict()), [p.detach().clone() for p in D.parameters()]
+    plain_step(G, D, g_opt, d_opt, real, (16, 1, 1), 10.0, labels, 5, "color,translation,cutout")
+    assert len(calls) == 3  # D(real), D(fake.detach()) in the D step, D(fake) in the G step
+    (x_real, y_real), (_, y_fake), (_, y_fake_g) = calls
+    assert torch.equal(y_real, labels) and torch.equal(y_fake, y_fake_g) and 0 <= y_fake.min() <= y_fake.max() < 5
+    assert not torch.equal(x_real, real) and x_real.requires_grad  # augmented, and differentiated by R1
+    assert all(not torch.equal(a, b) for a, b in zip(d0, D.parameters()))
+    assert any(not torch.equal(v, G.state_dict()[k]) for k, v in g0.items())
+    assert all(p.requires_grad for p in D.parameters())

@@ -38,24 +38,24 @@ def _child(variant: str, case: str, steps: int) -> dict:
     if variant == "kept" and not keep_freed_memory():
         raise SystemExit("the malloc settings could not be applied here (see ganfast.train.cpu_malloc)")
     torch.manual_seed(0)
-    for name, factory, latent, shape in S.cases(case == "quick"):
-        if name.startswith("DCGAN"):
+    for spec in S.cases(case == "quick"):
+        if spec.name.startswith("DCGAN"):  # the first, unconditional DCGAN case
             break
     else:
         raise SystemExit("ganfast.models is not there: no DCGAN case")
-    G, D = factory()
+    G, D = spec.models()
     g_opt, d_opt = S._optims(G, D)
-    real = torch.rand(shape) * 2 - 1
+    real, _ = spec.batch("cpu")
     for _ in range(2):
-        S.plain_step(G, D, g_opt, d_opt, real, latent)
+        S.plain_step(G, D, g_opt, d_opt, real, spec.latent)
     times = []
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(steps):
         t0 = time.perf_counter()
-        S.plain_step(G, D, g_opt, d_opt, real, latent)
+        S.plain_step(G, D, g_opt, d_opt, real, spec.latent)
         times.append(time.perf_counter() - t0)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / steps
-    return {"case": name, "median_s": statistics.median(times), "faults_per_step": faults}
+    return {"case": spec.name, "median_s": statistics.median(times), "faults_per_step": faults}
 
 
 def run_children(quick: bool, rounds: int, steps: int) -> dict[str, list[dict]]:

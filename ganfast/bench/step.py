@@ -1,8 +1,10 @@
 """`ganfast bench step`: one full GAN step (D update + G update) of `ganfast.Trainer` against the
-plain-PyTorch loop with the same models, optimizers and batch. Cases: an MLP on 2-D points (B = 256)
-and DCGAN at 32x32 (B = 64; width 32 and B = 32 with --quick), each without regularization and with
-spectral norm + R1 (PyTorch's spectral norm; the loop shares D(real) between the loss and R1 and
-freezes D in the G step, as a careful user writes it).
+plain-PyTorch loop with the same models, optimizers and batch. Cases: an MLP on 2-D points (B = 256),
+DCGAN at 32x32 (B = 64; width 32 and B = 32 with --quick), and that DCGAN class-conditional (10
+classes) with DiffAugment ("cond+aug": the plain loop draws the fake labels uniformly and augments with
+the reference DiffAugment), each without regularization and with spectral norm + R1 (PyTorch's
+spectral norm; the loop shares D(real) between the loss and R1 and freezes D in the G step, as a
+careful user writes it).
 
 The trainer's step has the same work, but calls D once on cat(real, fake) in the D step where D is
 small and judges each sample on its own (the MLP without R1; `Trainer._joint`), which the plain loop
@@ -29,13 +31,16 @@ the step.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from contextlib import ExitStack
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import diffaugment
 from . import AUTO_TOLERANCE, Row, interleaved_medians
 
 
@@ -51,9 +56,29 @@ def _mlp_models(hidden: int = 128):
         return g, d
 
 
-def _dcgan_models(width: int):
+def _dcgan_models(width: int, num_classes: int | None = None):
     from ..models import DCGANDiscriminator, DCGANGenerator
-    return DCGANGenerator(128, 32, 3, width), DCGANDiscriminator(32, 3, width)
+    return (DCGANGenerator(128, 32, 3, width, num_classes=num_classes),
+            DCGANDiscriminator(32, 3, width, num_classes=num_classes))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCase:
+    """One model pair and batch of the suite. A conditional case (num_classes) trains G(z, y) and D(x, y)
+    on batches (x, y); augment is a DiffAugment policy that both loops apply to every real and fake
+    batch before D (the trainer with ganfast's augmentation op, the plain loop with the reference)."""
+    name: str
+    models: Callable[[], tuple[nn.Module, nn.Module]]
+    latent: tuple[int, ...]
+    shape: tuple[int, ...]  # the real batch's
+    num_classes: int | None = None
+    augment: str | None = None
+
+    def batch(self, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(real images in [-1, 1], their labels or None), from the global generator."""
+        real = (torch.rand(self.shape) * 2 - 1).to(device)
+        labels = torch.randint(self.num_classes, self.shape[:1]).to(device) if self.num_classes else None
+        return real, labels
 
 
 def _torch_sn(model: nn.Module) -> nn.Module:
@@ -68,16 +93,26 @@ def _optims(G, D):
             torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999)))
 
 
-def plain_step(G, D, g_opt, d_opt, real, latent_shape, r1_gamma=None):
+def plain_step(G, D, g_opt, d_opt, real, latent_shape, r1_gamma=None, labels=None, num_classes=None,
+               augment=None):
     """The plain loop written the way a careful user writes it: one D(real) forward shared by the loss
     and R1, D on fake.detach(), G on the same fake, and D's parameters frozen during the G step (no
-    weight gradients nobody uses)."""
+    weight gradients nobody uses). With labels (a conditional case) the fake labels are drawn uniformly
+    from num_classes; with augment (a DiffAugment policy) every batch D sees is augmented first, by
+    the reference DiffAugment (plain PyTorch), and R1 differentiates at the augmented reals (D's input)."""
+    def aug(x):
+        return x if augment is None else diffaugment(x, augment, backend="reference")
+
+    def disc(x, y):
+        return D(x) if y is None else D(x, y)
+
     z = torch.randn((real.shape[0],) + latent_shape, device=real.device)
-    fake = G(z)
+    fake_labels = None if labels is None else torch.randint(num_classes, labels.shape, device=labels.device)
+    fake = G(z) if labels is None else G(z, fake_labels)
     d_opt.zero_grad(set_to_none=True)
-    x = real.detach().requires_grad_(r1_gamma is not None)
-    real_logits = D(x)
-    loss = F.softplus(-real_logits).mean() + F.softplus(D(fake.detach())).mean()
+    x = aug(real).detach().requires_grad_(r1_gamma is not None)
+    real_logits = disc(x, labels)
+    loss = F.softplus(-real_logits).mean() + F.softplus(disc(aug(fake.detach()), fake_labels)).mean()
     if r1_gamma is not None:
         (g,) = torch.autograd.grad(real_logits.sum(), x, create_graph=True)
         loss = loss + r1_gamma / 2 * g.pow(2).flatten(1).sum(1).mean()
@@ -85,7 +120,7 @@ def plain_step(G, D, g_opt, d_opt, real, latent_shape, r1_gamma=None):
     d_opt.step()
     D.requires_grad_(False)
     g_opt.zero_grad(set_to_none=True)
-    F.softplus(-D(fake)).mean().backward()
+    F.softplus(-disc(aug(fake), fake_labels)).mean().backward()
     g_opt.step()
     D.requires_grad_(True)
 
@@ -191,13 +226,15 @@ def format_shares(case: str, variant: str, shares: dict[str, float]) -> str:
             + f"); models {shares['models']:.0%}, optimizer {shares['optimizer']:.0%}")
 
 
-def _other_call_count(trainer, real, make_trainer):
+def _other_call_count(trainer, batch, make_trainer):
     """(variant name, trainer) making the other choice than `trainer` of one D call on cat(real,
     fake) or two (Trainer._joint), or None when D does not allow one call. make_trainer() builds a
-    trainer configured as `trainer`. Runs a first step of `trainer` (which probes D)."""
-    trainer.step(real, return_stats=False)
+    trainer configured as `trainer`; batch is a step's (real, or (real, labels)). Runs a first step of
+    `trainer` (which probes D)."""
+    trainer.step(batch, return_stats=False)
     if not trainer.joint_d_forward:
         return None
+    real = batch[0] if isinstance(batch, tuple) else batch
     other = make_trainer()
     if trainer._joint(real, False):
         other.joint_d_forward = False
@@ -221,14 +258,18 @@ def joint_check(case: str, rows: list[Row], other: str, tolerance: float = AUTO_
 
 
 def cases(quick: bool):
-    """(case name, models factory, latent shape, batch shape)."""
-    yield "MLP 2-D B=256", _mlp_models, (2,), (256, 2)
+    """The suite's StepCases: the MLP, the DCGAN, and the DCGAN class-conditional (10 classes: G with
+    conditional batch norm, D with a projection head) with DiffAugment's full policy."""
+    yield StepCase("MLP 2-D B=256", _mlp_models, (2,), (256, 2))
     try:
         from .. import models  # noqa: F401
     except ImportError:
         return
     width, b = (32, 32) if quick else (64, 64)
-    yield f"DCGAN 32x32 w={width} B={b}", lambda: _dcgan_models(width), (128, 1, 1), (b, 3, 32, 32)
+    name = f"DCGAN 32x32 w={width} B={b}"
+    yield StepCase(name, lambda: _dcgan_models(width), (128, 1, 1), (b, 3, 32, 32))
+    yield StepCase(name + " cond+aug", lambda: _dcgan_models(width, 10), (128, 1, 1), (b, 3, 32, 32),
+                   num_classes=10, augment="color,translation,cutout")
 
 
 def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list[Row]:
@@ -243,12 +284,14 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
     except ImportError:
         regs = [None]
     rows = []
-    for name, factory, latent, shape in cases(quick):
+    for case_spec in cases(quick):
         torch.manual_seed(0)
-        G0, D0 = factory()
-        real = (torch.rand(shape) * 2 - 1).to(device)
+        G0, D0 = case_spec.models()
+        real, labels = case_spec.batch(device)
+        batch = real if labels is None else (real, labels)
+        latent = case_spec.latent
         for reg in regs:
-            case = name + (" sn+r1" if reg else "")
+            case = case_spec.name + (" sn+r1" if reg else "")
             fns = {}
             # plain PyTorch
             G, D = copy.deepcopy(G0).to(device), copy.deepcopy(D0).to(device)
@@ -257,7 +300,8 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
             g_opt, d_opt = _optims(G, D)
             gamma = 10.0 if reg else None
             fns["eager"] = (lambda G=G, D=D, g_opt=g_opt, d_opt=d_opt:
-                            plain_step(G, D, g_opt, d_opt, real, latent, gamma))
+                            plain_step(G, D, g_opt, d_opt, real, latent, gamma, labels, case_spec.num_classes,
+                                       case_spec.augment))
             models = {"eager": (G, D)}  # whose forwards step_shares counts as the models' work
             # ganfast.Trainer, with and without reading the stats; with SN also one SN op per layer
             # instead of the multi-tensor call (the trainer's choice on the CPU and CUDA)
@@ -267,19 +311,20 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
             def make_trainer(reg=reg):
                 G, D = copy.deepcopy(G0).to(device), copy.deepcopy(D0).to(device)
                 return Trainer(G, D, *_optims(G, D), loss="ns", penalty="r1" if reg else None,
-                               spectral_norm=bool(reg), seed=0)
+                               spectral_norm=bool(reg), seed=0, num_classes=case_spec.num_classes,
+                               augment=case_spec.augment)
 
             trainers = {}
             for variant, stats, sn_multi in variants:
                 t = trainers[variant] = make_trainer()
                 if sn_multi is not None:
                     t.sn_multi_tensor = sn_multi
-                fns[variant] = lambda t=t, stats=stats: t.step(real, return_stats=stats)
+                fns[variant] = lambda t=t, stats=stats: t.step(batch, return_stats=stats)
                 models[variant] = (t.G, t.D)
             # the other choice of the D step's call count (Trainer._joint), where D allows one call
-            other = _other_call_count(trainers["trainer-nostats"], real, make_trainer)
+            other = _other_call_count(trainers["trainer-nostats"], batch, make_trainer)
             if other is not None:
-                fns[other[0]] = lambda t=other[1]: t.step(real, return_stats=False)
+                fns[other[0]] = lambda t=other[1]: t.step(batch, return_stats=False)
             rounds, round_time = (5, 0.1) if quick else (11, 0.2)
             for variant, sec in interleaved_medians(fns, device, rounds=rounds, round_time=round_time).items():
                 rows.append(Row("step", case, variant, sec))
