@@ -125,6 +125,15 @@ template <class F> void with_storage(at::ScalarType t, const char* op, F&& f) {
   }
 }
 
+// A phase touching fewer elements than this runs on the calling thread: a parallel region costs
+// 10-15 us to open on the 2-core Zen 2, more than a second thread saves on the smallest weights.
+// Multi-tensor op on MLP Ds under spectral norm (4 layers), serial against two threads, medians of
+// six alternating processes each (2026-12-05): hidden 128 (33K elements) forward 63 / 70 us,
+// forward + backward 325 / 329 us; hidden 192 (74K) 78 / 70 and 401 / 392 us, hidden 256 (132K)
+// 97 / 85 and 486 / 454 us: two threads win from about 64K on. (Toggling the thread count inside one
+// process had put the crossover near 200K: each switch resizes the thread pool.)
+constexpr int64_t kSerialWork = 4 * kChunk;
+
 // Tasks of several layers in one index space: task i belongs to the layer whose range holds it.
 // Threads get equal shares of WORK, not of tasks: the layers' tasks differ in size (a layer has at most
 // 16 row blocks, so a 4608x512 weight's blocks are 4x a 2304x256 one's), and at::parallel_for's equal
@@ -154,7 +163,7 @@ struct TaskList {
       }
     };
     const int64_t threads = std::min<int64_t>(at::get_num_threads(), n);
-    if (threads <= 1 || total < 2 * kChunk || at::in_parallel_region()) {
+    if (threads <= 1 || total < kSerialWork || at::in_parallel_region()) {
       run_tasks(0, n);
       return;
     }
