@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import backends
 from ..nn import apply_spectral_norm, sn_step, spectral_norm
-from . import Floor, Row, binding_floor, copy_step, interleaved_medians, mark_auto, median_time, under_backend
+from . import Floor, Row, binding_floor, copy_step, interleaved_medians, mark_auto, under_backend
 
 LAYERS = {
     "Linear 2304->256": lambda: nn.Linear(2304, 256),
@@ -162,29 +162,32 @@ def count_ops(step) -> int:
 
 
 def d_step_rows(device, quick):
+    """A D step (D on real, fake and an interpolate, one backward) with PyTorch's spectral norm, its
+    torch.compile, no spectral norm, and ganfast's on each backend (sn_step; on the CPU also
+    multi-tensor), timed in alternation as every case of the suite is; and the aten ops each dispatches."""
     g = torch.Generator().manual_seed(0)
     real = torch.randn(16, 3, 32, 32, generator=g).to(device)
     fake = torch.randn(16, 3, 32, 32, generator=g).to(device)
     case = "D step (D x3: real/fake/penalty)"
-    rows, counts = [], {}
+    fns, counts = {}, {}
     d = make_d("pytorch", device)
-    rows.append(Row("sn", case, "eager", median_time(d_step_fn(d, real, fake, False), device, rounds=5)))
-    counts["pytorch spectral_norm"] = count_ops(d_step_fn(d, real, fake, False))
-    compiled = torch.compile(d)
-    rows.append(Row("sn", case, "compiled", median_time(d_step_fn(d, real, fake, False, compiled), device, rounds=5)))
+    fns["eager"] = d_step_fn(d, real, fake, False)
+    counts["pytorch spectral_norm"] = count_ops(fns["eager"])
+    fns["compiled"] = d_step_fn(d, real, fake, False, torch.compile(d))
     d = make_d("none", device)
-    rows.append(Row("sn", case, "no-sn", median_time(d_step_fn(d, real, fake, False), device, rounds=5)))
-    counts["no spectral norm"] = count_ops(d_step_fn(d, real, fake, False))
+    fns["no-sn"] = d_step_fn(d, real, fake, False)
+    counts["no spectral norm"] = count_ops(fns["no-sn"])
     d = make_d("ganfast", device)
     for name in backends.available_backends(device.type):
+        fns[f"ganfast-{name}+sn_step"] = under_backend(name, d_step_fn(d, real, fake, True))
         with backends.use_backend(name):
-            rows.append(Row("sn", case, f"ganfast-{name}+sn_step",
-                            median_time(d_step_fn(d, real, fake, True), device, rounds=5)))
             counts[f"ganfast-{name} sn_step"] = count_ops(d_step_fn(d, real, fake, True))
-            if name == "cpu":
-                rows.append(Row("sn", case, "ganfast-cpu+multi",
-                                median_time(d_step_fn(d, real, fake, True, multi_tensor=True), device, rounds=5)))
+        if name == "cpu":
+            fns["ganfast-cpu+multi"] = under_backend(name, d_step_fn(d, real, fake, True, multi_tensor=True))
+            with backends.use_backend(name):
                 counts["ganfast-cpu sn_step multi"] = count_ops(d_step_fn(d, real, fake, True, multi_tensor=True))
+    times = interleaved_medians(fns, device, rounds=5 if quick else 9, round_time=0.2)
+    rows = [Row("sn", case, name, t) for name, t in times.items()]
     base = counts["no spectral norm"]
     print("aten ops dispatched by one D step: " + ", ".join(
         f"{k}: {v} ({v / base:.2f}x no-sn)" for k, v in counts.items()), flush=True)
