@@ -9,16 +9,20 @@ never stopped. Only the current batch is moved to the device.
   DataLoader's position is its epoch, the batches taken from it in that epoch and its RandomSampler's
   generator state at the epoch's start; on resume the epoch is rebuilt from that state with a batch
   sampler that skips the batches already taken, so no skipped sample is loaded. A plain iterable
-  (or a DataLoader of an IterableDataset) is replayed from its start to that batch.
+  (or a DataLoader of an IterableDataset) is replayed from its start to that batch, with a warning
+  on the "ganfast.train" logger: a stream of images loads every replayed batch again.
 """
 from __future__ import annotations
 
 import itertools
+import logging
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 
 from .labels import check_range
+
+log = logging.getLogger("ganfast.train")
 
 
 class TensorBatches:
@@ -127,6 +131,10 @@ class LoaderBatches:
             self.it = iter(_resumed_loader(self.data, skip))
         else:
             self.it = iter(self.data)
+            if skip:  # a stream's replay loads every batch again: it can take long, so say so
+                log.warning("resuming: replaying the first %d batches of epoch %d of the data iterable to reach its "
+                            "position (an iterable without a batch sampler can only be replayed; a DataLoader over a "
+                            "map-style dataset skips batches without loading them)", skip, self.epoch)
             for _ in range(skip):  # an iterable without a batch sampler: replay its start
                 next(self.it, None)
 

@@ -246,7 +246,7 @@ def test_extra_loss_hooks_see_the_step_and_change_it():
     assert not torch.equal(a.D[0].weight, b.D[0].weight) and not torch.equal(a.G[0].weight, b.G[0].weight)
 
 
-def test_dataloader_position_is_resumed_exactly(tmp_path):
+def test_dataloader_position_is_resumed_exactly(tmp_path, caplog):
     data = torch.utils.data.TensorDataset(points(80))
 
     def run(log_dir, steps, callback=None, seed=0):
@@ -259,7 +259,10 @@ def test_dataloader_position_is_resumed_exactly(tmp_path):
         run(tmp_path / "a", 12, _kill_at(8))  # checkpoint at step 6: one batch into the second epoch
     state = ckpt.load_latest_valid(tmp_path / "a" / "checkpoints")[0]["data"]
     assert state["kind"] == "loader" and (state["epoch"], state["batches"]) == (1, 1)
-    resumed, whole = run(tmp_path / "a", 12, seed=4), run(tmp_path / "b", 12)
+    with caplog.at_level("WARNING", logger="ganfast.train"):
+        resumed = run(tmp_path / "a", 12, seed=4)
+    assert not [r for r in caplog.records if "replaying" in r.getMessage()]  # skipped, not loaded again
+    whole = run(tmp_path / "b", 12)
     for p, q in zip(list(resumed.G.parameters()) + list(resumed.D.parameters()),
                     list(whole.G.parameters()) + list(whole.D.parameters())):
         assert torch.equal(p, q)
@@ -273,7 +276,8 @@ class _Stream(torch.utils.data.IterableDataset):
         return iter(self.x)
 
 
-def test_an_iterable_is_replayed_to_its_position_on_resume(tmp_path):
+def test_an_iterable_is_replayed_to_its_position_on_resume(tmp_path, caplog):
+    """...and says so: on a stream of images the replay loads every batch again, which can take long."""
     x = points(80)
 
     def run(log_dir, steps, callback=None):
@@ -284,9 +288,16 @@ def test_an_iterable_is_replayed_to_its_position_on_resume(tmp_path):
 
     with pytest.raises(Killed):
         run(tmp_path / "a", 9, _kill_at(5))
-    resumed, whole = run(tmp_path / "a", 9), run(tmp_path / "b", 9)
+    with caplog.at_level("WARNING", logger="ganfast.train"):
+        resumed = run(tmp_path / "a", 9)
+    whole = run(tmp_path / "b", 9)
     for p, q in zip(resumed.D.parameters(), whole.D.parameters()):
         assert torch.equal(p, q)
+    # killed at step 5, resumed from the step-3 checkpoint: 3 batches into epoch 0 (5 batches an epoch)
+    assert [r.getMessage() for r in caplog.records if "replaying" in r.getMessage()] == [
+        "resuming: replaying the first 3 batches of epoch 0 of the data iterable to reach its position (an iterable "
+        "without a batch sampler can only be replayed; a DataLoader over a map-style dataset skips batches without "
+        "loading them)"]
 
 
 def test_the_step_options_as_one_config_object():
