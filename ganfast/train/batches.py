@@ -10,10 +10,14 @@ never stopped. Only the current batch is moved to the device.
   generator state at the epoch's start; on resume the epoch is rebuilt from that state with a batch
   sampler that skips the batches already taken, so no skipped sample is loaded. A plain iterable
   (or a DataLoader of an IterableDataset) is replayed from its start to that batch, with a warning
-  on the "ganfast.train" logger: a stream of images loads every replayed batch again.
+  on the "ganfast.train" logger: a stream of images loads every replayed batch again. Unless it keeps
+  its own position: an iterable with state_dict() / load_state_dict() (torchdata's
+  StatefulDataLoader) has its state saved in the checkpoint and restored, in a single process (with
+  several, each rank's stream is its own, and rank 0 alone writes checkpoints: they replay).
 """
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 
@@ -95,19 +99,36 @@ def _resumed_loader(loader: DataLoader, skip: int) -> DataLoader:
                       pin_memory_device=loader.pin_memory_device)
 
 
+def _skips_by_sampler(data) -> bool:
+    """A DataLoader whose batch sampler can skip batches without loading them (a map-style dataset)."""
+    return isinstance(data, DataLoader) and data.batch_sampler is not None and \
+        not isinstance(data.dataset, IterableDataset)
+
+
+def _keeps_own_position(data) -> bool:
+    """An iterable that saves and restores its position itself (torchdata's StatefulDataLoader, or
+    any with the same two methods: state_dict() after the batches yielded so far)."""
+    return callable(getattr(data, "state_dict", None)) and callable(getattr(data, "load_state_dict", None))
+
+
 class LoaderBatches:
     """Batches of a DataLoader / iterable, restarted at each epoch; (x, label, ...) gives x, or
-    (x, label) when num_classes is given (a conditional trainer: labels range-checked on the host)."""
+    (x, label) when num_classes is given (a conditional trainer: labels range-checked on the host).
+    own_state: whether the checkpoints may carry a stateful iterable's own state (one process)."""
 
     def __init__(self, data, device: torch.device, seed: int, state: dict | None = None,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, own_state: bool = True):
         self.data, self.device, self.seed, self.num_classes = data, torch.device(device), seed, num_classes
         self.non_blocking = bool(getattr(data, "pin_memory", False))  # pinned host memory copies async
         self.epoch, self.taken, self._epoch_gen = 0, 0, None
-        gen_state, skip = None, 0
+        # where the position cannot be skipped to, the iterable's own state (when it keeps one)
+        self._own_state = own_state and not _skips_by_sampler(data) and _keeps_own_position(data)
+        self._warned_state = False
+        gen_state, skip, iterable_state = None, 0, None
         if state is not None and state.get("kind") == "loader":
             self.epoch, skip, gen_state = int(state["epoch"]), int(state["batches"]), state.get("sampler_generator")
-        self._start_epoch(gen_state, skip)
+            iterable_state = state.get("iterable_state") if self._own_state else None
+        self._start_epoch(gen_state, skip, iterable_state)
 
     def _sampler_generator(self) -> torch.Generator | None:
         sampler = getattr(self.data, "sampler", None)
@@ -117,7 +138,7 @@ class LoaderBatches:
             sampler.generator = torch.Generator().manual_seed(self.seed)
         return sampler.generator
 
-    def _start_epoch(self, gen_state=None, skip: int = 0) -> None:
+    def _start_epoch(self, gen_state=None, skip: int = 0, iterable_state=None) -> None:
         sampler = getattr(self.data, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch
             sampler.set_epoch(self.epoch)
@@ -126,9 +147,11 @@ class LoaderBatches:
             gen.set_state(gen_state)
         self._epoch_gen = gen.get_state() if gen is not None else None
         self.taken = skip
-        if skip and isinstance(self.data, DataLoader) and self.data.batch_sampler is not None and \
-                not isinstance(self.data.dataset, IterableDataset):
+        if skip and _skips_by_sampler(self.data):
             self.it = iter(_resumed_loader(self.data, skip))
+        elif skip and iterable_state is not None:
+            self.data.load_state_dict(iterable_state)
+            self.it = iter(self.data)
         else:
             self.it = iter(self.data)
             if skip:  # a stream's replay loads every batch again: it can take long, so say so
@@ -171,4 +194,25 @@ class LoaderBatches:
                 y.to(self.device, non_blocking=self.non_blocking))
 
     def state(self) -> dict:
-        return {"kind": "loader", "epoch": self.epoch, "batches": self.taken, "sampler_generator": self._epoch_gen}
+        out = {"kind": "loader", "epoch": self.epoch, "batches": self.taken, "sampler_generator": self._epoch_gen}
+        if self._own_state:
+            out["iterable_state"] = self._iterable_state()
+        return out
+
+    def _iterable_state(self):
+        """The iterable's own state, or None (then a resume replays) where checkpoints could not load it
+        back: they load with weights_only=True, which takes tensors, numbers, strings and containers."""
+        state = self.data.state_dict()
+        try:
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            buffer.seek(0)
+            torch.load(buffer, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any object the safe loader refuses
+            if not self._warned_state:
+                self._warned_state = True
+                log.warning("the data iterable's state_dict() holds objects a checkpoint cannot load back (%s: %s); "
+                            "a resume will replay the iterable to its position instead", type(e).__name__,
+                            str(e).splitlines()[0] if str(e) else "")
+            return None
+        return state

@@ -68,7 +68,7 @@ def _source(trainer, data, batch_size: int, state: dict | None):
         log.warning(
             "distributed fit on a DataLoader without a DistributedSampler: the ranks may draw the same samples "
             "(use ganfast.train.distributed.loader)")
-    return LoaderBatches(data, trainer.device, trainer.seed, state, num_classes=k)
+    return LoaderBatches(data, trainer.device, trainer.seed, state, num_classes=k, own_state=trainer.world_size == 1)
 
 
 def _fit(tr, data, steps, batch_size, *, log_every, log_dir, checkpoint_dir, checkpoint_every, keep_checkpoints,

@@ -300,6 +300,71 @@ def test_an_iterable_is_replayed_to_its_position_on_resume(tmp_path, caplog):
         "loading them)"]
 
 
+class _StatefulStream:
+    """Batches of x that keep their own position, as torchdata's StatefulDataLoader does: state_dict()
+    after the batches yielded so far, load_state_dict() to continue from it; `loaded` counts the
+    batches made."""
+
+    def __init__(self, x, batch=16, state_class=None):
+        self.x, self.batch, self.pos, self.loaded, self.state_class = x, batch, 0, 0, state_class
+
+    def __iter__(self):
+        while self.pos * self.batch < len(self.x):
+            self.pos += 1
+            self.loaded += 1
+            yield self.x[(self.pos - 1) * self.batch:self.pos * self.batch]
+        self.pos = 0  # the next iteration is a new epoch
+
+    def state_dict(self):
+        return {"pos": self.pos if self.state_class is None else self.state_class(self.pos)}
+
+    def load_state_dict(self, state):
+        self.pos = int(state["pos"])
+
+
+class _Position(int):
+    """A state entry the checkpoint's safe loader (weights_only) refuses."""
+
+
+@pytest.mark.parametrize("state_class", [None, _Position], ids=["loadable", "unloadable"])
+def test_a_stream_that_keeps_its_position_is_restored_not_replayed(tmp_path, caplog, state_class):
+    """A stateful iterable resumes from its own state, without loading the batches before it again; one
+    whose state a checkpoint cannot load back is replayed, with a warning when saved and when replayed."""
+    x = points(80)
+
+    def run(log_dir, steps, callback=None):
+        t, stream = _trainer(), _StatefulStream(x, state_class=state_class)
+        t.fit(stream, steps=steps, log_dir=log_dir, checkpoint_every=3, progress=False, callback=callback)
+        return t, stream
+
+    with caplog.at_level("WARNING", logger="ganfast.train"):
+        with pytest.raises(Killed):
+            run(tmp_path / "a", 9, _kill_at(5))
+        (resumed, stream), (whole, _) = run(tmp_path / "a", 9), run(tmp_path / "b", 9)
+    for p, q in zip(list(resumed.G.parameters()) + list(resumed.D.parameters()),
+                    list(whole.G.parameters()) + list(whole.D.parameters())):
+        assert torch.equal(p, q)
+    messages = [r.getMessage() for r in caplog.records]
+    replayed = [m for m in messages if "replaying the first 3 batches" in m]
+    if state_class is None:  # from the step-3 checkpoint: steps 4-9 load 6 batches, nothing before them
+        assert stream.loaded == 6 and not replayed
+    else:
+        assert stream.loaded == 9 and len(replayed) == 1
+        assert any("state_dict() holds objects a checkpoint cannot load back" in m for m in messages)
+
+
+def test_several_processes_replay_a_stateful_stream():
+    """With several ranks each one's stream is its own and rank 0 alone writes checkpoints: the state
+    is not kept (own_state=False) and a resume replays."""
+    from ganfast.train.batches import LoaderBatches
+
+    stream = _StatefulStream(points(80))
+    source = LoaderBatches(stream, "cpu", 0, {"kind": "loader", "epoch": 0, "batches": 2, "sampler_generator": None,
+                                              "iterable_state": {"pos": 4}}, own_state=False)
+    assert torch.equal(next(source), points(80)[32:48]) and stream.loaded == 3
+    assert "iterable_state" not in source.state()
+
+
 def test_the_step_options_as_one_config_object():
     from ganfast.train import StepConfig
     G, D = mlp_pair()
