@@ -25,10 +25,6 @@ def _trainer(case, G, D, reg):
                    num_classes=case.num_classes, augment=case.augment)
 
 
-def _step_batch(real, labels):
-    return real if labels is None else (real, labels)
-
-
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_plain_pytorch_step(benchmark, case, reg):
@@ -50,7 +46,7 @@ def test_trainer_step(benchmark, case, reg, stats):
         pytest.importorskip("ganfast.nn")
     case, G, D, (real, labels) = _setup(case)
     t = _trainer(case, G, D, reg)
-    batch = _step_batch(real, labels)
+    batch = bench_step.trainer_batch(real, labels)
     benchmark.pedantic(lambda: t.step(batch, return_stats=stats), rounds=5, warmup_rounds=1)
 
 
@@ -63,5 +59,5 @@ def test_trainer_step_sn_per_layer(benchmark, case):
     case, G, D, (real, labels) = _setup(case)
     t = _trainer(case, G, D, "sn+r1")
     t.sn_multi_tensor = False
-    batch = _step_batch(real, labels)
+    batch = bench_step.trainer_batch(real, labels)
     benchmark.pedantic(lambda: t.step(batch, return_stats=False), rounds=5, warmup_rounds=1)

@@ -180,12 +180,10 @@ def d_step_rows(device, quick):
     d = make_d("ganfast", device)
     for name in backends.available_backends(device.type):
         fns[f"ganfast-{name}+sn_step"] = under_backend(name, d_step_fn(d, real, fake, True))
-        with backends.use_backend(name):
-            counts[f"ganfast-{name} sn_step"] = count_ops(d_step_fn(d, real, fake, True))
+        counts[f"ganfast-{name} sn_step"] = count_ops(fns[f"ganfast-{name}+sn_step"])
         if name == "cpu":
             fns["ganfast-cpu+multi"] = under_backend(name, d_step_fn(d, real, fake, True, multi_tensor=True))
-            with backends.use_backend(name):
-                counts["ganfast-cpu sn_step multi"] = count_ops(d_step_fn(d, real, fake, True, multi_tensor=True))
+            counts["ganfast-cpu sn_step multi"] = count_ops(fns["ganfast-cpu+multi"])
     times = interleaved_medians(fns, device, rounds=5 if quick else 9, round_time=0.2)
     rows = [Row("sn", case, name, t) for name, t in times.items()]
     base = counts["no spectral norm"]

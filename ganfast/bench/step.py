@@ -81,6 +81,11 @@ class StepCase:
         return real, labels
 
 
+def trainer_batch(real: torch.Tensor, labels: torch.Tensor | None):
+    """What Trainer.step takes for a StepCase's batch: real, or (real, labels) when conditional."""
+    return real if labels is None else (real, labels)
+
+
 def _torch_sn(model: nn.Module) -> nn.Module:
     for m in list(model.modules()):
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
@@ -288,7 +293,7 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
         torch.manual_seed(0)
         G0, D0 = case_spec.models()
         real, labels = case_spec.batch(device)
-        batch = real if labels is None else (real, labels)
+        batch = trainer_batch(real, labels)
         latent = case_spec.latent
         for reg in regs:
             case = case_spec.name + (" sn+r1" if reg else "")

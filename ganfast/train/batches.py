@@ -17,13 +17,13 @@ never stopped. Only the current batch is moved to the device.
 """
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 
+from .checkpoint import unloadable_reason
 from .labels import check_range
 
 log = logging.getLogger("ganfast.train")
@@ -200,19 +200,14 @@ class LoaderBatches:
         return out
 
     def _iterable_state(self):
-        """The iterable's own state, or None (then a resume replays) where checkpoints could not load it
-        back: they load with weights_only=True, which takes tensors, numbers, strings and containers."""
+        """The iterable's own state, or None (then a resume replays) where a checkpoint could not load
+        it back."""
         state = self.data.state_dict()
-        try:
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
-            buffer.seek(0)
-            torch.load(buffer, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any object the safe loader refuses
-            if not self._warned_state:
-                self._warned_state = True
-                log.warning("the data iterable's state_dict() holds objects a checkpoint cannot load back (%s: %s); "
-                            "a resume will replay the iterable to its position instead", type(e).__name__,
-                            str(e).splitlines()[0] if str(e) else "")
-            return None
-        return state
+        reason = unloadable_reason(state)
+        if reason is None:
+            return state
+        if not self._warned_state:
+            self._warned_state = True
+            log.warning("the data iterable's state_dict() holds objects a checkpoint cannot load back (%s); a resume "
+                        "will replay the iterable to its position instead", reason)
+        return None

@@ -135,6 +135,22 @@ def load(path: str | os.PathLike, map_location=None) -> dict:
         raise CheckpointError(f"checkpoint {path} passed its checksum but cannot be loaded: {e}") from e
 
 
+def unloadable_reason(obj) -> str | None:
+    """Why a checkpoint holding `obj` would not load back (`load` takes tensors, numbers, strings and
+    containers: weights_only=True), or None when it would."""
+    try:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever torch.save or the safe loader refuses
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        # the safe loader's message opens with advice; the line that names the object is the one to give
+        named = [line for line in lines if "Unsupported global" in line]
+        return f"{type(e).__name__}: {(named or lines or [''])[0]}"
+    return None
+
+
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     """Checkpoints written by `save_rotating` in `directory`, oldest first."""
     directory = Path(directory)

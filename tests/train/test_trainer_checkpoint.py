@@ -239,3 +239,16 @@ def test_fit_twice_continues_the_log(tmp_path):
     t.fit(points(64), steps=5, batch_size=16, log_dir=tmp_path, progress=False)
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5] and t.step_count == 5
+
+
+class _Opaque:
+    """Picklable, but not among the types the safe loader takes."""
+
+
+def test_unloadable_reason_names_what_a_checkpoint_would_refuse():
+    from ganfast.train.checkpoint import unloadable_reason
+
+    assert unloadable_reason({"pos": 3, "seen": [1.5, "a"], "gen": torch.zeros(2)}) is None
+    reason = unloadable_reason({"pos": _Opaque()})
+    assert reason.startswith("UnpicklingError") and "Unsupported global" in reason and "_Opaque" in reason
+    assert unloadable_reason(lambda: 0).startswith(("PicklingError", "AttributeError"))  # not even picklable
