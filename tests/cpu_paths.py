@@ -1,6 +1,7 @@
 """The vectorized CPU kernels exist in one copy per capability (default, avx2, avx512; see
 csrc/cpu/kernels.h). These helpers let a test run on each copy this machine supports, one after
-the other in the same process, through the ganfast_cpu:: ops."""
+the other in the same process, through the ganfast_cpu:: ops; and write outputs of any size with
+non-temporal stores (which only large outputs get otherwise)."""
 import contextlib
 
 import pytest
@@ -35,3 +36,14 @@ def capability(request):
     """Each CPU capability in turn, active for the test."""
     with cpu_capability(request.param):
         yield request.param
+
+
+@contextlib.contextmanager
+def nontemporal_stores(min_bytes: int):
+    """Outputs of at least `min_bytes` bytes go around the caches inside the block (0: every output)."""
+    previous = torch.ops.ganfast_cpu.nontemporal_min_bytes()
+    torch.ops.ganfast_cpu.set_nontemporal_min_bytes(min_bytes)
+    try:
+        yield
+    finally:
+        torch.ops.ganfast_cpu.set_nontemporal_min_bytes(previous)

@@ -4,6 +4,8 @@
 //   ganfast_cpu::capability() -> str       the one in use
 //   ganfast_cpu::set_capability(str)       switch (tests run the kernel tests on every path)
 //   ganfast_cpu::intra_op_parallel() -> bool  whether at::parallel_for in this build uses threads
+//   ganfast_cpu::nontemporal_min_bytes() -> int, set_nontemporal_min_bytes(int)  the size from
+//       which outputs go around the caches (kernels.h; tests set 0 to run every path on small shapes)
 // At load the best supported one is chosen, lowered to GANFAST_CPU_CAPABILITY when that is set
 // (default|avx2|avx512, as PyTorch's ATEN_CPU_CAPABILITY). The check is cpuid, through GCC/Clang's
 // __builtin_cpu_supports: the same ISA extensions the copies were compiled with (setup.py).
@@ -12,8 +14,11 @@
 #include <c10/util/Logging.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <exception>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -109,7 +114,49 @@ bool intra_op_parallel_op() {
 #endif
 }
 
+// The largest unified cache CPU 0 has, in bytes, from Linux's sysfs (0 when not found). sysconf's
+// _SC_LEVEL3_CACHE_SIZE is no substitute: glibc reports the whole package's L3 there (256 MiB on the
+// EPYC whose cores share 16 MiB).
+int64_t last_level_cache_bytes() {
+  int64_t best = 0;
+  for (int index = 0; index < 8; ++index) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+    std::ifstream type_file(dir + "type"), size_file(dir + "size");
+    std::string type, size;
+    if (!(type_file >> type) || !(size_file >> size)) break;
+    if (type != "Unified" || size.empty()) continue;
+    int64_t bytes = 0;
+    try {
+      bytes = std::stoll(size);
+    } catch (const std::exception&) {
+      continue;
+    }
+    const char unit = size.back();
+    if (unit == 'K') bytes <<= 10;
+    if (unit == 'M') bytes <<= 20;
+    best = std::max(best, bytes);
+  }
+  return best;
+}
+
+std::atomic<int64_t>& nontemporal_from() {
+  static std::atomic<int64_t> bytes{[] {
+    const int64_t cache = last_level_cache_bytes();
+    return cache > 0 ? cache / 2 : int64_t(16) << 20;
+  }()};
+  return bytes;
+}
+
+int64_t nontemporal_min_bytes_op() { return nontemporal_from().load(); }
+
+void set_nontemporal_min_bytes_op(int64_t bytes) {
+  TORCH_CHECK(bytes >= 0, "ganfast_cpu::set_nontemporal_min_bytes: bytes must be >= 0, got ", bytes);
+  nontemporal_from().store(bytes);
+}
+
 }  // namespace
+
+int64_t nontemporal_min_bytes() { return nontemporal_from().load(std::memory_order_relaxed); }
 
 CpuCapability cpu_capability() { return CpuCapability(active().load(std::memory_order_relaxed)); }
 
@@ -118,6 +165,8 @@ TORCH_LIBRARY(ganfast_cpu, m) {
   m.def("capability() -> str", &capability_op);
   m.def("set_capability(str name) -> ()", &set_capability_op);
   m.def("intra_op_parallel() -> bool", &intra_op_parallel_op);
+  m.def("nontemporal_min_bytes() -> int", &nontemporal_min_bytes_op);
+  m.def("set_nontemporal_min_bytes(int bytes) -> ()", &set_nontemporal_min_bytes_op);
 }
 
 }  // namespace ganfast

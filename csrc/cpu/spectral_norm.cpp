@@ -29,7 +29,7 @@
 #include <string>
 #include <vector>
 #if defined(__x86_64__)
-#include <immintrin.h>  // F16C's half conversions in the AVX2 / AVX-512 copies (spectral_norm_kernels.h)
+#include <immintrin.h>  // F16C's half conversions, non-temporal stores (spectral_norm_kernels.h)
 #endif
 
 #include "../common/parallel.h"
@@ -97,7 +97,7 @@ template <class S> struct Kernels {
   void (*axpy)(T, const S*, T*, int64_t, bool);
   void (*add_into)(const T*, T*, int64_t);
   void (*scale)(const S*, T, S*, int64_t);
-  void (*grad_row)(const S*, const T*, T, T, S*, int64_t);
+  void (*grad_row)(const S*, const T*, T, T, S*, int64_t, bool);
 };
 
 #define GANFAST_SN_TABLE(ns) \
@@ -400,7 +400,14 @@ void spectral_norm_backward_layers(std::vector<SpectralNormBackwardCall>& calls,
   TaskList chunks, rows;
   std::vector<std::vector<double>> gw(nl);
   std::vector<int64_t> segs_per_task(nl);
+  // dW is read next by the optimizer, after the rest of the backward. Where dW is half the
+  // last-level cache or more (so dW, G and W are 1.5 times it), dW goes around the cache: a cached
+  // store first reads each line from memory. Linear 4608->512 fp32 (dW 9.4 MB, 16 MB L3, Zen 2) forward + backward 1.70 against
+  // 1.88 ms; 2304->512 (4.7 MB) 0.59 against 0.73 ms cached (dW still in the cache for the next use).
+  std::vector<char> stream(nl);
+  const int64_t stream_from = nontemporal_min_bytes();
   for (int64_t l = 0; l < nl; ++l) {
+    stream[l] = int64_t(calls[l].grad_w.nbytes()) >= stream_from;
     const int64_t n = calls[l].w.numel();
     gw[l].assign((n + kChunk - 1) / kChunk, 0.0);
     chunks.add(int64_t(gw[l].size()), 2 * n);
@@ -446,8 +453,11 @@ void spectral_norm_backward_layers(std::vector<SpectralNormBackwardCall>& calls,
       const T ki = T(k[l] * inv[l]);
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t a = p / H, r = p % H;
-        kk.grad_row(g + p * I, v + a * I, ki * u[r], T(inv[l]), out + p * I, I);
+        kk.grad_row(g + p * I, v + a * I, ki * u[r], T(inv[l]), out + p * I, I, stream[l]);
       }
+#if defined(__x86_64__)
+      if (stream[l]) _mm_sfence();  // this thread's non-temporal stores, visible before the op returns
+#endif
     });
   });
 }

@@ -99,6 +99,27 @@ template <class S> SN_INLINE void store_n(S* p, typename Lanes<S>::V x, int64_t 
   memcpy(p, &r, size_t(n) * sizeof(S));
 }
 
+// A full vector stored with a non-temporal store (around the caches), p aligned to the stored bytes.
+template <class S> SN_INLINE void store_stream(S* p, typename Lanes<S>::V x) {
+  const typename Lanes<S>::Raw r = Lanes<S>::narrow(x);
+#if defined(__x86_64__)
+  if constexpr (sizeof(r) == 64) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), (__m512i)r);
+  } else if constexpr (sizeof(r) == 32) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), (__m256i)r);
+  } else if constexpr (sizeof(r) == 16) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(p), (__m128i)r);
+  } else {
+    static_assert(sizeof(r) == 8, "a vector of 8, 16, 32 or 64 bytes");
+    long long bits;
+    memcpy(&bits, &r, 8);
+    _mm_stream_si64(reinterpret_cast<long long*>(p), bits);
+  }
+#else
+  *reinterpret_cast<typename Lanes<S>::RawU*>(p) = r;
+#endif
+}
+
 template <class V> SN_INLINE auto lane_sum(V x) {  // pairwise, fixed order
   constexpr int N = sizeof(V) / sizeof(x[0]);
   decltype(x[0] + x[0]) s[N];
@@ -209,13 +230,21 @@ template <class S> void scale(const S* x, typename Lanes<S>::T a, S* out, int64_
   if (i < n) store_n(out + i, load_n(x + i, n - i) * a, n - i);
 }
 
-// out[i] = g[i] * inv - c * v[i]   (one row of dW = (G - k u v^T) / sigma, with c = k u[r] / sigma)
+// out[i] = g[i] * inv - c * v[i]   (one row of dW = (G - k u v^T) / sigma, with c = k u[r] / sigma);
+// `stream`: the full vectors from the first aligned one on go around the caches (store_stream)
 template <class S> void grad_row(const S* g, const typename Lanes<S>::T* v, typename Lanes<S>::T c,
-                                 typename Lanes<S>::T inv, S* out, int64_t n) {
+                                 typename Lanes<S>::T inv, S* out, int64_t n, bool stream) {
   constexpr int N = Lanes<S>::N;
+  auto part = [&](int64_t i, int64_t m) { store_n(out + i, load_n(g + i, m) * inv - c * load_n(v + i, m), m); };
   int64_t i = 0;
+  if (stream) {
+    constexpr uintptr_t kBytes = sizeof(typename Lanes<S>::Raw);
+    const int64_t head = std::min<int64_t>(n, int64_t((kBytes - reinterpret_cast<uintptr_t>(out) % kBytes) % kBytes / sizeof(S)));
+    if (head > 0) part(0, head);
+    for (i = head; i + N <= n; i += N) store_stream(out + i, load(g + i) * inv - c * load(v + i));
+  }
   for (; i + N <= n; i += N) store(out + i, load(g + i) * inv - c * load(v + i));
-  if (i < n) store_n(out + i, load_n(g + i, n - i) * inv - c * load_n(v + i, n - i), n - i);
+  if (i < n) part(i, n - i);
 }
 
 #undef SN_INLINE

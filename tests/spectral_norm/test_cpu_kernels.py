@@ -1,7 +1,8 @@
 """The vectorized CPU spectral norm (csrc/cpu/spectral_norm.cpp) on each instruction set it has
 (the copies of tests/cpu_paths.py): against the float64 reference at every dtype, on vector
 tails, many row blocks, dim != 0 and strided weights; the rescue of tiny / huge / zero weights;
-thread-count independence; and the multi-tensor ops against the single-layer ones."""
+thread-count independence; the non-temporal stores of large gradients; and the multi-tensor ops
+against the single-layer ones."""
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from ganfast.ops import spectral_norm as ops
 from ganfast.reference import spectral_norm as reference
 from ganfast.validate import compare, relative_error
 
-from ..cpu_paths import CAPABILITIES, cpu_capability
+from ..cpu_paths import CAPABILITIES, cpu_capability, nontemporal_stores
 from .sn_helpers import need
 
 # (shape, dim): vector tails (13, 17, 129 columns), one row / one column, dim 1 and 2 (segments of
@@ -97,6 +98,40 @@ def test_nan_propagates(capability):
     w[3, 17] = float("nan")
     got = run(cpu_op, w, u, v, up, 0, 1, torch.float32)
     assert got["sigma"].isnan() and got["out"].isnan().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_streamed_gradient_is_the_cached_one(capability, dtype):
+    """dW written around the caches (what weights of half the last-level cache or more get) is bitwise
+    the dW of ordinary stores: rows starting at every alignment (odd row lengths, so the stores begin
+    after a head of scalar elements), vector tails, one and several layers."""
+    layers = [((7, 13), 0), ((1, 129), 0), ((123, 1), 0), ((6, 17, 3, 3), 1), ((300, 517), 0), ((40, 70, 3, 3), 1)]
+    acc = reference.opmath_dtype(dtype)
+    draws = [draw(shape, dim, 30 + i) for i, (shape, dim) in enumerate(layers)]
+
+    def grads():
+        singles = []
+        for (w, u, v, up), (_, dim) in zip(draws, layers):
+            singles.append(run(cpu_op, w, u, v, up, dim, 1, dtype)["grad"])
+        ws = [w.to(dtype).requires_grad_() for w, _, _, _ in draws]
+        outs = ops.spectral_norm_multi(ws, [d[1].to(acc) for d in draws], [d[2].to(acc) for d in draws],
+                                       [dim for _, dim in layers], 1, 1e-12)[0]
+        torch.autograd.backward(outs, [d[3].to(dtype) for d in draws])
+        return singles + [w.grad for w in ws]
+
+    with nontemporal_stores(2**62):
+        cached = grads()
+    with nontemporal_stores(0):
+        streamed = grads()
+    for i, (a, b) in enumerate(zip(streamed, cached)):
+        assert torch.equal(a, b), i
+
+
+def test_nontemporal_threshold():
+    need("cpu")
+    assert torch.ops.ganfast_cpu.nontemporal_min_bytes() > 0
+    with pytest.raises(RuntimeError, match="bytes must be >= 0"):
+        torch.ops.ganfast_cpu.set_nontemporal_min_bytes(-1)
 
 
 def test_capabilities_agree():
