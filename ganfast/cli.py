@@ -250,7 +250,7 @@ def _add_train(sub) -> None:
                    help=f"fraction of the steps at the end over which the lr falls linearly to 0 (default {R['lr_decay']})")
     p.add_argument("--ema", type=float, help=f"decay of the EMA of G, 0 for none (default {R['ema']})")
     p.add_argument("--ema-rampup", type=float, help="cap the EMA's half-life at this fraction of the steps done "
-                                                    "(StyleGAN's ema_rampup; default none, MNIST family 0.05)")
+                                                    "(StyleGAN's ema_rampup; default 0.05 for images, none for points; 0 for none)")
     p.add_argument("--latent-dim", type=int, help=f"size of z (default {R['latent_dim']} for points)")
     p.add_argument("--width", type=int, help="hidden units (MLP, default 128) or base channels (images, 64)")
     p.add_argument("--d-width", type=int, help="D's base channels when they differ from G's (images; --width / 4 is "

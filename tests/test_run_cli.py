@@ -145,6 +145,7 @@ def test_image_folder_run(tmp_path):
                  "--out", str(run), "--no-progress", "--arch", "resnet", "--sn"]) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["kind"] == "images" and cfg["data_shape"] == [3, 8, 8] and cfg["arch"] == "resnet" and cfg["sn"]
+    assert cfg["ema"] == 0.999 and cfg["ema_rampup"] == 0.05  # the image default: early grids not the random start
     assert (run / "samples" / "step-000000003.png").is_file()
     assert main(["sample", str(run), "-n", "5", "-o", str(tmp_path / "x.npy")]) == 0
     assert np.load(tmp_path / "x.npy").shape == (5, 3, 8, 8)
@@ -152,6 +153,22 @@ def test_image_folder_run(tmp_path):
     assert main(["explore", str(run)]) == 0
     for name in ("interpolation", "traversal", "saliency_real", "saliency_fake"):
         assert (run / "explore" / f"{name}.png").is_file()
+
+
+def test_ema_rampup_defaults(tmp_path):
+    """Image runs ramp the EMA's half-life up with the steps done; the points' runs do not; a given
+    value wins; a run written before the option existed resumes without it (LATER_KEYS)."""
+    folder = tmp_path / "imgs"
+    write_random_pngs(folder)
+    assert grun.resolve_options(data=str(folder))["ema_rampup"] == 0.05
+    assert grun.resolve_options(data="digits")["ema_rampup"] == 0.05
+    assert grun.resolve_options(data=str(folder), ema_rampup=0.2)["ema_rampup"] == 0.2
+    assert grun.resolve_options(data="ring")["ema_rampup"] is None
+    assert grun.step_config(grun.resolve_options(data=str(folder), ema_rampup=0)).ema_rampup is None  # 0: none
+    assert grun.step_config(grun.resolve_options(data=str(folder))).ema_rampup == 0.05
+    with pytest.raises(grun.RunError, match="ema-rampup must be > 0"):
+        grun.resolve_options(data=str(folder), ema_rampup=-0.1)
+    assert grun.LATER_KEYS["ema_rampup"] is None
 
 
 @pytest.mark.parametrize("argv, message", [
