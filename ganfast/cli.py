@@ -193,18 +193,14 @@ def _cmd_sample(args) -> int:
     return 0
 
 
-def _class_list(labels: str | None, cls: int | None) -> list[int] | None:
-    """--labels 0,1,2 or --class K as a list of class indices (None: every class)."""
-    from ganfast.run import RunError
-
+def _class_list(labels: str | None, cls: str | None) -> list[str] | None:
+    """--labels A,B,... or --class K as a list of classes, names or indices (run.class_index reads
+    them); None: every class."""
     if cls is not None:
         return [cls]
     if labels is None:
         return None
-    try:
-        return [int(v) for v in labels.split(",") if v.strip()]
-    except ValueError:
-        raise RunError(f"--labels must be comma-separated class indices such as 0,1,2, got {labels!r}") from None
+    return [v.strip() for v in labels.split(",") if v.strip()]
 
 
 def _cmd_explore(args) -> int:
@@ -315,16 +311,17 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--labels", metavar="K,K,...", help="conditional runs: the classes to sample, one row each "
-                                                          "in a picture (default: every class)")
-    which.add_argument("--class", dest="cls", type=int, metavar="K", help="conditional runs: only class K")
+                                                          "in a picture, by index or by name (a folder run's "
+                                                          "class subfolders; default: every class)")
+    which.add_argument("--class", dest="cls", metavar="K", help="conditional runs: only class K (index or name)")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("explore", help="latent interpolation, traversal and D's saliency maps as PNG")
     common(p)
     p.add_argument("--out", help="folder for the pictures (default RUN/explore)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent points (default 0)")
-    p.add_argument("--class", dest="cls", type=int, default=0, metavar="K",
-                   help="conditional runs: the class to explore (default 0)")
+    p.add_argument("--class", dest="cls", default="0", metavar="K",
+                   help="conditional runs: the class to explore, index or name (default 0)")
     p.set_defaults(func=_cmd_explore)
 
 

@@ -293,14 +293,15 @@ class Dataset:
     """What `ganfast train` trains on. samples: (N, 2) points or (N, C, H, W) images in [-1, 1];
     for a folder streamed from disk (`stream`, a torch Dataset), its first PREVIEW images, read on
     first use. labels: None, or a LongTensor (N,) of class indices in [0, num_classes) (every sample's,
-    a stream's included)."""
+    a stream's included); class_names: the name of each class where the data names them (a folder's
+    class subfolders, sorted), else None (the index is the class: a mode, a digit)."""
 
     def __init__(self, name: str, samples: torch.Tensor | None, kind: str, mixture: Mixture | None = None,
                  info: dict | None = None, stream=None, labels: torch.Tensor | None = None,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, class_names: list[str] | None = None):
         self.name, self.kind, self.mixture, self.info, self.stream = name, kind, mixture, info or {}, stream
         self._samples = samples
-        self.labels, self.num_classes = labels, num_classes
+        self.labels, self.num_classes, self.class_names = labels, num_classes, class_names
 
     def class_frequencies(self) -> list[float]:
         """The fraction of samples of each class (the fake labels' distribution of a conditional run)."""
@@ -386,6 +387,7 @@ def make_dataset(name_or_path, n_points: int = 20000, image_size: int | None = N
         targets = torch.as_tensor(stream.targets, dtype=torch.long) if labels else None
         return Dataset(os.path.basename(os.path.normpath(name)) or name, None, "images",
                        info={"path": os.path.abspath(name)}, stream=stream, labels=targets,
-                       num_classes=len(stream.classes) if labels else None)
+                       num_classes=len(stream.classes) if labels else None,
+                       class_names=list(stream.classes) if labels else None)
     raise ValueError(f"unknown data {name!r}: give one of {', '.join(DATASETS)} or the path of an "
                      f"existing folder of images")

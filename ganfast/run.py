@@ -663,7 +663,13 @@ def _train(cfg: dict, run_dir: Path, resuming: bool, progress: bool, echo, main:
         if resuming and "num_classes" in cfg and cfg["num_classes"] != dataset.num_classes:
             raise RunError(f"run {str(run_dir)!r} was trained on {cfg['num_classes']} classes, the data now has "
                            f"{dataset.num_classes}")
+        if resuming and dataset.class_names is not None and cfg.get("class_names", dataset.class_names) != \
+                dataset.class_names:  # same count, other classes: each label would mean another class
+            raise RunError(f"run {str(run_dir)!r} was trained on the classes {', '.join(cfg['class_names'])}; the "
+                           f"data's class folders are now {', '.join(dataset.class_names)}")
         cfg["num_classes"] = dataset.num_classes
+        if dataset.class_names is not None:
+            cfg["class_names"] = dataset.class_names  # what each label means: sample --class NAME reads it
         cfg["class_probs"] = dataset.class_frequencies()  # fake labels follow the data's class frequencies
     if cfg["kind"] == "points":
         cfg["latent_dim"] = cfg.get("latent_dim") or 2
@@ -859,19 +865,32 @@ def sample(run_dir, n: int, out_path, seed: int = 0, backend: str | None = None,
     return x.numpy()
 
 
+def class_index(run: Run, label) -> int:
+    """The index of class `label` of a conditional run: a class's name (a folder run's class subfolder,
+    config.json's class_names) or its index, as an int or a string of digits. A name wins over an
+    index: in a folder of classes "1", "10", "2", class "2" is index 2 by name, not the folder "10"."""
+    k, names = run.trainer.num_classes, run.config.get("class_names")
+    if names is not None and str(label) in names:
+        return names.index(str(label))
+    index = int(label) if isinstance(label, str) and label.strip().lstrip("-").isdigit() else label
+    if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < k:
+        return index
+    listed = f"a name of {', '.join(names)} or an index in [0, {k})" if names is not None else \
+        f"an index in [0, {k})"
+    raise RunError(f"--labels / --class: this run of {k} classes has no class {label!r}; give {listed}")
+
+
 def _sample_labels(run: Run, n: int, labels) -> tuple[torch.Tensor | None, int]:
-    """The labels of n samples (blocks of ceil(n / classes), one per class asked) and the grid's row
-    length; (None, 8) for an unconditional run, which refuses labels."""
+    """The labels of n samples (blocks of ceil(n / classes), one per class asked: names or indices,
+    see class_index) and the grid's row length; (None, 8) for an unconditional run, which refuses labels."""
     k = run.trainer.num_classes
     if k is None:
         if labels is not None:
             raise RunError(f"--labels / --class: run {run.dir} is not conditional (trained without --conditional)")
         return None, 8
-    classes = list(range(k)) if labels is None else list(labels)
-    bad = [c for c in classes if not 0 <= c < k]
-    if not classes or bad:
-        raise RunError(f"--labels / --class must be class indices in [0, {k}) for this run of {k} classes, "
-                       f"got {bad or 'none'}")
+    classes = list(range(k)) if labels is None else [class_index(run, c) for c in labels]
+    if not classes:
+        raise RunError("--labels / --class: no class given")
     per = math.ceil(n / len(classes))
     return torch.tensor(classes)[torch.arange(n) // per], per
 
@@ -888,9 +907,10 @@ class _OneClass(torch.nn.Module):
 
 
 def explore(run_dir, out_dir=None, seed: int = 0, backend: str | None = None, device: str | None = None,
-            cls: int = 0) -> dict:
+            cls: int | str = 0) -> dict:
     """Latent interpolation grid, latent traversal and D's saliency maps (ganfast.viz.explore) as PNG in
-    out_dir (default RUN/explore); of class `cls` in a conditional run. Returns {name: path}."""
+    out_dir (default RUN/explore); of class `cls` (a name or an index: class_index) in a conditional
+    run. Returns {name: path}."""
     from . import viz
 
     run = load_run(run_dir, with_data=True, backend=backend, device=device)
@@ -898,7 +918,7 @@ def explore(run_dir, out_dir=None, seed: int = 0, backend: str | None = None, de
     D = run.trainer.D
     G = run.generator
     if run.trainer.num_classes is not None:
-        _sample_labels(run, 1, [cls])  # checks the class
+        cls = class_index(run, cls)
         G, D = _OneClass(G, cls), _OneClass(D, cls)
     D.eval()
     G.eval()

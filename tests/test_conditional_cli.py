@@ -113,7 +113,7 @@ def test_train_conditional_then_sample_by_class(tmp_path, capsys):
                  "--latent-dim", "8", "--batch-size", "3", "--steps", "2", "--sample-every", "2",
                  "--out", str(run), "--no-progress"]) == 0
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["conditional"] is True and cfg["num_classes"] == 3
+    assert cfg["conditional"] is True and cfg["num_classes"] == 3 and cfg["class_names"] == ["cat", "dog", "emu"]
     assert cfg["class_probs"] == pytest.approx([3 / 9, 2 / 9, 4 / 9])
     # one row per class: 3 rows of 5 images (8 px at scale 8, padding 2 x 8)
     assert main(["sample", str(run), "-n", "15", "-o", str(tmp_path / "grid.png")]) == 0
@@ -123,14 +123,44 @@ def test_train_conditional_then_sample_by_class(tmp_path, capsys):
     assert np.load(tmp_path / "x.labels.npy").tolist() == [2, 2, 0, 0]
     assert main(["sample", str(run), "-n", "2", "-o", str(tmp_path / "y.npy"), "--class", "1"]) == 0
     assert np.load(tmp_path / "y.labels.npy").tolist() == [1, 1]
+    # by the class folders' names, and names mixed with indices
+    assert main(["sample", str(run), "-n", "3", "-o", str(tmp_path / "n.npy"), "--labels", "emu, 0,dog"]) == 0
+    assert np.load(tmp_path / "n.labels.npy").tolist() == [2, 0, 1]
+    assert main(["sample", str(run), "-n", "2", "-o", str(tmp_path / "d.npy"), "--class", "dog"]) == 0
+    assert np.load(tmp_path / "d.labels.npy").tolist() == [1, 1]
     capsys.readouterr()
     assert main(["sample", str(run), "-n", "2", "-o", str(tmp_path / "z.npy"), "--class", "3"]) == 2
-    assert "class indices in [0, 3)" in capsys.readouterr().err
-    assert main(["sample", str(run), "-n", "2", "-o", str(tmp_path / "z.npy"), "--labels", "a,b"]) == 2
-    assert "comma-separated class indices" in capsys.readouterr().err
-    assert main(["explore", str(run), "--class", "2", "--out", str(tmp_path / "explore")]) == 0
+    assert "has no class '3'; give a name of cat, dog, emu or an index in [0, 3)" in capsys.readouterr().err
+    assert main(["sample", str(run), "-n", "2", "-o", str(tmp_path / "z.npy"), "--labels", "cat,gnu"]) == 2
+    assert "has no class 'gnu'" in capsys.readouterr().err
+    assert main(["explore", str(run), "--class", "emu", "--out", str(tmp_path / "explore")]) == 0
     assert (tmp_path / "explore" / "saliency_real.png").is_file()
+    assert main(["explore", str(run), "--class", "yak", "--out", str(tmp_path / "explore")]) == 2
+    assert "has no class 'yak'" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--steps", "3", "--no-progress"]) == 0
+    # the same number of classes under other names: each label would mean another class
+    (tmp_path / "pets" / "emu").rename(tmp_path / "pets" / "owl")
+    assert main(["train", "--resume", str(run), "--steps", "4", "--no-progress"]) == 2
+    assert "was trained on the classes cat, dog, emu; the data's class folders are now cat, dog, owl" in \
+        capsys.readouterr().err
+
+
+def test_numbered_class_folders_are_named_by_their_folders(tmp_path):
+    """Folders "1", "10", "2" sort as strings: the class named "2" is index 2, not the folder "10"
+    (index 1); an index that is no name still works."""
+    pytest.importorskip("PIL")
+    from ganfast import run as grun
+    (tmp_path / "num").mkdir()
+    for name in ("1", "10", "2"):
+        write_random_pngs(tmp_path / "num" / name, n=2)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "num"), "--conditional", "--image-size", "8", "--width", "4",
+                 "--latent-dim", "8", "--batch-size", "3", "--steps", "1", "--out", str(out), "--no-progress"]) == 0
+    r = grun.load_run(out)
+    assert r.config["class_names"] == ["1", "10", "2"]
+    assert [grun.class_index(r, c) for c in ("2", "10", 0, "0", "1")] == [2, 1, 0, 0, 0]
+    with pytest.raises(grun.RunError, match="has no class 3"):
+        grun.class_index(r, 3)
 
 
 def test_conditional_needs_labelled_data_and_unconditional_runs_refuse_labels(tmp_path, capsys):
