@@ -168,6 +168,13 @@ def _say_skipped(root: Path, skipped: list) -> None:
                       f"{names}", stacklevel=3)
 
 
+def _empty_classes(root: Path, names: list[str]) -> ValueError:
+    """A labelled folder with class subfolders that hold no readable image: a conditional G would get
+    labels it never learns (its samples of them noise), and the class counts would mislead."""
+    return ValueError(f"class folder(s) of {str(root)!r} without a readable image: {', '.join(names)}; add images "
+                      f"or remove the folder(s)")
+
+
 def _no_images(root: Path, skipped: list) -> ValueError:
     what = f"{len(skipped)} other file{'s' if len(skipped) != 1 else ''} skipped" if skipped else "it is empty"
     return ValueError(f"no readable images found under {str(root)!r} ({what})")
@@ -245,6 +252,10 @@ class ImageFolder(torch.utils.data.Dataset):
         _say_skipped(self.root, skipped)
         if not self.files:
             raise _no_images(self.root, skipped)
+        found = set(self.targets)
+        empty = [name for k, name in enumerate(self.classes) if k not in found]
+        if empty and max_images is None:  # (max_images stops before the later classes by design)
+            raise _empty_classes(self.root, empty)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -268,7 +279,9 @@ def image_dataset(root, size: int = 32, channels: int = 3, flip: bool = False, l
     a folder that is not one subfolder per class is an error."""
     root = _check_folder(root, size, channels)
     if labelled:
-        _class_folders(root)
+        empty = [p.name for p in _class_folders(root) if next(_files(p), None) is None]
+        if empty:
+            raise _empty_classes(root, empty)
     try:
         from torchvision import datasets, transforms
     except ImportError:

@@ -104,6 +104,22 @@ def test_a_folder_of_class_subfolders_gives_labels(tmp_path):
         data.make_dataset(str(tmp_path / "pets"), image_size=8, labels=True)
 
 
+def test_class_folders_without_images_are_an_error(tmp_path, capsys):
+    """An empty class folder, or one of unreadable files only, would be a label G never learns."""
+    pytest.importorskip("PIL")
+    _class_folders(tmp_path / "pets", classes=("cat", "dog", "emu", "gnu"), per=(2, 0, 2, 0))
+    (tmp_path / "pets" / "gnu" / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match=r"without a readable image: dog, gnu; add images"):
+        data.ImageFolder(tmp_path / "pets", size=8, labelled=True)
+    with pytest.raises(ValueError, match=r"without a readable image: dog; add images"):  # before reading any file
+        data.image_dataset(tmp_path / "pets", size=8, labelled=True)
+    assert main(["train", "--data", str(tmp_path / "pets"), "--conditional", "--image-size", "8", "--steps", "1",
+                 "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert "without a readable image: dog" in capsys.readouterr().err
+    # unlabelled, the same folder is just images
+    assert len(data.ImageFolder(tmp_path / "pets", size=8)) == 4
+
+
 def test_train_conditional_then_sample_by_class(tmp_path, capsys):
     pytest.importorskip("PIL")
     from PIL import Image
