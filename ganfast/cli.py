@@ -40,6 +40,11 @@ def _cmd_info(args) -> int:
     limits = [f"{family} on {name} ({device_type}): " + (f"{low}..{high} elements" if low <= high else "never")
               for (family, name, device_type), (low, high) in backends.SIZE_LIMITS.items()]
     print(f"  size limits: {'; '.join(limits) if limits else 'none'}")
+    if backends.status("cpu").available:
+        cpu = torch.ops.ganfast_cpu
+        print(f"\ncpu kernels: the {cpu.capability()} copy (this CPU and build: {', '.join(cpu.capabilities())}; "
+              f"GANFAST_CPU_CAPABILITY lowers it); spectral norm gradients of "
+              f"{cpu.nontemporal_min_bytes() / 2**20:g} MiB or more are written around the caches")
     return 0
 
 

@@ -9,6 +9,12 @@ def test_info(capsys):
     out = capsys.readouterr().out
     for word in ("ganfast", "torch", "triton", "reference", "cpu", "cuda", "auto picks", "cpu tensors ->"):
         assert word in out
+    from ganfast import backends
+    if backends.status("cpu").available:  # the copy in use and the non-temporal threshold
+        import torch
+        cpu = torch.ops.ganfast_cpu
+        assert f"cpu kernels: the {cpu.capability()} copy" in out
+        assert f"gradients of {cpu.nontemporal_min_bytes() / 2**20:g} MiB or more" in out
 
 
 def test_validate_losses_passes(capsys):
