@@ -85,6 +85,7 @@ def test_trainer_state_roundtrip_continues_identically(tmp_path):
         assert torch.equal(p, q)
 
 
+@pytest.mark.filterwarnings("ignore:amp=.* on a CPU without native")
 def test_grad_scaler_state_is_saved(tmp_path):
     a = _trainer(amp="fp16")
     a.step(points(8))

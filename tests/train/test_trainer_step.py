@@ -239,6 +239,7 @@ def test_ema_and_sample():
     assert torch.equal(s1, t._gen.get_state())
 
 
+@pytest.mark.filterwarnings("ignore:amp=.* on a CPU without native")
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_runs_and_keeps_fp32_params(amp):
     G, D = mlp_pair()
@@ -249,6 +250,23 @@ def test_amp_runs_and_keeps_fp32_params(amp):
     assert all(v == v for v in stats.values())  # no NaN
     if amp == "fp16":
         assert t.d_scaler.is_enabled() and t.state_dict()["d_scaler"]["scale"] > 0
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_on_a_cpu_without_native_support_warns(monkeypatch, amp):
+    """PyTorch's reduced-precision convolutions fall back to slow loops on such a CPU: said at construction."""
+    import warnings
+    from ganfast.train import trainer as trainer_module
+    G, D = mlp_pair()
+    monkeypatch.setattr(trainer_module, "cpu_runs_natively", lambda a: False)
+    with pytest.warns(UserWarning, match=f"amp='{amp}' on a CPU without native {amp} support.*amp=None trains"):
+        ganfast.Trainer(G, D, *adam_pair(G, D), amp=amp, seed=0)
+    monkeypatch.setattr(trainer_module, "cpu_runs_natively", lambda a: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ganfast.Trainer(G, D, *adam_pair(G, D), amp=amp, seed=0)
+        ganfast.Trainer(G, D, *adam_pair(G, D), seed=0)
+    assert isinstance(trainer_module.cpu_runs_natively(amp), bool)  # what torch says of this CPU
 
 
 def test_latent_dim_inference():
