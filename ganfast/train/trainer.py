@@ -505,7 +505,8 @@ class Trainer:
         """n samples from G (the EMA copy when ema is set), in eval mode, with noise from a generator
         separate from the training noise (so sampling never changes training). Conditional runs:
         labels is a class index (all n of that class) or a LongTensor (n,); None draws them from the
-        class probabilities with the sampling generator."""
+        class probabilities with the sampling generator. The samples have the models' dtype, under amp
+        too (autocast's bfloat16 would make `.numpy()` and image writers fail)."""
         model = self.ema_g if self.ema_g is not None else self.G
         if z is None:
             z = self._noise(n, self._sample_gen)
@@ -514,7 +515,8 @@ class Trainer:
         model.eval()
         try:
             with self._autocast():
-                return self._generate(model, z, y)
+                x = self._generate(model, z, y)
+            return x.to(self.dtype)
         finally:
             model.train(was_training)
 

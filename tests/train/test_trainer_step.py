@@ -248,6 +248,7 @@ def test_amp_runs_and_keeps_fp32_params(amp):
         stats = t.step(points(16))
     assert all(p.dtype == torch.float32 for p in G.parameters())
     assert all(v == v for v in stats.values())  # no NaN
+    assert t.sample(3).dtype == torch.float32  # not autocast's dtype: .numpy() and image writers take it
     if amp == "fp16":
         assert t.d_scaler.is_enabled() and t.state_dict()["d_scaler"]["scale"] > 0
 
