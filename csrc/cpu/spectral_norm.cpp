@@ -402,8 +402,9 @@ void spectral_norm_backward_layers(std::vector<SpectralNormBackwardCall>& calls,
   std::vector<int64_t> segs_per_task(nl);
   // dW is read next by the optimizer, after the rest of the backward. Where dW is half the
   // last-level cache or more (so dW, G and W are 1.5 times it), dW goes around the cache: a cached
-  // store first reads each line from memory. Linear 4608->512 fp32 (dW 9.4 MB, 16 MB L3, Zen 2) forward + backward 1.70 against
-  // 1.88 ms; 2304->512 (4.7 MB) 0.59 against 0.73 ms cached (dW still in the cache for the next use).
+  // store first reads each line from memory. Forward + backward on the Zen 2 (16 MB L3), streamed
+  // against cached: Linear 4608->512 fp32 (dW 9.4 MB) 1.50-1.70 against 1.59-1.88 ms; 2304->512
+  // (4.7 MB) 0.68-0.80 against 0.58-0.59 ms, where dW stays in the cache for its next use.
   std::vector<char> stream(nl);
   const int64_t stream_from = nontemporal_min_bytes();
   for (int64_t l = 0; l < nl; ++l) {
