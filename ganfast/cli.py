@@ -43,8 +43,9 @@ def _cmd_info(args) -> int:
     if backends.status("cpu").available:
         cpu = torch.ops.ganfast_cpu
         print(f"\ncpu kernels: the {cpu.capability()} copy (this CPU and build: {', '.join(cpu.capabilities())}; "
-              f"GANFAST_CPU_CAPABILITY lowers it); spectral norm gradients of "
-              f"{cpu.nontemporal_min_bytes() / 2**20:g} MiB or more are written around the caches")
+              f"GANFAST_CPU_CAPABILITY lowers it); spectral norm writes gradients of "
+              f"{cpu.nontemporal_min_bytes() / 2**20:g} MiB or more, and W/sigma of "
+              f"{2 * cpu.nontemporal_min_bytes() / 2**20:g} MiB or more, around the caches")
     return 0
 
 

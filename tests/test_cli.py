@@ -15,6 +15,7 @@ def test_info(capsys):
         cpu = torch.ops.ganfast_cpu
         assert f"cpu kernels: the {cpu.capability()} copy" in out
         assert f"gradients of {cpu.nontemporal_min_bytes() / 2**20:g} MiB or more" in out
+        assert f"W/sigma of {2 * cpu.nontemporal_min_bytes() / 2**20:g} MiB or more" in out
 
 
 def test_validate_losses_passes(capsys):

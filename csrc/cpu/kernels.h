@@ -18,9 +18,10 @@ enum class CpuCapability : int { Default = 0, Avx2 = 1, Avx512 = 2 };
 // variable GANFAST_CPU_CAPABILITY=default|avx2|avx512, or set by ganfast_cpu::set_capability.
 CpuCapability cpu_capability();
 
-// Outputs of at least this many bytes that nothing reads soon are written around the caches
-// (non-temporal stores): half the last-level cache that CPU 0 shares (Linux's sysfs; 16 MiB when it
-// is not found), or what ganfast_cpu::set_nontemporal_min_bytes set.
+// Outputs of at least this many bytes that nothing reads soon (SN's dW) are written around the caches
+// (non-temporal stores), and outputs read next (SN's W / sigma, read by the layer's matmul) from twice
+// it: half the last-level cache that CPU 0 shares (Linux's sysfs; 16 MiB when it is not found), or
+// what ganfast_cpu::set_nontemporal_min_bytes set.
 int64_t nontemporal_min_bytes();
 
 struct GanLossArgs {

@@ -218,9 +218,31 @@ template <class T> void add_into(const T* x, T* y, int64_t n) {
   for (; i < n; ++i) y[i] += x[i];
 }
 
-// out[i] = x[i] * a
-template <class S> void scale(const S* x, typename Lanes<S>::T a, S* out, int64_t n) {
+// out[0, n) from full(i), the N elements from i on, and part(i, m), the m < N elements from i on: full
+// vectors stored, or with `stream` from the first one aligned to a whole vector on around the caches
+// (store_stream; the elements before it through part).
+template <class S, class Full, class Part>
+SN_INLINE void write_out(S* out, int64_t n, bool stream, const Full& full, const Part& part) {
   constexpr int N = Lanes<S>::N;
+  int64_t i = 0;
+  if (stream) {
+    constexpr uintptr_t kBytes = sizeof(typename Lanes<S>::Raw);
+    const int64_t head = std::min<int64_t>(n, int64_t((kBytes - reinterpret_cast<uintptr_t>(out) % kBytes) % kBytes / sizeof(S)));
+    if (head > 0) store_n(out, part(0, head), head);
+    for (i = head; i + N <= n; i += N) store_stream(out + i, full(i));
+  }
+  for (; i + N <= n; i += N) store(out + i, full(i));
+  if (i < n) store_n(out + i, part(i, n - i), n - i);
+}
+
+// out[i] = x[i] * a; `stream`: see write_out
+template <class S> void scale(const S* x, typename Lanes<S>::T a, S* out, int64_t n, bool stream) {
+  constexpr int N = Lanes<S>::N;
+  if (stream) {
+    write_out(out, n, true, [&](int64_t i) { return load(x + i) * a; },
+              [&](int64_t i, int64_t m) { return load_n(x + i, m) * a; });
+    return;
+  }
   int64_t i = 0;
   for (; i + 2 * N <= n; i += 2 * N) {
     store(out + i, load(x + i) * a);
@@ -231,20 +253,11 @@ template <class S> void scale(const S* x, typename Lanes<S>::T a, S* out, int64_
 }
 
 // out[i] = g[i] * inv - c * v[i]   (one row of dW = (G - k u v^T) / sigma, with c = k u[r] / sigma);
-// `stream`: the full vectors from the first aligned one on go around the caches (store_stream)
+// `stream`: see write_out
 template <class S> void grad_row(const S* g, const typename Lanes<S>::T* v, typename Lanes<S>::T c,
                                  typename Lanes<S>::T inv, S* out, int64_t n, bool stream) {
-  constexpr int N = Lanes<S>::N;
-  auto part = [&](int64_t i, int64_t m) { store_n(out + i, load_n(g + i, m) * inv - c * load_n(v + i, m), m); };
-  int64_t i = 0;
-  if (stream) {
-    constexpr uintptr_t kBytes = sizeof(typename Lanes<S>::Raw);
-    const int64_t head = std::min<int64_t>(n, int64_t((kBytes - reinterpret_cast<uintptr_t>(out) % kBytes) % kBytes / sizeof(S)));
-    if (head > 0) part(0, head);
-    for (i = head; i + N <= n; i += N) store_stream(out + i, load(g + i) * inv - c * load(v + i));
-  }
-  for (; i + N <= n; i += N) store(out + i, load(g + i) * inv - c * load(v + i));
-  if (i < n) part(i, n - i);
+  write_out(out, n, stream, [&](int64_t i) { return load(g + i) * inv - c * load(v + i); },
+            [&](int64_t i, int64_t m) { return load_n(g + i, m) * inv - c * load_n(v + i, m); });
 }
 
 #undef SN_INLINE

@@ -101,28 +101,33 @@ def test_nan_propagates(capability):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_streamed_gradient_is_the_cached_one(capability, dtype):
-    """dW written around the caches (what weights of half the last-level cache or more get) is bitwise
-    the dW of ordinary stores: rows starting at every alignment (odd row lengths, so the stores begin
-    after a head of scalar elements), vector tails, one and several layers."""
+def test_streamed_outputs_are_the_cached_ones(capability, dtype):
+    """W / sigma and dW written around the caches (what weights of the last-level cache or half of it
+    get) are bitwise those of ordinary stores: rows starting at every alignment (odd row lengths, so
+    the stores begin after a head of scalar elements), vector tails, one and several layers."""
     layers = [((7, 13), 0), ((1, 129), 0), ((123, 1), 0), ((6, 17, 3, 3), 1), ((300, 517), 0), ((40, 70, 3, 3), 1)]
     acc = reference.opmath_dtype(dtype)
     draws = [draw(shape, dim, 30 + i) for i, (shape, dim) in enumerate(layers)]
 
-    def grads():
+    def outputs():
         singles = []
         for (w, u, v, up), (_, dim) in zip(draws, layers):
-            singles.append(run(cpu_op, w, u, v, up, dim, 1, dtype)["grad"])
-        ws = [w.to(dtype).requires_grad_() for w, _, _, _ in draws]
+            got = run(cpu_op, w, u, v, up, dim, 1, dtype)
+            singles += [got["out"], got["grad"]]
+        ws = [w.to(dtype, copy=True).requires_grad_() for w, _, _, _ in draws]  # fresh leaves, fresh .grad
         outs = ops.spectral_norm_multi(ws, [d[1].to(acc) for d in draws], [d[2].to(acc) for d in draws],
                                        [dim for _, dim in layers], 1, 1e-12)[0]
         torch.autograd.backward(outs, [d[3].to(dtype) for d in draws])
-        return singles + [w.grad for w in ws]
+        return singles + [o.detach() for o in outs] + [w.grad for w in ws]
 
-    with nontemporal_stores(2**62):
-        cached = grads()
+    with nontemporal_stores(2**63 - 1):
+        produced = outputs()
+    cached = [t.clone() for t in produced]
+    for t in produced:  # freed next: a reused buffer shows every element the streamed pass would miss
+        t.detach().fill_(float("nan"))
+    del produced, t
     with nontemporal_stores(0):
-        streamed = grads()
+        streamed = outputs()
     for i, (a, b) in enumerate(zip(streamed, cached)):
         assert torch.equal(a, b), i
 
