@@ -18,14 +18,19 @@ def cpu_capabilities() -> list[str]:
 
 
 @contextlib.contextmanager
-def cpu_capability(name: str):
-    """Run the CPU kernels with the copy compiled for `name` inside the block."""
-    previous = torch.ops.ganfast_cpu.capability()
-    torch.ops.ganfast_cpu.set_capability(name)
+def _setting(get, set_, value):
+    """One ganfast_cpu:: setting at `value` inside the block, restored after."""
+    previous = get()
+    set_(value)
     try:
         yield
     finally:
-        torch.ops.ganfast_cpu.set_capability(previous)
+        set_(previous)
+
+
+def cpu_capability(name: str):
+    """Run the CPU kernels with the copy compiled for `name` inside the block."""
+    return _setting(torch.ops.ganfast_cpu.capability, torch.ops.ganfast_cpu.set_capability, name)
 
 
 CAPABILITIES = cpu_capabilities()
@@ -38,12 +43,7 @@ def capability(request):
         yield request.param
 
 
-@contextlib.contextmanager
 def nontemporal_stores(min_bytes: int):
     """Outputs of at least `min_bytes` bytes go around the caches inside the block (0: every output)."""
-    previous = torch.ops.ganfast_cpu.nontemporal_min_bytes()
-    torch.ops.ganfast_cpu.set_nontemporal_min_bytes(min_bytes)
-    try:
-        yield
-    finally:
-        torch.ops.ganfast_cpu.set_nontemporal_min_bytes(previous)
+    return _setting(torch.ops.ganfast_cpu.nontemporal_min_bytes, torch.ops.ganfast_cpu.set_nontemporal_min_bytes,
+                    min_bytes)
