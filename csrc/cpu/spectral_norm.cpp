@@ -185,6 +185,14 @@ struct TaskList {
   }
 };
 
+// After a task's non-temporal stores (store_stream), by the thread that made them: they are weakly
+// ordered, and must be visible before the op returns.
+inline void fence_streamed_stores() {
+#if defined(__x86_64__)
+  _mm_sfence();
+#endif
+}
+
 constexpr int64_t kColumnChunk = 2048;  // columns per task when summing the blocks' s
 
 struct LayerState {
@@ -394,9 +402,7 @@ void spectral_norm_forward_layers(std::vector<SpectralNormCall>& calls, int64_t 
       const int64_t b = chunk * kChunk, n = std::min(c.w.numel(), b + kChunk) - b;
       kernels<S>(isa).scale(reinterpret_cast<const S*>(c.w.data_ptr()) + b, T(1.0 / std::max(sigma[l], eps)),
                             reinterpret_cast<S*>(c.out.data_ptr()) + b, n, stream[l]);
-#if defined(__x86_64__)
-      if (stream[l]) _mm_sfence();  // this thread's non-temporal stores, visible before the op returns
-#endif
+      if (stream[l]) fence_streamed_stores();
     });
   });
 }
@@ -465,9 +471,7 @@ void spectral_norm_backward_layers(std::vector<SpectralNormBackwardCall>& calls,
         const int64_t a = p / H, r = p % H;
         kk.grad_row(g + p * I, v + a * I, ki * u[r], T(inv[l]), out + p * I, I, stream[l]);
       }
-#if defined(__x86_64__)
-      if (stream[l]) _mm_sfence();  // this thread's non-temporal stores, visible before the op returns
-#endif
+      if (stream[l]) fence_streamed_stores();
     });
   });
 }
