@@ -1,10 +1,12 @@
 // The ganfast._C Python module. Loading it registers the C++ and CUDA kernels of the ganfast:: ops,
-// whose schemas ganfast/ops/ defines (before it loads this module). Its one function is a faster
-// entry to an op that runs on every training step, for plain eager tensors (ganfast/ops/losses.py).
+// whose schemas ganfast/ops/ defines (before it loads this module). Its functions are faster entries
+// to ops that run on every training step, for plain eager tensors (ganfast/ops/losses.py,
+// ganfast/ops/spectral_norm.py).
 #include <Python.h>
 
 namespace ganfast {
 PyObject* gan_loss_eager(PyObject* module, PyObject* const* args, Py_ssize_t nargs);  // gan_loss.cpp
+PyObject* spectral_norm_multi_eager(PyObject* module, PyObject* const* args, Py_ssize_t nargs);  // spectral_norm.cpp
 }
 
 extern "C" {
@@ -14,6 +16,11 @@ PyMODINIT_FUNC PyInit__C(void) {
        METH_FASTCALL,
        "gan_loss_eager(real, fake, kind, generator) -> (loss, stats) | None: ganfast::gan_loss for plain "
        "eager tensors; None when the call needs the dispatcher"},
+      {"spectral_norm_multi_eager",
+       reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&ganfast::spectral_norm_multi_eager)), METH_FASTCALL,
+       "spectral_norm_multi_eager(weights, us, vs, sigmas, dims, n_iter, eps) -> [W / sigma] | None: "
+       "ganfast::spectral_norm_multi for plain eager tensors, writing u', v' and sigma into us, vs, sigmas; None "
+       "when the call needs the dispatcher"},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "ganfast kernels (registered as ganfast:: ops)",
                                           -1, methods};

@@ -7,7 +7,11 @@
 // garbage collections its objects set off (3 layers of `ganfast bench sn`: 0.3-0.4 ms a forward).
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
+
+#include "eager_entry.h"
 
 namespace ganfast {
 namespace {
@@ -114,7 +118,68 @@ Lists spectral_norm_multi_autograd(at::TensorList weights, at::TensorList us, at
   return {part(0), part(1), part(2), part(3)};
 }
 
+// The tensors of Python list `list` into `out`: false when one of them needs the dispatcher.
+bool direct_tensors(PyObject* list, const char* what, std::vector<at::Tensor>& out) {
+  TORCH_CHECK_TYPE(PyList_Check(list), "spectral_norm_multi_eager: ", what, " must be a list");
+  const Py_ssize_t n = PyList_GET_SIZE(list);
+  out.reserve(size_t(n));
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* item = PyList_GET_ITEM(list, i);
+    if (!takes_direct_call(item)) return false;
+    out.push_back(THPVariable_Unpack(item));
+  }
+  return true;
+}
+
 }  // namespace
+
+// ganfast._C.spectral_norm_multi_eager(weights, us, vs, sigmas, dims, n_iter, eps) -> [W / sigma], or None
+// when the call needs the dispatcher (eager_entry.h). ganfast::spectral_norm_multi through the autograd
+// function its Autograd kernel runs, then u', v' (when n_iter > 0) and sigma copied into us, vs and
+// sigmas (a layer's buffers), in one call: sn_step's update of every layer without the torch.ops layers
+// (the boxing of three tensor lists in, four out) and without a second Python call for the copy.
+PyObject* spectral_norm_multi_eager(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  TORCH_CHECK(nargs == 7, "spectral_norm_multi_eager takes (weights, us, vs, sigmas, dims, n_iter, eps), got ",
+              nargs, " arguments");
+  if (!default_dispatch_state()) Py_RETURN_NONE;
+  std::vector<at::Tensor> weights, us, vs, sigmas;
+  if (!direct_tensors(args[0], "weights", weights) || !direct_tensors(args[1], "us", us) ||
+      !direct_tensors(args[2], "vs", vs) || !direct_tensors(args[3], "sigmas", sigmas))
+    Py_RETURN_NONE;
+  TORCH_CHECK_TYPE(PyList_Check(args[4]), "spectral_norm_multi_eager: dims must be a list");
+  std::vector<int64_t> dims(size_t(PyList_GET_SIZE(args[4])));
+  for (size_t i = 0; i < dims.size(); ++i) {
+    dims[i] = PyLong_AsLongLong(PyList_GET_ITEM(args[4], Py_ssize_t(i)));
+    if (dims[i] == -1 && PyErr_Occurred()) return nullptr;
+  }
+  const int64_t n_iter = PyLong_AsLongLong(args[5]);
+  if (n_iter == -1 && PyErr_Occurred()) return nullptr;
+  const double eps = PyFloat_AsDouble(args[6]);
+  if (eps == -1.0 && PyErr_Occurred()) return nullptr;
+  TORCH_CHECK(sigmas.size() == weights.size(), "ganfast::spectral_norm_multi: ", weights.size(), " weights but ",
+              sigmas.size(), " sigmas");
+  std::vector<at::Tensor> outs;
+  {
+    pybind11::gil_scoped_release no_gil;
+    auto [out, u_out, v_out, sigma] = spectral_norm_multi_autograd(weights, us, vs, dims, n_iter, eps);
+    std::vector<at::Tensor> dst = std::move(sigmas), src = std::move(sigma);
+    if (n_iter > 0) {
+      dst.insert(dst.begin(), vs.begin(), vs.end());
+      dst.insert(dst.begin(), us.begin(), us.end());
+      src.insert(src.begin(), v_out.begin(), v_out.end());
+      src.insert(src.begin(), u_out.begin(), u_out.end());
+    }
+    at::NoGradGuard no_grad;
+    at::_foreach_copy_(dst, src);
+    outs = std::move(out);
+  }
+  PyObject* result = PyList_New(Py_ssize_t(outs.size()));
+  if (result == nullptr) return nullptr;
+  for (size_t i = 0; i < outs.size(); ++i) PyList_SET_ITEM(result, Py_ssize_t(i), THPVariable_Wrap(std::move(outs[i])));
+  return result;
+  END_HANDLE_TH_ERRORS
+}
 
 TORCH_LIBRARY_IMPL(ganfast, Autograd, m) {
   m.impl("spectral_norm_fused", &spectral_norm_autograd);

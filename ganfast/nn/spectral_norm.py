@@ -249,8 +249,8 @@ def sigma_extremes(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None
 
 def _precompute_multi(entries) -> None:
     """W / sigma of every layer that a multi-tensor kernel can take, in one call per (backend, n_iter,
-    eps) group; the results become the layers' step caches. u, v and sigma are written back with one
-    foreach copy per group (one launch on a GPU). Tensors are read from _parameters / _buffers:
+    eps) group, which also writes u, v and sigma back (spectral_norm_multi_update); the results become
+    the layers' step caches. Tensors are read from _parameters / _buffers:
     nn.Module.__getattr__ costs ~1 us a read, and this runs twice a training step."""
     groups: dict[tuple[str, int, float], list] = {}
     for p, plist in entries:
@@ -267,13 +267,8 @@ def _precompute_multi(entries) -> None:
         layers = [p for p, _ in items]
         bufs = [p._buffers for p in layers]
         us, vs = [b["_u"] for b in bufs], [b["_v"] for b in bufs]
-        outs, new_us, new_vs, sigmas = _ops.spectral_norm_multi([w for _, w in items], us, vs,
-                                                                [p.dim for p in layers], n_iter, eps, backend)
-        with torch.no_grad():
-            dst, src = [b["_sigma"] for b in bufs], list(sigmas)
-            if n_iter:
-                dst, src = us + vs + dst, list(new_us) + list(new_vs) + src
-            torch._foreach_copy_(dst, src)
+        outs = _ops.spectral_norm_multi_update([w for _, w in items], us, vs, [b["_sigma"] for b in bufs],
+                                               [p.dim for p in layers], n_iter, eps, backend)
         for p, out in zip(layers, outs):
             p._set_step(True, out)
 

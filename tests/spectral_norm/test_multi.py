@@ -150,3 +150,97 @@ def test_multi_bad_input(backend):
     with pytest.raises((ValueError, RuntimeError), match="u must have shape"):
         ops.spectral_norm_multi([w], [torch.randn(5, device=device)], [torch.randn(3, device=device)], [0], 1, 1e-12,
                                 backend)
+
+
+@pytest.mark.skipif(backends.extension_function("spectral_norm_multi_eager") is None, reason="ganfast._C not built")
+class TestUpdateEagerEntry:
+    """sn_step's update (ops.spectral_norm_multi_update): ganfast._C.spectral_norm_multi_eager for
+    plain eager tensors, torch.ops and a foreach copy for everything else; the same numbers both ways."""
+
+    eager = staticmethod(lambda *a: backends.extension_function("spectral_norm_multi_eager")(*a))
+
+    @staticmethod
+    def _buffers(us, vs, ws):
+        """Copies of u, v and a sigma per layer, as a layer's buffers hold them (opmath dtype)."""
+        sigmas = [torch.full((), 5.0, dtype=reference.opmath_dtype(w.dtype), device=w.device) for w in ws]
+        return [u.clone() for u in us], [v.clone() for v in vs], sigmas
+
+    @pytest.mark.parametrize("n_iter", [0, 1, 2])
+    def test_matches_the_op_and_the_copy(self, n_iter, monkeypatch):
+        ws, us, vs, ups, dims = _layers("cpu", noncontig_u=n_iter == 1)
+        fresh = [w.detach().clone().requires_grad_() for w in ws]
+        bufs_eager, bufs_ops = self._buffers(us, vs, ws), self._buffers(us, vs, ws)
+        if n_iter == 1:  # non-contiguous buffers too: the copy writes through their strides
+            bufs_eager[0][0] = torch.randn(2 * len(us[0]))[::2].copy_(us[0])
+            bufs_ops[0][0] = torch.randn(2 * len(us[0]))[::2].copy_(us[0])
+        outs = ops.spectral_norm_multi_update(ws, *bufs_eager, dims, n_iter, 1e-12, "cpu")
+        monkeypatch.setattr(backends, "extension_function", lambda name: None)  # torch.ops and the foreach copy
+        outs_ops = ops.spectral_norm_multi_update(fresh, *bufs_ops, dims, n_iter, 1e-12, "cpu")
+        assert isinstance(outs, list) and len(outs) == len(ws)
+        for a, b in zip(outs, outs_ops):
+            assert a.dtype == b.dtype and torch.equal(a, b) and a.requires_grad
+        for mine, theirs in zip(bufs_eager, bufs_ops):
+            for a, b in zip(mine, theirs):
+                assert torch.equal(a, b)
+        changed = [not torch.equal(a, b) for a, b in zip(bufs_eager[0], us)]
+        assert any(changed) == (n_iter > 0)  # u is written only by a power iteration
+        torch.autograd.backward(outs, ups)
+        torch.autograd.backward(outs_ops, ups)
+        for a, b in zip(ws, fresh):
+            assert torch.equal(a.grad, b.grad)
+
+    def test_errors_come_back_as_python_exceptions(self):
+        w, u, v, s = torch.randn(4, 3), torch.randn(4), torch.randn(3), torch.ones(())
+        with pytest.raises(RuntimeError, match=r"takes \(weights, us, vs, sigmas, dims, n_iter, eps\), got 2"):
+            self.eager([w], [u])
+        with pytest.raises(TypeError, match="weights must be a list"):
+            self.eager((w,), [u], [v], [s], [0], 1, 1e-12)
+        with pytest.raises(RuntimeError, match="1 weights but 2 sigmas"):
+            self.eager([w], [u], [v], [s, s], [0], 1, 1e-12)
+        with pytest.raises(RuntimeError, match="same length"):
+            self.eager([w], [u], [], [s], [0], 1, 1e-12)
+        with pytest.raises(RuntimeError, match="u must have shape"):
+            self.eager([w], [torch.randn(5)], [v], [s], [0], 1, 1e-12)
+        with pytest.raises(TypeError):
+            self.eager([w], [u], [v], [s], ["0"], 1, 1e-12)
+
+    def test_declines_what_needs_the_dispatcher(self):
+        class Subclass(torch.Tensor):
+            pass
+
+        def call(w, s=None):
+            u, v = torch.randn(4), torch.randn(3)
+            return self.eager([w], [u], [v], [torch.ones(()) if s is None else s], [0], 1, 1e-12)
+
+        w = torch.randn(4, 3)
+        assert call(w) is not None
+        assert call(w.as_subclass(Subclass)) is None
+        assert call(w, torch.ones(()).as_subclass(Subclass)) is None
+        with torch.inference_mode():
+            assert call(w) is None
+        with torch.autocast("cpu"):
+            assert call(w) is None
+
+    def test_a_dispatch_mode_sees_the_op(self):
+        """Under a dispatch mode sn_step's update goes through torch.ops (the mode sees
+        spectral_norm_multi) and still writes u, v and sigma."""
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        seen = []
+
+        class Record(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                seen.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        torch.manual_seed(0)
+        model = apply_spectral_norm(nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 2)))
+        twin = copy.deepcopy(model)
+        with Record():
+            with sn_step(model, multi_tensor=True):
+                pass
+        assert any("spectral_norm_multi" in name for name in seen), seen
+        with sn_step(twin, multi_tensor=True):
+            pass
+        for (k, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items()):
+            assert torch.equal(a, b), k

@@ -169,9 +169,9 @@ def test_spectral_norm_is_applied_and_computed_once_per_step(monkeypatch):
     t = ganfast.Trainer(G, D, *adam_pair(G, D), spectral_norm=True, d_steps=2, seed=0)
     assert len(sn.spectral_norms(D)) == 3
     calls = []  # one entry per layer computed: one at a time, or all in one multi-tensor call (CPU)
-    orig, orig_multi = sn_mod.SpectralNorm._compute, sn_mod._ops.spectral_norm_multi
+    orig, orig_multi = sn_mod.SpectralNorm._compute, sn_mod._ops.spectral_norm_multi_update
     monkeypatch.setattr(sn_mod.SpectralNorm, "_compute", lambda self, w: calls.append(1) or orig(self, w))
-    monkeypatch.setattr(sn_mod._ops, "spectral_norm_multi",
+    monkeypatch.setattr(sn_mod._ops, "spectral_norm_multi_update",
                         lambda ws, *a: calls.extend([1] * len(ws)) or orig_multi(ws, *a))
     t.step(points(16))  # first step also runs the input check (D outside sn_step: 3 more)
     calls.clear()
@@ -198,8 +198,8 @@ def test_spectral_norm_on_the_cpu_is_one_multi_tensor_call_with_the_single_layer
         t.sn_multi_tensor = multi
         trainers.append(t)
     multi_calls = []
-    orig_multi = sn_mod._ops.spectral_norm_multi
-    monkeypatch.setattr(sn_mod._ops, "spectral_norm_multi",
+    orig_multi = sn_mod._ops.spectral_norm_multi_update
+    monkeypatch.setattr(sn_mod._ops, "spectral_norm_multi_update",
                         lambda ws, *a: multi_calls.append(len(ws)) or orig_multi(ws, *a))
     for t in trainers:
         for _ in range(3):
