@@ -110,3 +110,11 @@ class LossInputs:
     loss: torch.Tensor
     real_labels: torch.Tensor | None = None
     fake_labels: torch.Tensor | None = None
+
+
+def micro_batches(x: torch.Tensor | None, k: int):
+    """x split along dim 0 into the `accumulate` = k micro-batches (k Nones for None); (x,) when k is 1:
+    chunk is an op with autograd bookkeeping, 3 us a call on the CPU, for nothing there."""
+    if x is None:
+        return [None] * k
+    return (x,) if k == 1 else x.chunk(k)

@@ -7,6 +7,7 @@ import warnings
 
 import torch
 
+from .config import micro_batches
 from .probe import optional_module
 
 RANDOM = ("wgan-gp", "wgan-lp", "dragan")  # penalties that draw α (and DRAGAN its noise u)
@@ -42,12 +43,12 @@ class PenaltyTerm:
             return [None] * k, [None] * k
         alpha = self.draw(torch.rand, (real.shape[0],), real.dtype)
         if self.kind != "dragan":
-            return alpha.chunk(k), [None] * k
+            return micro_batches(alpha, k), [None] * k
         noise = self.draw(torch.rand, tuple(real.shape), real.dtype)
         if k == 1 and self.comm.world == 1:
             return [alpha], [noise]
         std = self.comm.global_std(real.detach())
-        return alpha.chunk(k), [u * (std / r.detach().std()) for u, r in zip(noise.chunk(k), real.chunk(k))]
+        return micro_batches(alpha, k), [u * (std / r.detach().std()) for u, r in zip(noise.chunk(k), real.chunk(k))]
 
     def value(self, D, real, fake, real_logits, fake_logits, alpha, noise, scaler):
         """The weighted penalty (scaler: the D GradScaler under fp16; the penalties differentiate the

@@ -44,7 +44,7 @@ from torch import nn
 from .. import losses
 from . import checkpoint as ckpt
 from . import distributed as _dist
-from .config import LossInputs, StepConfig
+from .config import LossInputs, StepConfig, micro_batches
 from .monitor import StabilityMonitor, step_schedulers
 from .augment import Augmenter
 from .cpu_malloc import keep_freed_memory
@@ -250,7 +250,7 @@ class Trainer:
         draw of W·n rows (the same generator state on every rank): the single-process draw for W·n."""
         n, w, r = shape[0], self._comm.world, self._comm.rank
         full = fn((n * w,) + tuple(shape[1:]), generator=self._gen, device=self.device, dtype=dtype)
-        return full[r * n:(r + 1) * n]
+        return full if w == 1 else full[r * n:(r + 1) * n]
 
     def _split(self, batch):
         """(x, y) of one batch; y None for an unconditional trainer, which refuses labels."""
@@ -292,12 +292,15 @@ class Trainer:
         self._comm.average_grads_(params, what)  # the combined backward's gradients
         if self.config.amp == "fp16" and (want or clip is not None):
             scaler.unscale_(opt)
-        grads = [p.grad for p in params if p.grad is not None]
-        gn = self._zero if not grads else None
-        if grads and clip is not None:
-            gn = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
-        elif grads and want:
-            gn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        gn = None
+        if want or clip is not None:
+            grads = [p.grad for p in params if p.grad is not None]
+            if not grads:
+                gn = self._zero
+            elif clip is not None:
+                gn = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+            else:
+                gn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         scaler.step(opt)
         scaler.update()
         return gn
@@ -335,11 +338,10 @@ class Trainer:
         apply_pen = cfg.penalty is not None and self.d_step_count % cfg.penalty_interval == 0
         alphas, noises = self._penalty.draws(real) if apply_pen else ([None] * k, [None] * k)  # per packed sample
         loss_sum, stats, pen_sum = 0.0, {}, 0.0
-        real_ys = real_y.chunk(k) if real_y is not None else [None] * k
-        fake_ys = fake_y.chunk(k) if fake_y is not None else [None] * k
         with self._sn():
-            for i, (r, f, alpha, noise, ry, fy) in enumerate(zip(real.chunk(k), fake.chunk(k), alphas, noises,
-                                                                  real_ys, fake_ys)):
+            for i, (r, f, alpha, noise, ry, fy) in enumerate(zip(micro_batches(real, k), micro_batches(fake, k), alphas,
+                                                                  noises, micro_batches(real_y, k),
+                                                                  micro_batches(fake_y, k))):
                 with self._autocast():
                     if apply_pen and self._penalty.on_real:
                         r = r.detach().requires_grad_(True)  # D(real) serves the loss and R1
@@ -412,9 +414,8 @@ class Trainer:
                     self.g_scaler.scale(total).backward()
                 else:
                     loss = 0.0
-                    fake_ys = fake_y.chunk(k) if fake_y is not None else [None] * k
-                    real_ys = real_y.chunk(k) if real_y is not None else [None] * k
-                    for i, (z_i, r_i, fy, ry) in enumerate(zip(z.chunk(k), real.chunk(k), fake_ys, real_ys)):
+                    for i, (z_i, r_i, fy, ry) in enumerate(zip(z.chunk(k), real.chunk(k), micro_batches(fake_y, k),
+                                                               micro_batches(real_y, k))):
                         with self._autocast():
                             f = self._generate(self.G, z_i, fy)
                         part, total = self._g_loss(f, r_i, fy, ry)
