@@ -165,9 +165,13 @@ class TestUpdateEagerEntry:
         sigmas = [torch.full((), 5.0, dtype=reference.opmath_dtype(w.dtype), device=w.device) for w in ws]
         return [u.clone() for u in us], [v.clone() for v in vs], sigmas
 
+    @pytest.mark.parametrize("float64", [False, True])
     @pytest.mark.parametrize("n_iter", [0, 1, 2])
-    def test_matches_the_op_and_the_copy(self, n_iter, monkeypatch):
+    def test_matches_the_op_and_the_copy(self, n_iter, float64, monkeypatch):
         ws, us, vs, ups, dims = _layers("cpu", noncontig_u=n_iter == 1)
+        if float64:  # float64 layers keep float64 u, v and sigma
+            ws = [w.detach().double().requires_grad_() for w in ws]
+            us, vs, ups = ([t.double() for t in ts] for ts in (us, vs, ups))
         fresh = [w.detach().clone().requires_grad_() for w in ws]
         bufs_eager, bufs_ops = self._buffers(us, vs, ws), self._buffers(us, vs, ws)
         if n_iter == 1:  # non-contiguous buffers too: the copy writes through their strides
