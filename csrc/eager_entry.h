@@ -1,7 +1,7 @@
-// What the Python entries of ganfast._C for plain eager tensors (gan_loss_eager, spectral_norm_multi_eager)
-// check before they call an op's autograd function directly, skipping the torch.ops layers (OpOverload,
-// argument parsing, the boxed call): where either check fails they return None and the caller goes
-// through torch.ops, as everything does under torch.compile.
+// What the Python entries of ganfast._C for plain eager tensors (gan_loss_eager, spectral_norm_eager,
+// spectral_norm_multi_eager) check before they call an op's autograd function directly, skipping the
+// torch.ops layers (OpOverload, argument parsing, the boxed call): where either check fails they
+// return None and the caller goes through torch.ops, as everything does under torch.compile.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/PythonTorchFunctionTLS.h>

@@ -6,6 +6,7 @@
 
 namespace ganfast {
 PyObject* gan_loss_eager(PyObject* module, PyObject* const* args, Py_ssize_t nargs);  // gan_loss.cpp
+PyObject* spectral_norm_eager(PyObject* module, PyObject* const* args, Py_ssize_t nargs);  // spectral_norm.cpp
 PyObject* spectral_norm_multi_eager(PyObject* module, PyObject* const* args, Py_ssize_t nargs);  // spectral_norm.cpp
 }
 
@@ -16,6 +17,11 @@ PyMODINIT_FUNC PyInit__C(void) {
        METH_FASTCALL,
        "gan_loss_eager(real, fake, kind, generator) -> (loss, stats) | None: ganfast::gan_loss for plain "
        "eager tensors; None when the call needs the dispatcher"},
+      {"spectral_norm_eager",
+       reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&ganfast::spectral_norm_eager)), METH_FASTCALL,
+       "spectral_norm_eager(weight, u, v, sigma, dim, n_iter, eps) -> W / sigma | None: "
+       "ganfast::spectral_norm_fused for plain eager tensors, writing u', v' and sigma into u, v, sigma; None "
+       "when the call needs the dispatcher"},
       {"spectral_norm_multi_eager",
        reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&ganfast::spectral_norm_multi_eager)), METH_FASTCALL,
        "spectral_norm_multi_eager(weights, us, vs, sigmas, dims, n_iter, eps) -> [W / sigma] | None: "

@@ -131,13 +131,66 @@ bool direct_tensors(PyObject* list, const char* what, std::vector<at::Tensor>& o
   return true;
 }
 
+// u', v' (when n_iter > 0) and sigma copied into the layers' buffers us, vs, sigmas, in one foreach copy.
+void copy_into_buffers(std::vector<at::Tensor> us, std::vector<at::Tensor> vs, std::vector<at::Tensor> sigmas,
+                       std::vector<at::Tensor> u_out, std::vector<at::Tensor> v_out, std::vector<at::Tensor> sigma,
+                       int64_t n_iter) {
+  std::vector<at::Tensor> dst = std::move(sigmas), src = std::move(sigma);
+  if (n_iter > 0) {
+    dst.insert(dst.begin(), vs.begin(), vs.end());
+    dst.insert(dst.begin(), us.begin(), us.end());
+    src.insert(src.begin(), v_out.begin(), v_out.end());
+    src.insert(src.begin(), u_out.begin(), u_out.end());
+  }
+  at::NoGradGuard no_grad;
+  at::_foreach_copy_(dst, src);
+}
+
+// n_iter and eps, the last two arguments of both entries; false with a Python error set.
+bool parse_n_iter_eps(PyObject* n_iter_obj, PyObject* eps_obj, int64_t& n_iter, double& eps) {
+  n_iter = PyLong_AsLongLong(n_iter_obj);
+  if (n_iter == -1 && PyErr_Occurred()) return false;
+  eps = PyFloat_AsDouble(eps_obj);
+  return !(eps == -1.0 && PyErr_Occurred());
+}
+
 }  // namespace
 
-// ganfast._C.spectral_norm_multi_eager(weights, us, vs, sigmas, dims, n_iter, eps) -> [W / sigma], or None
-// when the call needs the dispatcher (eager_entry.h). ganfast::spectral_norm_multi through the autograd
-// function its Autograd kernel runs, then u', v' (when n_iter > 0) and sigma copied into us, vs and
-// sigmas (a layer's buffers), in one call: sn_step's update of every layer without the torch.ops layers
-// (the boxing of three tensor lists in, four out) and without a second Python call for the copy.
+// The Python entries of a layer's update for plain eager tensors (eager_entry.h): the op through the
+// autograd function its Autograd kernel runs, then u', v' (when n_iter > 0) and sigma copied into the
+// layer's buffers u, v, sigma, in one call; they return W / sigma, or None when the call needs the
+// dispatcher. Without them, the update is a torch.ops call (its boxing: 4 tensors out, for the
+// multi-tensor op 3 lists in and 4 out) and a second Python call for the copy.
+//
+// ganfast._C.spectral_norm_eager(weight, u, v, sigma, dim, n_iter, eps) -> W / sigma | None: the
+// single-layer op, as a normalized module computes its weight outside sn_step.
+PyObject* spectral_norm_eager(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  TORCH_CHECK(nargs == 7, "spectral_norm_eager takes (weight, u, v, sigma, dim, n_iter, eps), got ", nargs,
+              " arguments");
+  if (!default_dispatch_state()) Py_RETURN_NONE;
+  for (int i = 0; i < 4; ++i)
+    if (!takes_direct_call(args[i])) Py_RETURN_NONE;
+  const int64_t dim = PyLong_AsLongLong(args[4]);
+  if (dim == -1 && PyErr_Occurred()) return nullptr;
+  int64_t n_iter;
+  double eps;
+  if (!parse_n_iter_eps(args[5], args[6], n_iter, eps)) return nullptr;
+  const at::Tensor& u = THPVariable_Unpack(args[1]);
+  const at::Tensor& v = THPVariable_Unpack(args[2]);
+  at::Tensor out;
+  {
+    pybind11::gil_scoped_release no_gil;
+    auto [w_out, u_out, v_out, sigma] = spectral_norm_autograd(THPVariable_Unpack(args[0]), u, v, dim, n_iter, eps);
+    copy_into_buffers({u}, {v}, {THPVariable_Unpack(args[3])}, {u_out}, {v_out}, {sigma}, n_iter);
+    out = std::move(w_out);
+  }
+  return THPVariable_Wrap(std::move(out));
+  END_HANDLE_TH_ERRORS
+}
+
+// ganfast._C.spectral_norm_multi_eager(weights, us, vs, sigmas, dims, n_iter, eps) -> [W / sigma] | None:
+// the multi-tensor op, as sn_step(multi_tensor=True) updates every layer of a model.
 PyObject* spectral_norm_multi_eager(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   TORCH_CHECK(nargs == 7, "spectral_norm_multi_eager takes (weights, us, vs, sigmas, dims, n_iter, eps), got ",
@@ -153,25 +206,17 @@ PyObject* spectral_norm_multi_eager(PyObject* /*module*/, PyObject* const* args,
     dims[i] = PyLong_AsLongLong(PyList_GET_ITEM(args[4], Py_ssize_t(i)));
     if (dims[i] == -1 && PyErr_Occurred()) return nullptr;
   }
-  const int64_t n_iter = PyLong_AsLongLong(args[5]);
-  if (n_iter == -1 && PyErr_Occurred()) return nullptr;
-  const double eps = PyFloat_AsDouble(args[6]);
-  if (eps == -1.0 && PyErr_Occurred()) return nullptr;
+  int64_t n_iter;
+  double eps;
+  if (!parse_n_iter_eps(args[5], args[6], n_iter, eps)) return nullptr;
   TORCH_CHECK(sigmas.size() == weights.size(), "ganfast::spectral_norm_multi: ", weights.size(), " weights but ",
               sigmas.size(), " sigmas");
   std::vector<at::Tensor> outs;
   {
     pybind11::gil_scoped_release no_gil;
     auto [out, u_out, v_out, sigma] = spectral_norm_multi_autograd(weights, us, vs, dims, n_iter, eps);
-    std::vector<at::Tensor> dst = std::move(sigmas), src = std::move(sigma);
-    if (n_iter > 0) {
-      dst.insert(dst.begin(), vs.begin(), vs.end());
-      dst.insert(dst.begin(), us.begin(), us.end());
-      src.insert(src.begin(), v_out.begin(), v_out.end());
-      src.insert(src.begin(), u_out.begin(), u_out.end());
-    }
-    at::NoGradGuard no_grad;
-    at::_foreach_copy_(dst, src);
+    copy_into_buffers(std::move(us), std::move(vs), std::move(sigmas), std::move(u_out), std::move(v_out),
+                      std::move(sigma), n_iter);
     outs = std::move(out);
   }
   PyObject* result = PyList_New(Py_ssize_t(outs.size()));

@@ -86,13 +86,8 @@ class SpectralNorm(nn.Module):
                                   else torch.linalg.vector_norm(w, dtype=self._sigma.dtype))
             return out
         n_iter = self.n_power_iterations if self.training else 0
-        out, u, v, sigma = _ops.dispatch_spectral_norm(weight, self._u, self._v, self.dim, n_iter, self.eps)
-        with torch.no_grad():  # one foreach copy: one launch on a GPU instead of three
-            if n_iter:
-                torch._foreach_copy_([self._u, self._v, self._sigma], [u, v, sigma])
-            else:
-                self._sigma.copy_(sigma)
-        return out
+        b = self._buffers  # nn.Module.__getattr__ costs ~1 us a read
+        return _ops.spectral_norm_update(weight, b["_u"], b["_v"], b["_sigma"], self.dim, n_iter, self.eps)
 
     def _set_step(self, in_step: bool, cache: torch.Tensor | None = None) -> None:
         # plain attributes (no parameter, buffer or submodule): object.__setattr__ skips

@@ -25,12 +25,13 @@ every step, once per call site, have C++ autograd; ops whose launcher is Python 
   113 us vs 91 us (30 us of kernels), and the multi-tensor forward of 3 small layers 115 us vs 25 us;
   its Python objects also set off garbage collections, which made the multi-tensor op slower than
   three single-layer calls on large layers too (0.3-0.4 ms of a 2 ms forward).
-- Two entries skip torch.ops for plain eager tensors, calling the op's C++ autograd function
+- Three entries skip torch.ops for plain eager tensors, calling the op's C++ autograd function
   directly: ganfast._C.gan_loss_eager (2.5 of a 5 us forward at B = 64 is the torch.ops layer:
-  OpOverload, argument parsing, the boxed call) and ganfast._C.spectral_norm_multi_eager (sn_step's
-  update, which also copies u', v' and sigma into the layers' buffers: no boxing of four tensor lists
-  and no second Python call). They return None for anything that needs the dispatcher (subclasses,
-  modes, functorch, tracing, autocast, inference mode), which then calls the op.
+  OpOverload, argument parsing, the boxed call), and for spectral norm's update of a layer's weight,
+  which also copies u', v' and sigma into its buffers (no boxing, no second Python call),
+  ganfast._C.spectral_norm_eager (a normalized module's weight) and spectral_norm_multi_eager
+  (sn_step's update of every layer). They return None for anything that needs the dispatcher
+  (subclasses, modes, functorch, tracing, autocast, inference mode), which then calls the op.
 - Python autograd: the Triton kernels (register_autograd on *_triton), whose launcher is Python
   anyway, so a C++ wrapper would call back into it; and the ops called once or twice per step or
   off the backward path, where a few tens of us are below 1% of the step: DiffAugment (one call per

@@ -10,7 +10,7 @@ from torch.nn.utils import spectral_norm as old_spectral_norm
 import ganfast
 from ganfast.nn import apply_spectral_norm, remove_spectral_norm, sn_step, spectral_norm, spectral_norms
 
-from .sn_helpers import ALL_BACKENDS, need
+from .sn_helpers import ALL_BACKENDS, RecordOps, check_eager_entry_declines, need
 
 MAKERS = {
     "linear": lambda: nn.Linear(13, 7),
@@ -288,3 +288,68 @@ def test_sigma_extremes_are_the_largest_and_smallest_layer_sigma():
     hi, lo = ganfast.nn.sigma_extremes(model)
     assert hi.dtype == lo.dtype == torch.float64 and hi.ndim == lo.ndim == 0
     assert float(hi) == max(sigmas) and float(lo) == min(sigmas)
+
+
+@pytest.mark.skipif(ganfast.backends.extension_function("spectral_norm_eager") is None, reason="ganfast._C not built")
+class TestUpdateEagerEntry:
+    """A normalized module's update outside sn_step (ops.spectral_norm_update): ganfast._C.spectral_norm_eager
+    for plain eager tensors, torch.ops and a foreach copy for everything else; the same numbers both ways."""
+
+    eager = staticmethod(lambda *a: ganfast.backends.extension_function("spectral_norm_eager")(*a))
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+    @pytest.mark.parametrize("mode", ["train", "train-2-iterations", "eval"])
+    @pytest.mark.parametrize("kind", list(MAKERS))
+    def test_matches_the_op_and_the_copy(self, kind, mode, dtype, monkeypatch):
+        torch.manual_seed(0)
+        mine = spectral_norm(MAKERS[kind](), n_power_iterations=2 if mode == "train-2-iterations" else 1).to(dtype)
+        theirs = copy.deepcopy(mine)
+        for m in (mine, theirs):
+            m.train(mode != "eval")
+        grad = torch.randn(mine.parametrizations.weight.original.shape).to(dtype)  # (reading .weight updates u)
+        outs, entry, calls = [], ganfast.backends.extension_function("spectral_norm_eager"), []
+        monkeypatch.setattr(ganfast.backends, "extension_function",
+                            lambda name: (lambda *a: calls.append(1) or entry(*a)) if name == "spectral_norm_eager" else None)
+        with ganfast.use_backend("cpu"):
+            for m in (mine, theirs):
+                if m is theirs:  # torch.ops and the foreach copy
+                    monkeypatch.setattr(ganfast.backends, "extension_function", lambda name: None)
+                for _ in range(2):  # the second step starts from the first's u, v
+                    m.parametrizations.weight.original.grad = None
+                    w = m.weight
+                    w.backward(grad)
+                outs.append(w)
+        assert len(calls) == 2  # mine went through the entry
+        assert outs[0].dtype == outs[1].dtype == dtype and torch.equal(outs[0], outs[1])
+        for (name, a), (_, b) in zip(mine.named_buffers(), theirs.named_buffers()):
+            assert a.dtype == b.dtype and torch.equal(a, b), name
+        assert torch.equal(mine.parametrizations.weight.original.grad, theirs.parametrizations.weight.original.grad)
+
+    def test_errors_come_back_as_python_exceptions(self):
+        w, u, v, s = torch.randn(4, 3), torch.randn(4), torch.randn(3), torch.ones(())
+        with pytest.raises(RuntimeError, match=r"takes \(weight, u, v, sigma, dim, n_iter, eps\), got 2"):
+            self.eager(w, u)
+        with pytest.raises(TypeError):
+            self.eager(w, u, v, s, "0", 1, 1e-12)
+        with pytest.raises(RuntimeError, match="u must have shape"):
+            self.eager(w, torch.randn(5), v, s, 0, 1, 1e-12)
+        with pytest.raises(RuntimeError, match="out of range"):
+            self.eager(w, u, v, s, 2, 1, 1e-12)
+        assert s.item() == 1.0  # a refused call wrote nothing
+
+    def test_declines_what_needs_the_dispatcher(self):
+        check_eager_entry_declines(lambda w, s=None: self.eager(w, torch.randn(4), torch.randn(3),
+                                                                torch.ones(()) if s is None else s, 0, 1, 1e-12))
+
+    def test_a_dispatch_mode_sees_the_op(self):
+        torch.manual_seed(0)
+        mine = spectral_norm(nn.Linear(5, 7))
+        theirs = copy.deepcopy(mine)
+        with ganfast.use_backend("cpu"):
+            with RecordOps() as mode:
+                a = mine.weight
+            b = theirs.weight
+        assert any("spectral_norm_fused" in name for name in mode.seen), mode.seen
+        assert torch.equal(a, b)
+        for (name, x), (_, y) in zip(mine.named_buffers(), theirs.named_buffers()):
+            assert torch.equal(x, y), name

@@ -13,6 +13,8 @@ from ganfast.nn import apply_spectral_norm, sn_step, spectral_norms
 from ganfast.ops import spectral_norm as ops
 from ganfast.reference import spectral_norm as reference
 
+from .sn_helpers import RecordOps, check_eager_entry_declines
+
 
 def _device_of(backend: str) -> str | None:
     st = backends.status(backend)
@@ -177,7 +179,10 @@ class TestUpdateEagerEntry:
         if n_iter == 1:  # non-contiguous buffers too: the copy writes through their strides
             bufs_eager[0][0] = torch.randn(2 * len(us[0]))[::2].copy_(us[0])
             bufs_ops[0][0] = torch.randn(2 * len(us[0]))[::2].copy_(us[0])
+        entry, calls = backends.extension_function("spectral_norm_multi_eager"), []
+        monkeypatch.setattr(backends, "extension_function", lambda name: lambda *a: calls.append(1) or entry(*a))
         outs = ops.spectral_norm_multi_update(ws, *bufs_eager, dims, n_iter, 1e-12, "cpu")
+        assert calls == [1]  # through the entry
         monkeypatch.setattr(backends, "extension_function", lambda name: None)  # torch.ops and the foreach copy
         outs_ops = ops.spectral_norm_multi_update(fresh, *bufs_ops, dims, n_iter, 1e-12, "cpu")
         assert isinstance(outs, list) and len(outs) == len(ws)
@@ -209,41 +214,19 @@ class TestUpdateEagerEntry:
             self.eager([w], [u], [v], [s], ["0"], 1, 1e-12)
 
     def test_declines_what_needs_the_dispatcher(self):
-        class Subclass(torch.Tensor):
-            pass
-
-        def call(w, s=None):
-            u, v = torch.randn(4), torch.randn(3)
-            return self.eager([w], [u], [v], [torch.ones(()) if s is None else s], [0], 1, 1e-12)
-
-        w = torch.randn(4, 3)
-        assert call(w) is not None
-        assert call(w.as_subclass(Subclass)) is None
-        assert call(w, torch.ones(()).as_subclass(Subclass)) is None
-        with torch.inference_mode():
-            assert call(w) is None
-        with torch.autocast("cpu"):
-            assert call(w) is None
+        check_eager_entry_declines(lambda w, s=None: self.eager([w], [torch.randn(4)], [torch.randn(3)],
+                                                                [torch.ones(()) if s is None else s], [0], 1, 1e-12))
 
     def test_a_dispatch_mode_sees_the_op(self):
         """Under a dispatch mode sn_step's update goes through torch.ops (the mode sees
         spectral_norm_multi) and still writes u, v and sigma."""
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        seen = []
-
-        class Record(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                seen.append(str(func))
-                return func(*args, **(kwargs or {}))
-
         torch.manual_seed(0)
         model = apply_spectral_norm(nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 2)))
         twin = copy.deepcopy(model)
-        with Record():
+        with RecordOps() as mode:
             with sn_step(model, multi_tensor=True):
                 pass
-        assert any("spectral_norm_multi" in name for name in seen), seen
+        assert any("spectral_norm_multi" in name for name in mode.seen), mode.seen
         with sn_step(twin, multi_tensor=True):
             pass
         for (k, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items()):
