@@ -89,11 +89,11 @@ def spectral_norm_update(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
     n_iter > 0) and sigma copied into u, v and sigma (a layer's buffers), unchecked: a normalized
     module's update outside sn_step. On the CPU and CUDA, ganfast._C.spectral_norm_eager does both in
     one call for plain eager tensors (ganfast/ops/_library.py): a Linear 128 -> 128's weight access +
-    backward took 141 us against 159 us through torch.ops and the Python copy (1.06-1.14x from
+    backward took 137 us against 158 us through torch.ops and the Python copy (1.10-1.16x from
     128 x 2 to 256 x 2304; 2-core Zen 2, medians of 21 alternating rounds)."""
     backend = backends.backend_for(FAMILY, weight)
-    eager = backends.extension_function("spectral_norm_eager") if backend in ("cpu", "cuda") else None
-    if eager is not None and not torch.compiler.is_compiling():
+    eager = _eager_entry("spectral_norm_eager", backend)
+    if eager is not None:
         out = eager(weight, u, v, sigma, dim, n_iter, eps)
         if out is not None:
             return out
@@ -101,12 +101,26 @@ def spectral_norm_update(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
         out, new_u, new_v, new_sigma = _reference.spectral_norm(weight, u, v, dim, n_iter, eps)
     else:
         out, new_u, new_v, new_sigma = spectral_norm(weight, u, v, dim, n_iter, eps, backend)
-    with torch.no_grad():  # one foreach copy: one launch on a GPU instead of three
-        if n_iter:
-            torch._foreach_copy_([u, v, sigma], [new_u, new_v, new_sigma])
-        else:
-            sigma.copy_(new_sigma)
+    _copy_into_buffers([u], [v], [sigma], [new_u], [new_v], [new_sigma], n_iter)
     return out
+
+
+def _eager_entry(name: str, backend: str):
+    """ganfast._C's eager entry `name` where it can serve (the CPU and CUDA ops, not under
+    torch.compile), else None."""
+    if backend not in ("cpu", "cuda") or torch.compiler.is_compiling():
+        return None
+    return backends.extension_function(name)
+
+
+def _copy_into_buffers(us, vs, sigmas, new_us, new_vs, new_sigmas, n_iter: int) -> None:
+    """u', v' (when n_iter > 0) and sigma into the layers' buffers, in one foreach copy (one launch on
+    a GPU): what the eager entries do in C++."""
+    dst, src = list(sigmas), list(new_sigmas)
+    if n_iter:
+        dst, src = list(us) + list(vs) + dst, list(new_us) + list(new_vs) + src
+    with torch.no_grad():
+        torch._foreach_copy_(dst, src)
 
 
 # --- multi-tensor: all normalized layers of a model in one call -----------------------------------
@@ -197,15 +211,11 @@ def spectral_norm_multi_update(weights: list, us: list, vs: list, sigmas: list, 
     both in one call for plain eager tensors (ganfast/ops/_library.py): on the four layers of the
     MLP D of `ganfast bench step` (33K weights, with autograd) 57 us against 84 us through torch.ops
     and the Python copy (2-core Zen 2, medians of 21 alternating rounds)."""
-    eager = backends.extension_function("spectral_norm_multi_eager") if backend in ("cpu", "cuda") else None
-    if eager is not None and not torch.compiler.is_compiling():
+    eager = _eager_entry("spectral_norm_multi_eager", backend)
+    if eager is not None:
         outs = eager(weights, us, vs, sigmas, dims, n_iter, eps)
         if outs is not None:
             return outs
     outs, new_us, new_vs, new_sigmas = spectral_norm_multi(weights, us, vs, dims, n_iter, eps, backend)
-    with torch.no_grad():  # one foreach copy: one launch on a GPU
-        dst, src = list(sigmas), list(new_sigmas)
-        if n_iter:
-            dst, src = us + vs + dst, list(new_us) + list(new_vs) + src
-        torch._foreach_copy_(dst, src)
+    _copy_into_buffers(us, vs, sigmas, new_us, new_vs, new_sigmas, n_iter)
     return list(outs)
