@@ -1,4 +1,5 @@
 """ganfast.nn.spectral_norm against torch.nn.utils.parametrizations.spectral_norm itself."""
+import contextlib
 import copy
 
 import pytest
@@ -353,3 +354,114 @@ class TestUpdateEagerEntry:
         assert torch.equal(a, b)
         for (name, x), (_, y) in zip(mine.named_buffers(), theirs.named_buffers()):
             assert torch.equal(x, y), name
+
+
+class _Double(nn.Module):
+    """A user's parametrization to stack with ours."""
+
+    def forward(self, w):
+        return 2 * w
+
+
+class TestWeightGetter:
+    """Reading a normalized weight: while our SpectralNorm is the tensor's only parametrization, the
+    property calls its forward directly; anything nn.Module.__call__ or parametrize would do otherwise
+    (hooks, stacking, parametrize.cached(), tracing) goes through parametrize's own getter."""
+
+    @staticmethod
+    def count_parametrize_calls(monkeypatch):
+        """A list that grows by one at each ParametrizationList.forward (parametrize's getter)."""
+        calls, forward = [], torch.nn.utils.parametrize.ParametrizationList.forward
+        monkeypatch.setattr(torch.nn.utils.parametrize.ParametrizationList, "forward",
+                            lambda self: calls.append(1) or forward(self))
+        return calls
+
+    @pytest.mark.parametrize("in_step", [False, True])
+    @pytest.mark.parametrize("mode", ["train", "eval"])
+    @pytest.mark.parametrize("kind", list(MAKERS))
+    def test_same_numbers_as_parametrizes_getter(self, kind, mode, in_step, monkeypatch):
+        torch.manual_seed(0)
+        mine = spectral_norm(MAKERS[kind]())
+        theirs = copy.deepcopy(mine)
+        theirs.parametrizations.weight[0].register_forward_pre_hook(lambda *_: None)  # parametrize's getter
+        calls = self.count_parametrize_calls(monkeypatch)
+        g = torch.Generator().manual_seed(1)
+        x = INPUTS[kind](g)
+        outs = []
+        for m in (mine, theirs):
+            m.train(mode == "train")
+            n_before = len(calls)
+            for _ in range(2):
+                with sn_step(m) if in_step else contextlib.nullcontext():
+                    y = m(x)
+                    y = y + m(x)  # a second read: the step's cache, or a second update outside a step
+                y.square().sum().backward()
+            outs.append(y)
+            if m is mine:
+                assert len(calls) == n_before  # the direct call
+        assert len(calls) > 0  # theirs through parametrize
+        assert torch.equal(outs[0], outs[1])
+        for (name, a), (_, b) in zip(mine.named_buffers(), theirs.named_buffers()):
+            assert torch.equal(a, b), name
+        assert torch.equal(mine.parametrizations.weight.original.grad, theirs.parametrizations.weight.original.grad)
+
+    def test_hooks_and_compiled_call_still_run(self, monkeypatch):
+        torch.manual_seed(0)
+        lin = spectral_norm(nn.Linear(5, 4))
+        sn = lin.parametrizations.weight[0]
+        plain = lin.weight.detach().clone()
+        lin.eval()  # no power iteration: every read gives the same W / sigma
+        handle = sn.register_forward_hook(lambda mod, args, out: out * 3)
+        torch.testing.assert_close(lin.weight, 3 * plain)
+        handle.remove()
+        seen = []
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda mod, args, out: seen.append(type(mod)))
+        try:
+            lin.weight
+        finally:
+            handle.remove()
+        assert type(sn) in seen
+        calls = self.count_parametrize_calls(monkeypatch)
+        lin.parametrizations.weight.register_forward_pre_hook(lambda *_: None)
+        lin.weight
+        assert calls == [1]
+
+    def test_stacked_parametrizations_apply_in_order(self):
+        torch.manual_seed(0)
+        ours_first = spectral_norm(nn.Linear(6, 5)).eval()
+        sn_only = ours_first.weight.detach().clone()
+        torch.nn.utils.parametrize.register_parametrization(ours_first, "weight", _Double())
+        torch.testing.assert_close(ours_first.weight, 2 * sn_only)
+        torch.manual_seed(0)
+        theirs_first = nn.Linear(6, 5)
+        torch.nn.utils.parametrize.register_parametrization(theirs_first, "weight", _Double())
+        spectral_norm(theirs_first).eval()
+        torch.testing.assert_close(theirs_first.weight, sn_only)  # sigma(2 W) = 2 sigma(W)
+        assert len(theirs_first.parametrizations.weight) == 2
+
+    def test_parametrize_cached_keeps_its_cache(self, monkeypatch):
+        lin = spectral_norm(nn.Linear(6, 5))
+        calls = self.count_parametrize_calls(monkeypatch)
+        with torch.nn.utils.parametrize.cached():
+            a, b = lin.weight, lin.weight
+        assert a is b and calls == [1]
+        c = lin.weight  # outside cached(): the direct call, a new tensor
+        assert c is not a and calls == [1]
+
+    def test_remove_and_register_again(self, monkeypatch):
+        lin = spectral_norm(nn.Linear(6, 5))
+        remove_spectral_norm(lin)
+        assert type(lin) is nn.Linear and isinstance(lin.weight, nn.Parameter)
+        spectral_norm(lin)
+        calls = self.count_parametrize_calls(monkeypatch)
+        lin.weight
+        assert calls == []
+        torch.nn.utils.parametrize.remove_parametrizations(lin, "weight", leave_parametrized=False)
+        assert isinstance(lin.weight, nn.Parameter)
+
+    @pytest.mark.filterwarnings("ignore:`torch.jit.trace")
+    def test_jit_trace_goes_through_parametrize(self, monkeypatch):
+        lin = spectral_norm(nn.Linear(6, 5)).eval()
+        calls = self.count_parametrize_calls(monkeypatch)
+        traced = torch.jit.trace(lin, torch.randn(2, 6), check_trace=False)
+        assert calls and torch.allclose(traced(torch.ones(1, 6)), lin(torch.ones(1, 6)))
