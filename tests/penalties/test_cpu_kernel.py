@@ -47,17 +47,23 @@ def test_grad_penalty_row_lengths(capability, cols):
                                     torch.float32)
 
 
+# (rows, ...) shapes with rows of vector length (70 elements) and narrow ones (3: the scalar rows)
+SHAPES = [(3, 2, 7, 5), (9, 3)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
-def test_grad_penalty_dtypes(capability, dtype):
-    g64 = 0.3 * torch.randn(3, 2, 7, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+def test_grad_penalty_dtypes(capability, dtype, shape):
+    g64 = 0.3 * torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     for kind, w, c in KINDS:
         exact = tail(g64, kind, w, c, 1.0, "reference", 1.7)
         low = tail(g64.to(dtype), kind, w, c, 1.0, "reference", 1.7)
         assert_close_by_2x_rule(tail(g64.to(dtype), kind, w, c, 1.0, "cpu", 1.7), exact, low, dtype)
 
 
-def test_grad_penalty_noncontiguous(capability):
-    g64 = 0.3 * torch.randn(17, 6, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+@pytest.mark.parametrize("middle", [6, 2], ids=["rows-of-18", "rows-of-6"])
+def test_grad_penalty_noncontiguous(capability, middle):
+    g64 = 0.3 * torch.randn(17, middle, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     g = g64.float().transpose(0, 2).contiguous().transpose(0, 2)
     assert not g.is_contiguous()
     for kind, w, c in KINDS:
@@ -66,10 +72,11 @@ def test_grad_penalty_noncontiguous(capability):
                                 tail(g64.float(), kind, w, c, 1.0, "reference", 0.9), torch.float32)
 
 
-def test_grad_penalty_denormals(capability):
+@pytest.mark.parametrize("cols", [37, 5])
+def test_grad_penalty_denormals(capability, cols):
     tiny = torch.finfo(torch.float32).tiny
-    g = torch.randn(4, 37, generator=torch.Generator().manual_seed(4)) * tiny * 0.1
-    g[1] = torch.randn(37) * 0.2  # one ordinary row
+    g = torch.randn(4, cols, generator=torch.Generator().manual_seed(4)) * tiny * 0.1
+    g[1] = torch.randn(cols) * 0.2  # one ordinary row
     for kind, w, c in KINDS:
         exact = tail(g.double(), kind, w, c, 1.0, "reference", 1.0)
         actual = tail(g, kind, w, c, 1.0, "cpu", 1.0)
@@ -77,10 +84,11 @@ def test_grad_penalty_denormals(capability):
             assert relative_error(actual[name], exact[name]) <= 1e-5, name
 
 
+@pytest.mark.parametrize("cols", [21, 5])
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")], ids=["+inf", "-inf", "nan"])
-def test_grad_penalty_nonfinite(capability, value):
-    g = torch.randn(3, 21, generator=torch.Generator().manual_seed(5))
-    g[1, 19] = value  # in the tail of row 1; rows 0 and 2 stay finite
+def test_grad_penalty_nonfinite(capability, value, cols):
+    g = torch.randn(3, cols, generator=torch.Generator().manual_seed(5))
+    g[1, cols - 2] = value  # in the tail of row 1; rows 0 and 2 stay finite
     for kind, w, c in KINDS:
         actual = tail(g, kind, w, c, 1.0, "cpu", 1.0)
         exact = tail(g.double(), kind, w, c, 1.0, "reference", 1.0)
@@ -107,12 +115,13 @@ def test_interpolate_row_lengths(capability, cols, perturb):
     assert_close_by_2x_rule(actual, exact, low, torch.float32)
 
 
+@pytest.mark.parametrize("width", [9, 2], ids=["rows-of-27", "rows-of-6"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("perturb", [False, True])
-def test_interpolate_dtypes_noncontiguous(capability, dtype, perturb):
+def test_interpolate_dtypes_noncontiguous(capability, dtype, perturb, width):
     g = torch.Generator().manual_seed(6)
-    real64 = torch.randn(5, 3, 9, generator=g, dtype=torch.float64).transpose(1, 2)
-    other64 = torch.rand(5, 9, 3, generator=g, dtype=torch.float64)
+    real64 = torch.randn(5, 3, width, generator=g, dtype=torch.float64).transpose(1, 2)
+    other64 = torch.rand(5, width, 3, generator=g, dtype=torch.float64)
     alpha64 = torch.rand(5, generator=g, dtype=torch.float64)
     exact = interp(real64, other64, alpha64, perturb, "reference")
     low = interp(real64.to(dtype), other64.to(dtype), alpha64.to(dtype), perturb, "reference")
@@ -120,21 +129,23 @@ def test_interpolate_dtypes_noncontiguous(capability, dtype, perturb):
     assert_close_by_2x_rule(actual, exact, low, dtype)
 
 
+@pytest.mark.parametrize("cols", [19, 5])
 @pytest.mark.parametrize("value", [float("inf"), float("nan")], ids=["inf", "nan"])
-def test_interpolate_nonfinite(capability, value):
-    real = torch.randn(2, 19)
-    other = torch.rand(2, 19)
+def test_interpolate_nonfinite(capability, value, cols):
+    real = torch.randn(2, cols)
+    other = torch.rand(2, cols)
     alpha = torch.tensor([0.3, 0.6])
-    other[1, 17] = value  # in the tail
+    other[1, cols - 2] = value  # in the tail
     got = ops.interpolate(real, other, alpha, False, 0.5, "cpu")
     want = ref.interpolate(real, other, alpha, False, 0.5)
     assert relative_error(got, want) <= 1e-6
 
 
-def test_deterministic_over_thread_counts(capability):
-    g = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-    real, other = torch.randn(64, 3, 32, 32), torch.randn(64, 3, 32, 32)
-    alpha = torch.rand(64)
+@pytest.mark.parametrize("shape", [(64, 3, 32, 32), (20000, 2)], ids=str)
+def test_deterministic_over_thread_counts(capability, shape):
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    real, other = torch.randn(shape), torch.randn(shape)
+    alpha = torch.rand(shape[0])
     threads = torch.get_num_threads()
     try:
         runs = []
