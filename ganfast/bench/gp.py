@@ -14,7 +14,8 @@ torch.compile is not timed: it does not support the double backward of a gradien
 
 The op cases time the fused parts alone, against the reference and torch.compile of it, with a
 floor (see ganfast.bench.losses): the penalty tail (norms, penalty and d penalty / d g, forward +
-backward) and the interpolation (forward), for g of shape (64, 2), (64, 3, 32, 32), (64, 3, 64, 64).
+backward) and the interpolation (forward), for g of shape (64, 2), (64, 3, 32, 32), (64, 3, 64, 64)
+and (65536, 2) (a large batch of 2-D points).
 The variants of a case are timed in turn, round by round (see ganfast.bench.interleaved_medians): the CPUs these run
 on are often shared, and timing one variant after the other mixes their load into the ratios.
 """
@@ -110,7 +111,9 @@ def ganfast_step(D, opt, real, fake, name, sn_ctx):
     return step
 
 
-OP_SHAPES = ((64, 2), (64, 3, 32, 32), (64, 3, 64, 64))
+# the last: a large batch of 2-D points, where rows of two elements had made the CPU kernels slower than
+# eager (csrc/cpu/vec/penalties_kernel.cpp, kScalarRowsBelow)
+OP_SHAPES = ((64, 2), (64, 3, 32, 32), (64, 3, 64, 64), (65536, 2))
 
 
 def op_steps(shape, device: torch.device, compile_reference: bool = True):
