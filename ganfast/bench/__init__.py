@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-SUITES = ("losses", "sn", "gp", "step", "malloc", "dist", "augment", "launches")  # launches prints its own table
+SUITES = ("losses", "sn", "gp", "step", "malloc", "dist", "augment", "launches", "sweep")  # launches prints its own table
 # while `run(progress=True)` runs a suite: [suite name, cases timed so far]; each case (one call of
 # interleaved_medians) then prints a progress line on stderr
 _progress: list | None = None

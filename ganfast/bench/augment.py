@@ -22,9 +22,9 @@ BATCH = 64
 SHAPES = ((3, 32, 32), (3, 64, 64))
 
 
-def inputs(shape, device, seed=0):
+def inputs(shape, device, seed=0, batch: int = BATCH):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn((BATCH,) + tuple(shape), generator=g).to(device).requires_grad_()
+    x = torch.randn((batch,) + tuple(shape), generator=g).to(device).requires_grad_()
     up = torch.randn(x.shape, generator=g).to(device)
     return x, up
 
@@ -43,9 +43,9 @@ def apply_functions(compile_reference: bool = True):
     return out
 
 
-def steps(shape, device, compile_reference: bool = True):
+def steps(shape, device, compile_reference: bool = True, batch: int = BATCH):
     """{case: {variant: step}} for one image shape; a step runs forward + backward once."""
-    x, up = inputs(shape, device)
+    x, up = inputs(shape, device, batch=batch)
     generator = torch.Generator(device=device)
     fixed = draw(x, generator.manual_seed(0))
     plain = apply_functions(compile_reference)
@@ -70,8 +70,8 @@ def steps(shape, device, compile_reference: bool = True):
         return lambda: run(call)
 
     variants = list(plain) + ours
-    return {f"apply B={BATCH} {name}": {v: apply_step(v) for v in variants},
-            f"draw+apply B={BATCH} {name}": {v: full_step(v) for v in variants}}, x
+    return {f"apply B={batch} {name}": {v: apply_step(v) for v in variants},
+            f"draw+apply B={batch} {name}": {v: full_step(v) for v in variants}}, x
 
 
 def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list[Row]:

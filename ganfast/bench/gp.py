@@ -116,14 +116,15 @@ def ganfast_step(D, opt, real, fake, name, sn_ctx):
 OP_SHAPES = ((64, 2), (64, 3, 32, 32), (64, 3, 64, 64), (65536, 2))
 
 
-def op_steps(shape, device: torch.device, compile_reference: bool = True):
+def op_steps(shape, device: torch.device, compile_reference: bool = True, dtype: torch.dtype = torch.float32):
     """{case: ({variant: step}, (floor step, its basis), bytes moved)} for the fused penalty parts on g
-    (or real/fake) of `shape`: the two-sided tail (forward + backward) and the interpolation."""
+    (or real/fake) of `shape` and `dtype` (named in the case when not float32): the two-sided tail
+    (forward + backward) and the interpolation."""
     g = torch.Generator().manual_seed(1)
-    grad = torch.randn(shape, generator=g).to(device).requires_grad_()
-    real, fake = torch.randn(shape, generator=g).to(device), torch.randn(shape, generator=g).to(device)
-    alpha = torch.rand(shape[0], generator=g).to(device)
-    dims = "x".join(map(str, shape))
+    grad = torch.randn(shape, generator=g).to(device, dtype).requires_grad_()
+    real, fake = torch.randn(shape, generator=g).to(device, dtype), torch.randn(shape, generator=g).to(device, dtype)
+    alpha = torch.rand(shape[0], generator=g).to(device, dtype)
+    dims = "x".join(map(str, shape)) + ("" if dtype == torch.float32 else " " + str(dtype).removeprefix("torch."))
 
     def tail_step(fn):
         def step():
