@@ -111,8 +111,8 @@ class SpectralNorm(nn.Module):
 
 
 def _calls_forward_directly(m: nn.Module) -> bool:
-    """True when m(x) would be m.forward(x): nn.Module.__call__'s own test (no hooks of m, no global
-    module hooks, not compiled with m.compile(), no torch.jit.trace running)."""
+    """True when m(x) would be m.forward(x) outside torch.jit.trace: nn.Module.__call__'s own test (no
+    hooks of m, no global module hooks, not compiled with m.compile())."""
     return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                 or _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks
                 or _module_hooks._global_backward_hooks or _module_hooks._global_backward_pre_hooks
