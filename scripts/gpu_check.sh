@@ -4,10 +4,10 @@
 # that bad input raises (with cuda-gdb's backtrace where it crashes), times cuda against triton against
 # the plain-PyTorch reference for every op family and single-layer against multi-tensor spectral norm
 # (the data for auto's GPU order: $OUT/backend_order.txt and .json), runs `ganfast bench --quick` on
-# the GPU, the CUDA and Triton tests and `ganfast validate`, counts the launches per call on the GPU
-# (`ganfast bench launches`), and runs the rest of the tests, in that order (timings while the machine
-# is quiet, then the most telling first), each step with its own time limit, and ends with one
-# summary table. Every log goes to $OUT (default /tmp/ganfast-gpu-check); the table is also
+# the GPU (step, losses, sn, gp and sweep), the CUDA and Triton tests and `ganfast validate`, counts
+# the launches per call on the GPU (`ganfast bench launches`), and runs the rest of the tests, in that
+# order (timings while the machine is quiet, then the most telling first), each step with its own
+# time limit, and ends with one summary table. Every log goes to $OUT (default /tmp/ganfast-gpu-check); the table is also
 # $OUT/summary.txt. Without a GPU (a rehearsal) the build still runs and the GPU steps are skipped.
 # Time: GPU_CHECK_SECONDS (default 570) bounds the whole run; a step gets at most what is left, and is
 # skipped when under 15 s is, so the summary is always written. Step limits in seconds can be changed:
@@ -134,7 +134,7 @@ else
   # the timings first, while nothing else runs (the first run's sn bench ran at a load of 7.9 after
   # the 8-process test step)
   run_step order "$py" -m ganfast.bench.backend_order --out "$out"
-  run_step bench "$py" -m ganfast bench step losses sn gp --quick --device cuda
+  run_step bench "$py" -m ganfast bench step losses sn gp sweep --quick --device cuda
   run_step gpu-tests "$py" -m pytest "${pytest_args[@]}" -k "$gpu_tests" tests
   run_step validate "$py" -m ganfast validate
   run_step launches "$py" -m ganfast bench launches --device cuda

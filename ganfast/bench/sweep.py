@@ -15,7 +15,9 @@ the reference (eager) or another backend beat auto's pick by more than 5 %.
 Rows: "eager" and each available ganfast backend; no torch.compile (the other suites compare against
 it; compiling every case here would take minutes). --quick keeps a few cases of each family.
 The 2-core Zen 2 of the README had every case faster than eager (2026-12-05): the sweep found the
-penalty kernels' narrow rows 0.81-0.99x at 4096-65536 x 2, since mended (kScalarRowsBelow).
+penalty kernels' narrow rows 0.81-0.99x at 4096-65536 x 2, since mended (kScalarRowsBelow). On CUDA
+the penalty tail runs one block of 256 threads per row (csrc/cuda/penalties.cu), which B x 2 points
+leave almost idle: scripts/gpu_check.sh runs the quick sweep, whose 65536 x 2 case shows it.
 """
 from __future__ import annotations
 
@@ -106,7 +108,7 @@ def _sn_rows(quick: bool, device) -> list[Row]:
 
 def _gp_rows(quick: bool, device) -> list[Row]:
     rows = []
-    shapes = {torch.float32: ((4096, 2), (4096, 12))} if quick else GP_SHAPES
+    shapes = {torch.float32: ((4096, 2), (65536, 2), (4096, 12))} if quick else GP_SHAPES
     for dtype, dtype_shapes in shapes.items():
         for shape in dtype_shapes:
             for case, (steps, _floor, _bytes) in gp_suite.op_steps(shape, device, False, dtype).items():
