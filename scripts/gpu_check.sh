@@ -8,7 +8,8 @@
 # the launches per call on the GPU (`ganfast bench launches`), and runs the rest of the tests, in that
 # order (timings while the machine is quiet, then the most telling first), each step with its own
 # time limit, and ends with one summary table. Every log goes to $OUT (default
-# /tmp/ganfast-gpu-check); the table is also $OUT/summary.txt. Without a GPU (a rehearsal) the build still runs and the GPU steps are skipped.
+# /tmp/ganfast-gpu-check); the table is also $OUT/summary.txt. Without a GPU (a rehearsal) the
+# build still runs and the GPU steps are skipped.
 # Time: GPU_CHECK_SECONDS (default 570) bounds the whole run; a step gets at most what is left, and is
 # skipped when under 15 s is, so the summary is always written. Step limits in seconds can be changed:
 # GPU_CHECK_LIMITS="build=240 errors=40 backtrace=60 gpu-tests=150 order=100 bench=150 validate=40 launches=90 other-tests=200".
