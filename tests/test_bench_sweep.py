@@ -2,7 +2,7 @@
 import torch
 
 from ganfast import backends, bench
-from ganfast.bench import sweep
+from ganfast.bench import sn, sweep
 
 
 def test_quick_sweep_times_eager_and_marks_auto_in_every_case(monkeypatch):
@@ -30,7 +30,7 @@ def test_sn_read_step_updates_u_and_accumulates_nothing():
     layer = spectral_norm(torch.nn.Linear(5, 3))
     u0 = layer.parametrizations.weight[0]._u.clone()
     upstream = torch.randn(3, 5)
-    step = sweep.sn_read_step(layer, upstream)
+    step = sn.weight_read_step(layer, upstream)
     step()
     first = layer.parametrizations.weight.original.grad.clone()
     step()

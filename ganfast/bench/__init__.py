@@ -25,6 +25,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def dtype_suffix(dtype: torch.dtype) -> str:
+    """What a case name adds for its dtype: nothing for float32, else " bfloat16", " float64", ..."""
+    from ..backends import dtype_name
+
+    return "" if dtype == torch.float32 else " " + dtype_name(dtype)
+
+
+def ganfast_backends(device: torch.device) -> list[str]:
+    """The backends a suite times beside the eager reference on `device` (those available there,
+    less the reference itself)."""
+    from .. import backends
+
+    return [b for b in backends.available_backends(device.type) if b != "reference"]
+
+
 def under_backend(name: str, step: Callable[[], object]) -> Callable[[], None]:
     """`step` run under the backend selection `name`; any name that is not a backend ("eager",
     "floor", ...) runs under "auto", so a suite can wrap the reference variants and the floor as well

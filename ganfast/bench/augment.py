@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import augment, backends
+from .. import augment
 from ..reference import augment as reference
-from . import Floor, Row, copy_step, interleaved_medians
+from . import Floor, Row, copy_step, ganfast_backends, interleaved_medians
 
 POLICY = "color,translation,cutout"
 BATCH = 64
@@ -49,7 +49,7 @@ def steps(shape, device, compile_reference: bool = True, batch: int = BATCH):
     generator = torch.Generator(device=device)
     fixed = draw(x, generator.manual_seed(0))
     plain = apply_functions(compile_reference)
-    ours = [b for b in backends.available_backends(device.type) if b != "reference"]
+    ours = ganfast_backends(device)
     name = "x".join(map(str, shape))
 
     def run(fn):

@@ -31,7 +31,8 @@ from torch.nn.utils import parametrize
 from .. import backends, losses, penalties
 from ..ops import penalties as penalty_ops
 from ..reference import penalties as penalty_reference
-from . import Floor, Row, binding_floor, copy_step, interleaved_medians, mark_auto, under_backend
+from . import (Floor, Row, binding_floor, copy_step, dtype_suffix, ganfast_backends, interleaved_medians,
+               mark_auto, under_backend)
 
 PENALTIES = ("wgan_gp", "r1", "r2", "dragan")
 LOSS_KIND = {"wgan_gp": "wasserstein", "r1": "ns", "r2": "ns", "dragan": "ns"}
@@ -124,7 +125,7 @@ def op_steps(shape, device: torch.device, compile_reference: bool = True, dtype:
     grad = torch.randn(shape, generator=g).to(device, dtype).requires_grad_()
     real, fake = torch.randn(shape, generator=g).to(device, dtype), torch.randn(shape, generator=g).to(device, dtype)
     alpha = torch.rand(shape[0], generator=g).to(device, dtype)
-    dims = "x".join(map(str, shape)) + ("" if dtype == torch.float32 else " " + str(dtype).removeprefix("torch."))
+    dims = "x".join(map(str, shape)) + dtype_suffix(dtype)
 
     def tail_step(fn):
         def step():
@@ -145,10 +146,9 @@ def op_steps(shape, device: torch.device, compile_reference: bool = True, dtype:
         compiled_tail, compiled_interp = torch.compile(ref_tail, dynamic=False), torch.compile(ref_interp, dynamic=False)
         tails["compiled"] = tail_step(compiled_tail)
         interps["compiled"] = lambda: compiled_interp(real, fake, alpha)
-    for name in backends.available_backends(device.type):
-        if name != "reference":
-            tails[name] = tail_step(lambda x, name=name: penalty_ops.grad_penalty(x, 0, 10.0, 1.0, 1.0, name))
-            interps[name] = lambda name=name: penalty_ops.interpolate(real, fake, alpha, False, 0.5, name)
+    for name in ganfast_backends(device):
+        tails[name] = tail_step(lambda x, name=name: penalty_ops.grad_penalty(x, 0, 10.0, 1.0, 1.0, name))
+        interps[name] = lambda name=name: penalty_ops.interpolate(real, fake, alpha, False, 0.5, name)
 
     def tail_floor():
         grad.grad = None

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import backends, losses
+from .. import losses
 from ..reference import losses as reference
-from . import Floor, Row, binding_floor, copy_step, interleaved_medians, mark_auto, under_backend
+from . import (Floor, Row, binding_floor, copy_step, dtype_suffix, ganfast_backends, interleaved_medians,
+               mark_auto, under_backend)
 
 SIZES = (64, 4096, 57600, 1_048_576)
 # (dtype, batch size, kinds) timed besides the float32 cases
@@ -45,7 +46,7 @@ def cases(kinds=losses.KINDS, sizes=SIZES, device=torch.device("cpu"), generator
           dtype=torch.float32):
     """(case name, kind, generator, real, fake) for each kind, batch size and loss (d, then g); the
     name gives the dtype when it is not float32."""
-    suffix = "" if dtype == torch.float32 else " " + str(dtype).removeprefix("torch.")
+    suffix = dtype_suffix(dtype)
     for kind in kinds:
         for b in sizes:
             for gen in generator:
@@ -74,9 +75,8 @@ def variants(kind: str, device: torch.device, compile_reference: bool = True, ge
     if compile_reference:
         torch._dynamo.reset()  # a fresh cache per case: `ref` is one code object for every kind and size
         out["compiled"] = torch.compile(ref, dynamic=False)
-    for name in backends.available_backends(device.type):
-        if name != "reference":  # timed under `with use_backend(name)`
-            out[name] = ours
+    for name in ganfast_backends(device):  # timed under `with use_backend(name)`
+        out[name] = ours
     return out
 
 

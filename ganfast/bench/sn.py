@@ -32,17 +32,14 @@ LAYERS = {
 ALL_LAYERS = ("Linear 2304->256", "Conv2d 256->512 3x3", "Linear 4608->512")
 
 
-def _weight_step(module):
-    p = module.parametrizations.weight
-    grad = torch.randn_like(p.original)
+def weight_read_step(layer: nn.Module, upstream: torch.Tensor):
+    """One weight read of a normalized layer (a power iteration) and its backward with `upstream`."""
+    original = layer.parametrizations.weight.original
 
-    def get():
-        return module.weight
-
-    def step(fn=get):
-        p.original.grad = None
-        fn().backward(grad)
-    return step, get
+    def step():
+        original.grad = None
+        layer.weight.backward(upstream)
+    return step
 
 
 def _steps_of(modules, multi_tensor=None):

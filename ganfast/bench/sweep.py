@@ -26,11 +26,12 @@ import copy
 import torch
 from torch import nn
 
-from .. import backends, losses
-from . import Row, interleaved_medians, mark_auto, under_backend
+from .. import losses
+from . import Row, dtype_suffix, ganfast_backends, interleaved_medians, mark_auto, under_backend
 from . import augment as augment_suite
 from . import gp as gp_suite
 from . import losses as losses_suite
+from .sn import weight_read_step
 
 LOSS_SIZES = {torch.float32: (1, 256, 1000, 16384, 200_000), torch.bfloat16: (64, 4096),
               torch.float16: (64, 4096), torch.float64: (64, 4096)}
@@ -53,14 +54,6 @@ AUGMENT_CASES = ((1, (3, 32, 32)), (4096, (1, 8, 8)), (64, (3, 4, 4)), (8, (3, 2
 ROUNDS, ROUND_TIME = 5, 0.02
 
 
-def _suffix(dtype: torch.dtype) -> str:
-    return "" if dtype == torch.float32 else " " + str(dtype).removeprefix("torch.")
-
-
-def _ours(device: torch.device) -> list[str]:
-    return [b for b in backends.available_backends(device.type) if b != "reference"]
-
-
 def _time(rows: list[Row], case: str, steps: dict, family: str, t: torch.Tensor, device) -> None:
     for variant, seconds in interleaved_medians(steps, device, rounds=ROUNDS, round_time=ROUND_TIME).items():
         rows.append(Row("sweep", case, variant, seconds))
@@ -79,16 +72,6 @@ def _loss_rows(quick: bool, device) -> list[Row]:
     return rows
 
 
-def sn_read_step(layer: nn.Module, upstream: torch.Tensor):
-    """One weight read of a normalized layer (a power iteration) and its backward."""
-    original = layer.parametrizations.weight.original
-
-    def step():
-        original.grad = None
-        layer.weight.backward(upstream)
-    return step
-
-
 def _sn_rows(quick: bool, device) -> list[Row]:
     from ..nn import spectral_norm
 
@@ -99,10 +82,10 @@ def _sn_rows(quick: bool, device) -> list[Row]:
             torch.manual_seed(0)
             base = SN_LAYERS[name]().to(device, dtype)
             upstream = torch.randn(base.weight.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
-            steps = {"eager": sn_read_step(nn.utils.parametrizations.spectral_norm(copy.deepcopy(base)), upstream)}
-            for backend in _ours(device):
-                steps[backend] = under_backend(backend, sn_read_step(spectral_norm(copy.deepcopy(base)), upstream))
-            _time(rows, f"sn {name}{_suffix(dtype)}", steps, "spectral_norm", base.weight, device)
+            steps = {"eager": weight_read_step(nn.utils.parametrizations.spectral_norm(copy.deepcopy(base)), upstream)}
+            for backend in ganfast_backends(device):
+                steps[backend] = under_backend(backend, weight_read_step(spectral_norm(copy.deepcopy(base)), upstream))
+            _time(rows, f"sn {name}{dtype_suffix(dtype)}", steps, "spectral_norm", base.weight, device)
     return rows
 
 
