@@ -111,6 +111,46 @@ def _keeps_own_position(data) -> bool:
     return callable(getattr(data, "state_dict", None)) and callable(getattr(data, "load_state_dict", None))
 
 
+def incomplete_last_batch(data) -> int | None:
+    """Samples in the last batch of each epoch of a DataLoader that keeps an incomplete one
+    (drop_last=False): len(sampler) % batch_size, 0 when every batch is full; None where the loader
+    does not say (a batch_sampler of the user's own, a sampler without a length, any other iterable)."""
+    if not isinstance(data, DataLoader) or data.batch_size is None:
+        return None
+    if data.drop_last:
+        return 0
+    try:
+        return len(data.sampler) % data.batch_size  # the sampler: this rank's share under a DistributedSampler
+    except TypeError:  # an IterableDataset's sampler has no length
+        return None
+
+
+def _has_batchnorm(model) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def check_last_batch(data, pack: int, accumulate: int, G, D) -> None:
+    """Before training: a DataLoader whose incomplete last batch the step cannot take would fail an
+    epoch into the run; refuse it now. Where that batch gives a model one sample per call and the
+    model has BatchNorm layers (which fail on one value per channel in training, as BatchNorm1d on
+    (1, C) does), warn."""
+    tail = incomplete_last_batch(data)
+    if not tail:
+        return
+    split = pack * accumulate
+    if tail % split:
+        what = " x ".join(f"{n}={v}" for n, v in (("pack", pack), ("accumulate", accumulate)) if v > 1)
+        raise ValueError(f"the DataLoader's incomplete last batch ({len(data.sampler)} samples in batches of "
+                         f"{data.batch_size} leave {tail}) cannot be split by {what}"
+                         f"{f' = {split}' if pack > 1 and accumulate > 1 else ''}: pass drop_last=True to the "
+                         f"DataLoader (or a batch size that divides the data)")
+    micro = tail // accumulate  # G's batch per call; D judges micro / pack (packed) samples
+    if (micro == 1 and _has_batchnorm(G)) or (micro == pack and _has_batchnorm(D)):
+        log.warning("the DataLoader's incomplete last batch (%d samples in batches of %d leave %d) gives a model "
+                    "one sample per call, on which its BatchNorm layers fail in training (one value per channel): "
+                    "pass drop_last=True to the DataLoader", len(data.sampler), data.batch_size, tail)
+
+
 class LoaderBatches:
     """Batches of a DataLoader / iterable, restarted at each epoch; (x, label, ...) gives x, or
     (x, label) when num_classes is given (a conditional trainer: labels range-checked on the host).

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .batches import LoaderBatches, TensorBatches
+from .batches import LoaderBatches, TensorBatches, check_last_batch
 from .labels import is_pair, looks_labelled, missing_error, unconditional_error
 from .logging import TrainLogger, save_curves, save_samples
 
@@ -68,6 +68,7 @@ def _source(trainer, data, batch_size: int, state: dict | None):
         log.warning(
             "distributed fit on a DataLoader without a DistributedSampler: the ranks may draw the same samples "
             "(use ganfast.train.distributed.loader)")
+    check_last_batch(data, trainer.config.pack, trainer.config.accumulate, trainer.G, trainer.D)
     return LoaderBatches(data, trainer.device, trainer.seed, state, num_classes=k, own_state=trainer.world_size == 1)
 
 

@@ -66,6 +66,10 @@ def pack_samples(x: torch.Tensor, pack: int) -> torch.Tensor:
     return x.reshape(x.shape[0] // pack, pack * x.shape[1], *x.shape[2:])
 
 
+# where a run's batches come from a loader, an odd size is usually the incomplete last batch of an epoch
+_LAST_BATCH_HINT = " (a data loader's incomplete last batch? pass it drop_last=True)"
+
+
 def check_real_batch(real, device: torch.device, accumulate: int, pack: int = 1) -> None:
     if not isinstance(real, torch.Tensor):
         raise TypeError(f"a real batch must be a tensor, got {type(real).__name__}")
@@ -80,11 +84,11 @@ def check_real_batch(real, device: torch.device, accumulate: int, pack: int = 1)
                          f"got shape {tuple(real.shape)}")
     if real.shape[0] % accumulate:
         raise ValueError(f"accumulate={accumulate} splits each batch into {accumulate} equal micro-batches: the "
-                         f"batch size {real.shape[0]} is not a multiple of {accumulate}")
+                         f"batch size {real.shape[0]} is not a multiple of {accumulate}{_LAST_BATCH_HINT}")
     if real.shape[0] % (pack * accumulate):
         what = f"pack={pack}" + (f" x accumulate={accumulate}" if accumulate > 1 else "")
         raise ValueError(f"pack={pack} has D judge groups of {pack} samples: the batch size {real.shape[0]} must be a "
-                         f"multiple of {what} = {pack * accumulate}")
+                         f"multiple of {what} = {pack * accumulate}{_LAST_BATCH_HINT}")
 
 
 def check_optimizer_holds(opt: torch.optim.Optimizer, module: nn.Module, oname: str, mname: str) -> None:
@@ -134,7 +138,7 @@ def check_models(G: nn.Module, D: nn.Module, real: torch.Tensor, noise, latent_s
     spectral-norm u/v) and the global RNG are restored after. Returns whether D judges each sample of
     a batch on its own (`batch_independent`), which lets the trainer run D once on real and fake
     together."""
-    n = min(real.shape[0], 4) if pack == 1 else pack
+    n = min(real.shape[0], 4 * pack)  # up to 4 (packed) samples: BatchNorm1d fails on one
     mods = [G, D]
     saved = [[b.clone() for b in m.buffers()] for m in mods]
     devices = [real.device] if real.device.type == "cuda" else []
@@ -153,6 +157,7 @@ def check_models(G: nn.Module, D: nn.Module, real: torch.Tensor, noise, latent_s
             if fake.shape[1:] != real.shape[1:]:
                 raise ValueError(f"the generator's output shape {tuple(fake.shape[1:])} (per sample) does "
                                  f"not match the data's {tuple(real.shape[1:])}")
+            warn_if_data_out_of_range(G, real)
             packed = pack_samples(real[:n], pack)
             try:
                 out = D(packed) if y is None else D(packed, y)
@@ -171,6 +176,36 @@ def check_models(G: nn.Module, D: nn.Module, real: torch.Tensor, noise, latent_s
         for m, bufs in zip(mods, saved):
             for b, s in zip(m.buffers(), bufs):
                 b.copy_(s)
+
+
+def _output_range(m: nn.Module) -> tuple[float, float] | None:
+    """The range of a bounded final activation (ReLU6 is a Hardtanh), or None."""
+    if isinstance(m, nn.Tanh):
+        return -1.0, 1.0
+    if isinstance(m, nn.Sigmoid):
+        return 0.0, 1.0
+    if isinstance(m, nn.Hardtanh):
+        return float(m.min_val), float(m.max_val)
+    return None
+
+
+def warn_if_data_out_of_range(G: nn.Module, real: torch.Tensor) -> None:
+    """Warn when G's last module is a bounded activation and the real batch lies outside its range
+    by more than 5 % of it: G can never produce such data (images in [0, 255] against a Tanh's
+    [-1, 1] is the usual case), D tells real from fake by range alone, and the run learns nothing
+    while its losses look like training. One host read, on the first batch."""
+    last = list(G.modules())[-1]
+    bounds = _output_range(last)
+    if bounds is None or real.numel() == 0:
+        return
+    lo, hi = bounds
+    r_lo, r_hi = (float(v) for v in torch.aminmax(real.detach()))
+    margin = 0.05 * (hi - lo)
+    if r_lo < lo - margin or r_hi > hi + margin:
+        warnings.warn(f"the real data lie in [{r_lo:.4g}, {r_hi:.4g}], but the generator ends in "
+                      f"{type(last).__name__}, whose outputs lie in [{lo:g}, {hi:g}]: G cannot produce such data, "
+                      f"and D tells real from fake by their range alone. Scale the data to [{lo:g}, {hi:g}] "
+                      f"(images: x / 127.5 - 1 for [-1, 1], x / 255 for [0, 1])")
 
 
 def batch_independent(D: nn.Module, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor | None,

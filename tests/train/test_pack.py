@@ -73,7 +73,8 @@ def test_pack_errors_are_clear():
     G, D, latent = build_models("images", (3, 8, 8), width=4)  # D takes 3 channels, not 2 x 3
     g_opt, d_opt = adam_pair(G, D, 1e-3)
     t = ganfast.Trainer(G, D, g_opt, d_opt, seed=0, pack=2, latent_dim=latent)
-    with pytest.raises(ValueError, match=r"packed by pack=2 into \(1, 6, 8, 8\): D must take 2 x 3 channels"):
+    with pytest.raises(ValueError, match=r"real batch of shape \(4, 3, 8, 8\) .*packed by pack=2 into "
+                                         r"\(2, 6, 8, 8\): D must take 2 x 3 channels"):
         t.step(torch.rand(4, 3, 8, 8))
     G, D, latent = build_models("images", (3, 8, 8), width=4, pack=3)
     g_opt, d_opt = adam_pair(G, D, 1e-3)
@@ -121,3 +122,16 @@ def test_pack_after_augmentation_and_not_with_labels():
         build_models("images", (3, 8, 8), width=4, pack=2, num_classes=3)
     with pytest.raises(ValueError, match="pack.*unconditional"):
         ganfast.Trainer(G, D, *adam_pair(G, D, 1e-3), pack=2, num_classes=3, latent_dim=latent)
+
+
+@pytest.mark.parametrize("n, warned", [(66, True), (68, False)])
+def test_a_last_batch_of_one_packed_sample_warns_where_d_has_batch_norm(caplog, n, warned):
+    """pack=2: a last batch of 2 samples is one packed sample for D (68 leave 4: two). The first
+    batch's check of the models gives D two packed samples or more, which its BatchNorm1d takes."""
+    G, D = packed_mlp_pair(2, dtype=torch.float32)
+    D = nn.Sequential(nn.BatchNorm1d(4), D)
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), pack=2, seed=0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(points(n)), batch_size=16)
+    with caplog.at_level("WARNING", logger="ganfast.train"):
+        t.fit(loader, steps=1, progress=False)
+    assert any("incomplete last batch" in r.getMessage() for r in caplog.records) == warned

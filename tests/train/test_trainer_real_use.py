@@ -119,6 +119,35 @@ def test_a_sigmoid_head_is_named_once():
                 u.step(points(256))
 
 
+@pytest.mark.parametrize("last, scale, shift, warned", [
+    (nn.Tanh(), 255.0, 0.0, "[-1, 1]"),           # images in [0, 255] against a Tanh: the usual mistake
+    (nn.Tanh(), 2.0, -1.0, None),                 # [-1, 1]
+    (nn.Tanh(), 1.0, 0.0, None),                  # [0, 1]: inside the range, only part of it
+    (nn.Sigmoid(), 2.0, -1.0, "[0, 1]"),
+    (nn.Sigmoid(), 1.0, 0.0, None),
+    (nn.Hardtanh(-2.0, 2.0), 3.0, -1.5, None),    # [-1.5, 1.5]
+    (nn.ReLU6(), 8.0, 0.0, "[0, 6]"),
+    (nn.Identity(), 255.0, 0.0, None),            # an unbounded output takes any data
+])
+def test_data_outside_the_generators_output_range_is_named(last, scale, shift, warned):
+    G, D = mlp_pair()
+    G = nn.Sequential(G, last)
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0)
+    real = torch.linspace(0, 1, 32).reshape(16, 2) * scale + shift
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        t.step(real)
+        t.step(real)
+    named = [str(w.message) for w in rec if "generator ends in" in str(w.message)]
+    if warned is None:
+        assert named == []
+    else:
+        assert len(named) == 1  # the first batch's check only
+        lo, hi = real.min().item(), real.max().item()
+        assert named[0].startswith(f"the real data lie in [{lo:.4g}, {hi:.4g}], but the generator ends in "
+                                   f"{type(last).__name__}, whose outputs lie in {warned}")
+
+
 def test_lazy_regularization_reports_the_optimizer_change():
     pytest.importorskip("ganfast.penalties")
     G, D = mlp_pair()
@@ -266,6 +295,50 @@ def test_dataloader_position_is_resumed_exactly(tmp_path, caplog):
     for p, q in zip(list(resumed.G.parameters()) + list(resumed.D.parameters()),
                     list(whole.G.parameters()) + list(whole.D.parameters())):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("n, accumulate, refused", [(70, 4, True), (72, 4, False), (70, 1, False), (70, 2, False)])
+def test_a_loaders_incomplete_last_batch_is_checked_before_training(n, accumulate, refused):
+    """A DataLoader keeping its last batch (drop_last=False) that the step cannot split would fail an
+    epoch into the run: fit refuses it before the first step (70 samples in batches of 16 leave 6)."""
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(points(n)), batch_size=16, shuffle=True)
+    t = _trainer(accumulate=accumulate)
+    if refused:
+        with pytest.raises(ValueError, match=r"incomplete last batch \(70 samples in batches of 16 leave 6\) "
+                                             r"cannot be split by accumulate=4: pass drop_last=True"):
+            t.fit(loader, steps=10, progress=False)
+        assert t.step_count == 0
+    else:
+        t.fit(loader, steps=10, progress=False)  # two epochs, each ending on its short batch
+        assert t.step_count == 10
+
+
+def test_a_short_batch_from_a_stream_names_the_likely_cause():
+    """A stream's length is unknown up front: its odd batch is refused at that step, with the hint."""
+    t = _trainer(accumulate=4)
+    t.step(points(16))
+    with pytest.raises(ValueError, match="not a multiple of 4 .a data loader's incomplete last batch\\? pass it "
+                                         "drop_last=True"):
+        t.step(points(6))
+
+
+@pytest.mark.parametrize("n, batch_norm_in, warned", [(65, "D", True), (65, "G", True), (65, None, False),
+                                                      (66, "D", False), (64, "D", False)])
+def test_a_last_batch_of_one_sample_warns_where_batch_norm_would_fail(caplog, n, batch_norm_in, warned):
+    G, D = mlp_pair()
+    bn = nn.Sequential(nn.BatchNorm1d(2), nn.Linear(2, 2))  # 2 features: G's output and D's input
+    if batch_norm_in == "G":
+        G = nn.Sequential(G, bn)
+    elif batch_norm_in == "D":
+        D = nn.Sequential(bn, D)
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(points(n)), batch_size=16)
+    with caplog.at_level("WARNING", logger="ganfast.train"):
+        t.fit(loader, steps=2, progress=False)  # the first epoch's full batches: the warning comes first
+    messages = [r.getMessage() for r in caplog.records if "incomplete last batch" in r.getMessage()]
+    assert messages == ([f"the DataLoader's incomplete last batch ({n} samples in batches of 16 leave 1) gives a "
+                         "model one sample per call, on which its BatchNorm layers fail in training (one value per "
+                         "channel): pass drop_last=True to the DataLoader"] if warned else [])
 
 
 class _Stream(torch.utils.data.IterableDataset):
