@@ -234,6 +234,21 @@ class ResumeMismatchError(ValueError):
     """A checkpoint was written by a run whose configuration differs from this trainer's."""
 
 
+def drop_compile_prefix(state: dict) -> None:
+    """In place: a state written when checkpoints held a torch.compile wrapper's state dicts (keys
+    `_orig_mod.*`) gets the keys of the module inside, as the trainer writes them now; a state
+    without the prefix is left as it is."""
+    prefix = "_orig_mod."
+    for key in ("generator", "discriminator", "ema"):
+        if isinstance(state.get(key), dict):
+            torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state[key], prefix)
+    config = state.get("config")
+    for key in ("generator_shapes", "discriminator_shapes"):
+        shapes = config.get(key) if isinstance(config, dict) else None
+        if isinstance(shapes, dict) and shapes and all(k.startswith(prefix) for k in shapes):
+            config[key] = {k[len(prefix):]: v for k, v in shapes.items()}
+
+
 def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     """Lines naming each key whose value differs between two run descriptions (keys missing on
     either side are skipped: older checkpoints describe less)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 import warnings
 
 import torch
@@ -89,6 +90,17 @@ def check_real_batch(real, device: torch.device, accumulate: int, pack: int = 1)
         what = f"pack={pack}" + (f" x accumulate={accumulate}" if accumulate > 1 else "")
         raise ValueError(f"pack={pack} has D judge groups of {pack} samples: the batch size {real.shape[0]} must be a "
                          f"multiple of {what} = {pack * accumulate}{_LAST_BATCH_HINT}")
+
+
+def uncompiled(module: nn.Module) -> nn.Module:
+    """The module that a torch.compile wrapper (OptimizedModule) runs, or `module` itself. The trainer
+    keeps both: the wrapper for the step's forwards, the module for state (checkpoints without the
+    wrapper's `_orig_mod.` key prefix) and for the gradient penalties' forwards, whose double backward
+    a compiled graph's backward does not support."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: nothing was compiled
+    while eval_frame is not None and isinstance(module, eval_frame.OptimizedModule):
+        module = module._orig_mod
+    return module
 
 
 def check_optimizer_holds(opt: torch.optim.Optimizer, module: nn.Module, oname: str, mname: str) -> None:

@@ -52,7 +52,7 @@ from .ema import EMA
 from .labels import ClassDistribution, is_pair, looks_labelled, missing_error, unconditional_error
 from .penalty import PenaltyTerm
 from .probe import (check_models, check_optimizer_holds, check_real_batch, checked_schedulers, describe_run,
-                    infer_latent_shape, pack_samples, place_models, spectral_norm_module,
+                    infer_latent_shape, pack_samples, place_models, spectral_norm_module, uncompiled,
                     ProbabilityHeadCheck)
 
 log = logging.getLogger("ganfast.train")
@@ -145,14 +145,16 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()  # the step's memory kept for the next step, not faulted back in (cpu_malloc.py)
         self.G, self.D = generator, discriminator
+        # the modules inside torch.compile wrappers (themselves where not compiled): probe.uncompiled
+        self._g_plain, self._d_plain = uncompiled(generator), uncompiled(discriminator)
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
         self.extra_d_loss, self.extra_g_loss = extra_d_loss, extra_g_loss
         self.dtype = next(p.dtype for p in generator.parameters() if p.is_floating_point())
-        self.latent_shape = infer_latent_shape(generator, latent_dim)
+        self.latent_shape = infer_latent_shape(self._g_plain, latent_dim)
         self.monitor = monitor if monitor is not None else StabilityMonitor()
         check_optimizer_holds(g_optimizer, generator, "g_optimizer", "generator")
         check_optimizer_holds(d_optimizer, discriminator, "d_optimizer", "discriminator")
-        self._nn = spectral_norm_module(discriminator, cfg.spectral_norm)  # sn_step around D call groups
+        self._nn = spectral_norm_module(self._d_plain, cfg.spectral_norm)  # sn_step around D call groups
         # D's spectral norm in one multi-tensor call per step on the CPU and CUDA (same numbers as one
         # op per layer; README, "Performance": the MLP step with SN + R1 1.08-1.15x faster on the CPU,
         # DCGAN-32 level; on an H200 every layer of a DCGAN-32 / ResNet-128 D in 0.60 / 1.11 ms instead
@@ -166,12 +168,13 @@ class Trainer:
         # every rank starts from rank 0's weights, buffers (SN u, v) and seed
         self._sync_buffers = self._comm.share_models(generator, discriminator, self._nn)
         # what a checkpoint must match to be resumed by this trainer (the optimizers as given)
-        self.description = describe_run(cfg, self.latent_shape, generator, discriminator, g_optimizer, d_optimizer)
+        self.description = describe_run(cfg, self.latent_shape, self._g_plain, self._d_plain, g_optimizer,
+                                        d_optimizer)
         if self.classes is not None:
             self.description.update(self.classes.describe())
         if self._penalty is not None:
             self._penalty.adjust_optimizer(d_optimizer)
-        self.ema = EMA(generator, cfg.ema, cfg.ema_rampup) if cfg.ema is not None else None
+        self.ema = EMA(self._g_plain, cfg.ema, cfg.ema_rampup) if cfg.ema is not None else None
         self._amp_dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
         if cfg.amp is not None and self.device.type == "cpu" and not cpu_runs_natively(cfg.amp):
             warnings.warn(f"amp={cfg.amp!r} on a CPU without native {cfg.amp} support in oneDNN: PyTorch runs "
@@ -227,7 +230,7 @@ class Trainer:
     def _sn(self):
         if self._nn is None:
             return contextlib.nullcontext()
-        return self._nn.sn_step(self.D, multi_tensor=self.sn_multi_tensor)
+        return self._nn.sn_step(self._d_plain, multi_tensor=self.sn_multi_tensor)
 
     def _keep_sn_graph(self, chunk: int) -> bool:
         """Whether the backward of accumulation chunk `chunk` must keep its graph: inside one sn_step
@@ -239,8 +242,9 @@ class Trainer:
     def _generate(self, model, z, y):
         return model(z) if y is None else model(z, y)
 
-    def _disc(self, x, y):
-        return self.D(x) if y is None else self.D(x, y)
+    def _disc(self, x, y, D=None):
+        D = self.D if D is None else D
+        return D(x) if y is None else D(x, y)
 
     def _noise(self, n: int, gen: torch.Generator) -> torch.Tensor:
         return torch.randn((n,) + self.latent_shape, generator=gen, device=self.device, dtype=self.dtype)
@@ -276,8 +280,8 @@ class Trainer:
             self.classes.check(labels, real.shape[0], self.device,
                                read_values=labels.device.type == "cpu" or self._data_shape is None)
         if self._data_shape is None:
-            independent = check_models(self.G, self.D, real, self._noise, self.latent_shape, self._autocast,
-                                       labels, self.config.pack)
+            independent = check_models(self._g_plain, self._d_plain, real, self._noise, self.latent_shape,
+                                       self._autocast, labels, self.config.pack)
             if self.joint_d_forward is None:
                 self.joint_d_forward = independent
             self._data_shape = real.shape[1:]
@@ -351,7 +355,9 @@ class Trainer:
                         logits = self._disc(torch.cat([r, f]), None if ry is None else torch.cat([ry, fy]))
                         real_logits, fake_logits = logits.split([r.shape[0], f.shape[0]])
                     else:  # R1 / R2 differentiate D(real) or D(fake) alone, at half the cost of a joint call
-                        real_logits, fake_logits = self._disc(r, ry), self._disc(f, fy)
+                        # D(real) / D(fake) that R1 / R2 differentiate twice: uncompiled
+                        D = self._d_plain if apply_pen and (self._penalty.on_real or self._penalty.on_fake) else self.D
+                        real_logits, fake_logits = self._disc(r, ry, D), self._disc(f, fy, D)
                     self._probability_head.watch(self.step_count, real_logits, fake_logits)
                     if self._augment is not None:
                         self._augment.observe(real_logits)
@@ -361,7 +367,8 @@ class Trainer:
                         losses.d_loss(*pair, cfg.loss), None)
                     total = loss
                     if apply_pen:
-                        D = self.D if ry is None else (lambda x, y=ry: self.D(x, y))  # x̂ keeps the real label
+                        # uncompiled (a double backward); x̂ keeps the real label
+                        D = self._d_plain if ry is None else (lambda x, y=ry: self._d_plain(x, y))
                         pen = self._penalty.value(D, r, f, real_logits, fake_logits, alpha, noise,
                                                   self.d_scaler if self.d_scaler.is_enabled() else None)
                         pen_sum = pen_sum + pen.detach() if k > 1 else pen.detach()
@@ -483,7 +490,7 @@ class Trainer:
         vals = [d_loss, g_loss, self._last_pen, st["real_mean"], st["fake_mean"], st["real_acc"], st["fake_acc"],
                 d_gn, g_gn]
         names = list(STAT_NAMES)
-        if self._nn is not None and (extremes := self._nn.sigma_extremes(self.D)) is not None:
+        if self._nn is not None and (extremes := self._nn.sigma_extremes(self._d_plain)) is not None:
             vals, names = vals + list(extremes), names + ["sigma_max", "sigma_min"]
         if self._augment is not None:
             vals, names = vals + [self._augment.p], names + ["augment_p"]
@@ -541,7 +548,7 @@ class Trainer:
         return {
             "format": 2, "step": self.step_count, "d_step_count": self.d_step_count, "seed": self.seed,
             "config": self.description,
-            "generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
+            "generator": self._g_plain.state_dict(), "discriminator": self._d_plain.state_dict(),
             "ema": self.ema_g.state_dict() if self.ema_g is not None else None,
             "g_optimizer": self.g_optimizer.state_dict(), "d_optimizer": self.d_optimizer.state_dict(),
             "schedulers": [s.state_dict() if s is not None else None for s in self.schedulers],
@@ -555,15 +562,16 @@ class Trainer:
     def load_state(self, state: dict, restore_monitor: bool = True, force: bool = False, source: str = "") -> None:
         """Restore a state_dict. A state written by another configuration (parameter shapes, loss,
         penalty, optimizers) raises ckpt.ResumeMismatchError listing the differences, unless force."""
+        ckpt.drop_compile_prefix(state)
         diff = ckpt.differences(state.get("config", {}), self.description)
         if diff and not force:
             raise ckpt.mismatch_error(diff, source or "the checkpoint")
         if diff:
             log.warning("loading %s despite: %s", source or "a checkpoint", "; ".join(diff))
-        self.G.load_state_dict(state["generator"])
-        self.D.load_state_dict(state["discriminator"])
+        self._g_plain.load_state_dict(state["generator"])
+        self._d_plain.load_state_dict(state["discriminator"])
         if self.ema_g is not None:
-            self.ema_g.load_state_dict(state["ema"] if state.get("ema") is not None else self.G.state_dict())
+            self.ema_g.load_state_dict(state["ema"] if state.get("ema") is not None else self._g_plain.state_dict())
         self.g_optimizer.load_state_dict(state["g_optimizer"])
         self.d_optimizer.load_state_dict(state["d_optimizer"])
         for s, saved in zip(self.schedulers, state.get("schedulers") or ()):

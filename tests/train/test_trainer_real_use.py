@@ -445,3 +445,54 @@ def test_the_step_options_as_one_config_object():
     assert t.config.loss == "hinge" and t.config.d_steps == 2 and t.config.grad_clip == (1.0, 1.0)
     with pytest.raises(ValueError, match="one by one or as config="):
         ganfast.Trainer(G, D, *adam_pair(G, D), loss="ns", d_steps=3, config=StepConfig())
+
+
+# --- models compiled with torch.compile -------------------------------------------------------------
+# aot_eager: AOTAutograd's graphs without Inductor's code generation (seconds, not minutes), whose
+# backward refuses a second differentiation as Inductor's does.
+
+@pytest.mark.parametrize("case", [dict(penalty="r1"), dict(penalty="r1", spectral_norm=True), dict(penalty="r2"),
+                                  dict(loss="wasserstein", penalty="wgan-gp"), dict(penalty="dragan"),
+                                  dict(loss="hinge")], ids=lambda c: "-".join(map(str, c.values())))
+def test_compiled_models_train_as_the_plain_ones(case):
+    """A compiled D's backward cannot be differentiated again: the penalties' forwards of D run the
+    module inside the wrapper, and every penalty trains (before, each failed on its first step)."""
+    if case.get("penalty"):
+        pytest.importorskip("ganfast.penalties")
+    G, D = mlp_pair(dtype=torch.float64)
+    plain = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0, **case)
+    G2, D2 = mlp_pair(dtype=torch.float64)
+    Gc, Dc = torch.compile(G2, backend="aot_eager"), torch.compile(D2, backend="aot_eager")
+    compiled = ganfast.Trainer(Gc, Dc, *adam_pair(Gc, Dc), seed=0, **case)
+    real = points(32, dtype=torch.float64)
+    for _ in range(3):
+        a, b = plain.step(real), compiled.step(real)
+    assert b["d_loss"] == pytest.approx(a["d_loss"], rel=1e-9)
+    for p, q in zip([*G.parameters(), *D.parameters()], [*G2.parameters(), *D2.parameters()]):
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-12)
+
+
+def test_a_compiled_runs_checkpoints_hold_the_modules_inside_the_wrappers(tmp_path):
+    """Keys without torch.compile's `_orig_mod.` prefix: the run resumes uncompiled (and the reverse),
+    and a checkpoint written with the prefix (as before) still resumes."""
+    G, D = mlp_pair()
+    Gc, Dc = torch.compile(G, backend="aot_eager"), torch.compile(D, backend="aot_eager")
+    t = ganfast.Trainer(Gc, Dc, *adam_pair(Gc, Dc), seed=0, ema=0.9)
+    t.fit(points(64), steps=3, batch_size=16, log_dir=tmp_path, checkpoint_every=3, progress=False)
+    state = ckpt.load_latest_valid(tmp_path / "checkpoints")[0]
+    for key in ("generator", "discriminator", "ema"):
+        assert not [k for k in state[key] if "_orig_mod" in k], key
+    assert list(state["generator"]) == list(G.state_dict())
+    resumed = _trainer(ema=0.9)
+    resumed.fit(points(64), steps=5, batch_size=16, log_dir=tmp_path, progress=False)
+    assert resumed.step_count == 5
+    # the prefix of a checkpoint written before: dropped on load
+    old = {**state, "config": {**state["config"]}}
+    for key in ("generator", "discriminator", "ema"):
+        old[key] = {f"_orig_mod.{k}": v for k, v in state[key].items()}
+    for key in ("generator_shapes", "discriminator_shapes"):
+        old["config"][key] = {f"_orig_mod.{k}": v for k, v in state["config"][key].items()}
+    fresh = _trainer(ema=0.9)
+    fresh.load_state(old)
+    for p, q in zip(fresh.G.state_dict().values(), state["generator"].values()):
+        assert torch.equal(p, q)
