@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import weakref
 
 import torch
@@ -184,6 +185,13 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
         dim = 1 if isinstance(module, CONV_TRANSPOSE) else 0
     # Registered on a normalized weight, this stacks a second normalization, as PyTorch's does.
     parametrize.register_parametrization(module, name, SpectralNorm(weight, n_power_iterations, dim, eps))
+    _track(module, name)
+    return module
+
+
+def _track(module: nn.Module, name: str) -> None:
+    """After ganfast's SpectralNorm joined module.parametrizations[name]: the direct property getter
+    (while it is the only parametrization) and the loading of torch's old-format keys."""
     if len(module.parametrizations[name]) == 1:
         _install_getter(type(module), name)
     if not hasattr(module, "_ganfast_sn_names"):
@@ -191,7 +199,49 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
         module._register_load_state_dict_pre_hook(_load_old_format_hook, with_module=True)
     if name not in module._ganfast_sn_names:
         module._ganfast_sn_names.append(name)
-    return module
+
+
+def _continue_from(ours: SpectralNorm, u: torch.Tensor | None, v: torch.Tensor | None) -> SpectralNorm:
+    """`ours` with another spectral norm's u and v (None for a 1-D weight, which has none): the same
+    power iteration goes on."""
+    with torch.no_grad():
+        for buf, theirs in (("_u", u), ("_v", v)):
+            if theirs is not None:
+                ours._buffers[buf].copy_(theirs)
+    return ours
+
+
+def replace_torch_spectral_norm(module: nn.Module) -> list[str]:
+    """Replace PyTorch's spectral norms on `module`'s own tensors by ganfast's, with their settings
+    (dim, n_power_iterations, eps) and u, v, so that the numbers go on as they were:
+    torch.nn.utils.parametrizations.spectral_norm in place in its ParametrizationList (the original
+    Parameter and the state_dict keys stay the same), and the old hook-based
+    torch.nn.utils.spectral_norm by a parametrization on its `<name>_orig` Parameter (the same
+    object: optimizers keep it; its state_dicts still load, with their old keys). The hook-based one
+    updates v before u in its power iteration, ganfast (as the parametrization) u first: from its u, v
+    the iteration converges to the same sigma, but its steps are not the same numbers. Returns the
+    replaced tensors' names."""
+    replaced = []
+    plists = module._modules.get("parametrizations")
+    for name, plist in (plists.items() if isinstance(plists, nn.ModuleDict) else ()):
+        for i, p in enumerate(plist):
+            if isinstance(p, torch.nn.utils.parametrizations._SpectralNorm):
+                ours = SpectralNorm(plist.original, p.n_power_iterations if plist.original.ndim > 1 else 1,
+                                    p.dim, p.eps)
+                plist[i] = _continue_from(ours, getattr(p, "_u", None), getattr(p, "_v", None)).train(p.training)
+                _track(module, name)
+                replaced.append(name)
+    old_style = sys.modules["torch.nn.utils.spectral_norm"]
+    for hook in [h for h in module._forward_pre_hooks.values() if isinstance(h, old_style.SpectralNorm)]:
+        name = hook.name
+        original = module._parameters[name + "_orig"]
+        u, v = module._buffers[name + "_u"], module._buffers[name + "_v"]
+        torch.nn.utils.remove_spectral_norm(module, name)  # its hooks; `name` becomes a new Parameter W / sigma
+        module.register_parameter(name, original)  # the weight before normalization, the same object
+        spectral_norm(module, name, hook.n_power_iterations, hook.eps, hook.dim)
+        _continue_from(_find(module, name), u, v)
+        replaced.append(name)
+    return replaced
 
 
 def remove_spectral_norm(module: nn.Module, name: str = "weight") -> nn.Module:
@@ -213,7 +263,11 @@ def remove_spectral_norm(module: nn.Module, name: str = "weight") -> nn.Module:
 
 def apply_spectral_norm(model: nn.Module, types=DEFAULT_TYPES, name: str = "weight", n_power_iterations: int = 1,
                         eps: float = 1e-12) -> nn.Module:
-    """Spectral-normalize every submodule of `types` (not yet normalized); returns the model."""
+    """Spectral-normalize every submodule of `types` not yet normalized, after replacing PyTorch's
+    spectral norms anywhere in the model by ganfast's (replace_torch_spectral_norm: same settings,
+    u, v and Parameters); returns the model."""
+    for m in list(model.modules()):
+        replace_torch_spectral_norm(m)
     targets = [m for m in model.modules() if isinstance(m, tuple(types)) and _find(m, name) is None]
     for m in targets:
         spectral_norm(m, name, n_power_iterations, eps)

@@ -85,8 +85,8 @@ class Trainer:
     """GAN training with the user's own G, D and optimizers (see the module docstring for the step).
 
     The step's options (loss, penalty, ..., accumulate) are StepConfig's: pass them one by one or as
-    config=StepConfig(...). spectral_norm applies ganfast.nn.apply_spectral_norm to D (the Parameter
-    objects stay the same); `sn_multi_tensor` (True for a D on the CPU or CUDA) computes all of D's
+    config=StepConfig(...). spectral_norm applies ganfast.nn.apply_spectral_norm to D (which replaces
+    PyTorch's spectral norms there; the Parameter objects stay the same); `sn_multi_tensor` (True for a D on the CPU or CUDA) computes all of D's
     layers in one multi-tensor call per step, with the same numbers. `joint_d_forward` (decided on the first
     batch: True when D judges each sample on its own, which a probe checks; False with BatchNorm,
     minibatch stddev or dropout) runs D once on cat(real, fake) in D steps without R1 / R2 whose

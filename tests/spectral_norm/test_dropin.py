@@ -110,6 +110,78 @@ def test_loads_pytorch_state_dicts_both_formats():
     torch.testing.assert_close(model[0].parametrizations.weight.original, old.weight_orig)
 
 
+def _torch_normalized(kind, style, **kw):
+    torch.manual_seed(0)
+    return (P.spectral_norm if style == "parametrize" else old_spectral_norm)(MAKERS[kind](), **kw)
+
+
+def _original(m):
+    """The Parameter before normalization, under either of PyTorch's spectral norms or ganfast's
+    (read without computing W / sigma, which would iterate once more in training)."""
+    plists = m._modules.get("parametrizations")
+    return plists.weight.original if plists is not None else m.weight_orig
+
+
+@pytest.mark.parametrize("style", ["parametrize", "hooks"])
+@pytest.mark.parametrize("kind, options", [("linear", {}), ("conv2d", dict(n_power_iterations=3, eps=1e-6)),
+                                           ("convT2d", {}), ("embedding", dict(dim=1))])
+def test_pytorchs_spectral_norm_is_replaced_and_goes_on_with_the_same_numbers(kind, options, style):
+    """apply_spectral_norm (and Trainer(spectral_norm=True)) on a model that PyTorch normalized:
+    ganfast's spectral norm takes the place of PyTorch's (not a second one on top) with its settings,
+    u, v and Parameter object, and training goes on with the same W / sigma, u, v and gradients.
+    The hook-based one updates v before u (the parametrization, and ganfast, u first) and starts
+    without warm-up iterations: the same sigma once converged, so both models first iterate 50 times."""
+    ref = _torch_normalized(kind, style, **options)
+    ours = _torch_normalized(kind, style, **options)
+    if style == "hooks":
+        with torch.no_grad():
+            for m in (ref, ours):
+                for _ in range(50):
+                    m(INPUTS[kind](torch.Generator().manual_seed(0)))
+    original = _original(ours)
+    keys = list(ours.state_dict())
+    apply_spectral_norm(ours, n_power_iterations=5, eps=1e-3)  # the layer keeps its own settings
+    plist = ours.parametrizations.weight
+    assert len(plist) == 1 and isinstance(plist[0], ganfast.nn.SpectralNorm)
+    assert plist.original is original  # an optimizer built before keeps working
+    assert (plist[0].n_power_iterations, plist[0].eps) == (options.get("n_power_iterations", 1),
+                                                           options.get("eps", 1e-12))
+    if style == "parametrize":
+        assert list(ours.state_dict()) == keys
+    else:  # the old format's state_dicts still load
+        ours.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(1)
+    for step in range(3):
+        ref.train(step != 1)
+        ours.train(step != 1)
+        x = INPUTS[kind](g)
+        out_r, out_o = ref(x), ours(x)
+        up = torch.randn(out_r.shape, generator=g)
+        (out_r * up).sum().backward()
+        (out_o * up).sum().backward()
+        torch.testing.assert_close(out_o, out_r, rtol=1e-5, atol=1e-5)
+        tol = dict(rtol=1e-4, atol=1e-5) if style == "parametrize" else dict(rtol=1e-3, atol=1e-4)  # converged
+        torch.testing.assert_close(original.grad, _original(ref).grad, **tol)
+    u_r = ref.parametrizations.weight[0]._u if style == "parametrize" else ref.weight_u
+    torch.testing.assert_close(plist[0]._u, u_r, **tol)
+
+
+def test_the_trainer_replaces_pytorchs_spectral_norm_instead_of_stacking_a_second():
+    torch.manual_seed(0)
+    G = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+    D = nn.Sequential(P.spectral_norm(nn.Linear(2, 8)), nn.LeakyReLU(0.2), old_spectral_norm(nn.Linear(8, 1)))
+    g_opt, d_opt = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    params = [p for group in d_opt.param_groups for p in group["params"]]
+    t = ganfast.Trainer(G, D, g_opt, d_opt, spectral_norm=True, seed=0)
+    t.step(torch.randn(16, 2))
+    for layer in (D[0], D[2]):
+        plist = layer.parametrizations.weight
+        assert len(plist) == 1 and isinstance(plist[0], ganfast.nn.SpectralNorm)
+        assert any(p is plist.original for p in params)
+        assert plist.original.grad is not None
+    assert not hasattr(D[2], "weight_orig") and not D[2]._forward_pre_hooks
+
+
 def test_bad_input_errors():
     with pytest.raises(ValueError, match="no parameter or buffer with name 'kernel'"):
         spectral_norm(nn.Linear(3, 4), name="kernel")
