@@ -314,7 +314,16 @@ void spectral_norm_forward_layers(std::vector<SpectralNormCall>& calls, int64_t 
         }
       });
     });
-    for (int64_t l = 0; l < nl; ++l) sigma[l] = at::dot(t[l].to(at::kDouble), calls[l].u_out.to(at::kDouble)).item<double>();
+    for (int64_t l = 0; l < nl; ++l) {  // sigma = <t, u> in double, in row order (no ATen ops: ~3 us each)
+      with_layer(layers[l], op, [&](auto tag) {
+        using T = opmath<decltype(tag)>;
+        const T* tt = t[l].data_ptr<T>();
+        const T* u = calls[l].u_out.data_ptr<T>();
+        double acc = 0;
+        for (int64_t r = 0; r < calls[l].h; ++r) acc += double(tt[r]) * double(u[r]);
+        sigma[l] = acc;
+      });
+    }
   } else {
     for (auto& L : layers) {
       L.partial = at::empty({L.blocks, L.w}, L.c->u_out.options());
