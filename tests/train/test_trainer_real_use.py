@@ -472,6 +472,26 @@ def test_compiled_models_train_as_the_plain_ones(case):
         torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("penalty", ["r1", "wgan-gp"])
+def test_compiled_class_conditional_models_train_with_accumulation(penalty):
+    """D(x, y) through the penalty's uncompiled call (x̂ keeps the real label), in micro-batches."""
+    pytest.importorskip("ganfast.penalties")
+    from trainer_models import cond_mlp_pair, labelled_points
+    loss = "wasserstein" if penalty == "wgan-gp" else "ns"
+    G, D = cond_mlp_pair(dtype=torch.float64)
+    plain = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0, num_classes=3, loss=loss, penalty=penalty, accumulate=2)
+    G2, D2 = cond_mlp_pair(dtype=torch.float64)
+    Gc, Dc = torch.compile(G2, backend="aot_eager"), torch.compile(D2, backend="aot_eager")
+    compiled = ganfast.Trainer(Gc, Dc, *adam_pair(Gc, Dc), seed=0, num_classes=3, loss=loss, penalty=penalty,
+                               accumulate=2)
+    x, y = labelled_points(32, dtype=torch.float64)
+    for _ in range(2):
+        plain.step((x, y))
+        compiled.step((x, y))
+    for p, q in zip([*G.parameters(), *D.parameters()], [*G2.parameters(), *D2.parameters()]):
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-12)
+
+
 def test_a_compiled_runs_checkpoints_hold_the_modules_inside_the_wrappers(tmp_path):
     """Keys without torch.compile's `_orig_mod.` prefix: the run resumes uncompiled (and the reverse),
     and a checkpoint written with the prefix (as before) still resumes."""
