@@ -90,8 +90,8 @@ class Trainer:
     a D on the CPU or CUDA) computes all of D's layers in one multi-tensor call per step, with the same
     numbers. `joint_d_forward` (decided on the first batch: True when D judges each sample on its own,
     which a probe checks; False with BatchNorm, minibatch stddev or dropout) runs D once on
-    cat(real, fake) in D steps without R1 / R2 whose inputs are small (`_joint`). latent_dim: int or the shape of one z (default: from G's first
-    Linear / ConvTranspose). device: moves G and D there (default: theirs). seed: of the trainer's
+    cat(real, fake) in D steps without R1 / R2 whose inputs are small (`_joint`). latent_dim: int or
+    the shape of one z (default: from G's first Linear / ConvTranspose). device: moves G and D there (default: theirs). seed: of the trainer's
     noise generator (z, penalty draws, data shuffling). monitor: a StabilityMonitor. schedulers:
     (g_scheduler, d_scheduler), either None: stepped after each step, checkpointed, composed with the
     monitor's learning-rate cut. extra_d_loss / extra_g_loss: called with a LossInputs, return a term
