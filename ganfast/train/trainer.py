@@ -86,20 +86,20 @@ class Trainer:
 
     The step's options (loss, penalty, ..., accumulate) are StepConfig's: pass them one by one or as
     config=StepConfig(...). spectral_norm applies ganfast.nn.apply_spectral_norm to D (which replaces
-    PyTorch's spectral norms there; the Parameter objects stay the same); `sn_multi_tensor` (True for
-    a D on the CPU or CUDA) computes all of D's layers in one multi-tensor call per step, with the same
+    PyTorch's spectral norms there; the Parameter objects stay the same); `sn_multi_tensor` (True for a
+    D on the CPU or CUDA) computes all of D's layers in one multi-tensor call per step, with the same
     numbers. `joint_d_forward` (decided on the first batch: True when D judges each sample on its own,
-    which a probe checks; False with BatchNorm, minibatch stddev or dropout) runs D once on
-    cat(real, fake) in D steps without R1 / R2 whose inputs are small (`_joint`). latent_dim: int or
-    the shape of one z (default: from G's first Linear / ConvTranspose). device: moves G and D there (default: theirs). seed: of the trainer's
-    noise generator (z, penalty draws, data shuffling). monitor: a StabilityMonitor. schedulers:
-    (g_scheduler, d_scheduler), either None: stepped after each step, checkpointed, composed with the
-    monitor's learning-rate cut. extra_d_loss / extra_g_loss: called with a LossInputs, return a term
-    added to that loss (the D step's backward computes gradients for D's parameters only: a module
-    outside D that extra_d_loss uses gets none there). distributed: None runs data-parallel when
-    launched on several processes (torchrun, distributed.launch), True requires it, False trains
-    alone; step(real) then takes this rank's batch and the update is one process's on all ranks'
-    batches concatenated.
+    which a probe checks; False with BatchNorm, minibatch stddev or dropout) runs D once on cat(real,
+    fake) in D steps without R1 / R2 whose inputs are small (`_joint`). latent_dim: int or the shape of
+    one z (default: from G's first Linear / ConvTranspose). device: moves G and D there (default:
+    theirs). seed: of the trainer's noise generator (z, penalty draws, data shuffling). monitor: a
+    StabilityMonitor. schedulers: (g_scheduler, d_scheduler), either None: stepped after each step,
+    checkpointed, composed with the monitor's learning-rate cut. extra_d_loss / extra_g_loss: called
+    with a LossInputs, return a term added to that loss (the D step's backward computes gradients for
+    D's parameters only: a module outside D that extra_d_loss uses gets none there). distributed: None
+    runs data-parallel when launched on several processes (torchrun, distributed.launch), True requires
+    it, False trains alone; step(real) then takes this rank's batch and the update is one process's on
+    all ranks' batches concatenated.
     dist_timeout: seconds a collective waits for the other ranks. num_classes: K makes the run
     class-conditional (batches (x, y), G(z, y), D(x, y)); class_probs: the K probabilities of the
     fake labels (default uniform; e.g. the data's class frequencies).
@@ -110,6 +110,9 @@ class Trainer:
     reported as the stat "augment_p". R1/R2 and the other penalties see the augmented batches: R1 is
     the gradient norm at the augmented real, D's actual input (StyleGAN2-ADA differentiates through
     its augmentation to the unaugmented image instead).
+    G and D may be torch.compile wrappers: D's forwards that a penalty differentiates twice run the
+    module inside (a compiled backward cannot be differentiated again), and checkpoints hold the
+    modules' own state dicts (probe.uncompiled).
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, g_optimizer: torch.optim.Optimizer,
