@@ -13,15 +13,17 @@ from .logging import TrainLogger, save_curves, save_samples
 
 log = logging.getLogger("ganfast.train")
 RESUME_CHOICES = (True, False, "force")
+DEFAULT_BATCH_SIZE = 64  # of a tensor of samples
 
 
-def fit(trainer, data, steps: int, batch_size: int = 64, *, log_every: int = 1, log_dir=None, checkpoint_dir=None,
+def fit(trainer, data, steps: int, batch_size: int | None = None, *, log_every: int = 1, log_dir=None, checkpoint_dir=None,
         checkpoint_every: int | None = None, keep_checkpoints: int = 3, resume=True, sample_every: int | None = None,
         n_samples: int = 64, progress: bool = True, callback=None) -> list[dict]:
     """Train until `steps` steps in total have run (a resumed trainer continues to the same total).
 
     data: a DataLoader / iterable of batches (x or (x, ...)), or a tensor of samples (batched with
-    batch_size, reshuffled each epoch with the trainer's generator). A conditional trainer takes
+    batch_size, default 64, reshuffled each epoch with the trainer's generator; a DataLoader makes its
+    own batches, and a batch_size that differs from its own is refused). A conditional trainer takes
     (x, y, ...) batches, or a pair of tensors (samples, labels); its sample pictures hold one row
     per class. Only the current batch is moved
     to the trainer's device (a DataLoader with pin_memory=True copies without blocking). log_dir gets
@@ -52,8 +54,14 @@ def fit(trainer, data, steps: int, batch_size: int = 64, *, log_every: int = 1, 
         raise
 
 
-def _source(trainer, data, batch_size: int, state: dict | None):
+def _source(trainer, data, batch_size: int | None, state: dict | None):
     k = trainer.num_classes
+    if isinstance(data, torch.utils.data.DataLoader) and batch_size is not None and \
+            data.batch_size is not None and batch_size != data.batch_size:
+        raise ValueError(f"fit's batch_size={batch_size} batches a tensor of samples; this DataLoader makes its own "
+                         f"batches of {data.batch_size}: leave batch_size out, or build the DataLoader with "
+                         f"batch_size={batch_size}")
+    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     if k is None and looks_labelled(data):
         raise unconditional_error("fit")
     if k is not None and is_pair(data):

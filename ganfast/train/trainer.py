@@ -608,7 +608,7 @@ class Trainer:
         log.info("resumed from %s at step %d", used, self.step_count)
         return state
 
-    def fit(self, data, steps: int, batch_size: int = 64, **options) -> list[dict]:
+    def fit(self, data, steps: int, batch_size: int | None = None, **options) -> list[dict]:
         """Train until `steps` steps in total have run; see ganfast.train.fit.fit for the options."""
         from .fit import fit
         return fit(self, data, steps, batch_size, **options)

@@ -139,6 +139,11 @@ def test_fit_accepts_a_dataloader_and_an_iterable(tmp_path):
         _trainer().fit([], steps=1, progress=False)
     with pytest.raises(ValueError, match="fewer than batch_size"):
         _trainer().fit(data, steps=1, batch_size=64, progress=False)
+    # a batch_size the DataLoader does not make is refused, not silently ignored; its own is taken
+    with pytest.raises(ValueError, match="fit's batch_size=16 batches a tensor of samples; this DataLoader makes its "
+                                         "own batches of 8: leave batch_size out"):
+        _trainer().fit(loader, steps=1, batch_size=16, progress=False)
+    assert _trainer().fit(loader, steps=1, batch_size=8, progress=False)[0]["step"] == 1
 
 
 def test_fit_tensor_data_reshuffles_each_epoch():
