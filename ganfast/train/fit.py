@@ -16,9 +16,9 @@ RESUME_CHOICES = (True, False, "force")
 DEFAULT_BATCH_SIZE = 64  # of a tensor of samples
 
 
-def fit(trainer, data, steps: int, batch_size: int | None = None, *, log_every: int = 1, log_dir=None, checkpoint_dir=None,
-        checkpoint_every: int | None = None, keep_checkpoints: int = 3, resume=True, sample_every: int | None = None,
-        n_samples: int = 64, progress: bool = True, callback=None) -> list[dict]:
+def fit(trainer, data, steps: int, batch_size: int | None = None, *, log_every: int = 1, log_dir=None,
+        checkpoint_dir=None, checkpoint_every: int | None = None, keep_checkpoints: int = 3, resume=True,
+        sample_every: int | None = None, n_samples: int = 64, progress: bool = True, callback=None) -> list[dict]:
     """Train until `steps` steps in total have run (a resumed trainer continues to the same total).
 
     data: a DataLoader / iterable of batches (x or (x, ...)), or a tensor of samples (batched with
