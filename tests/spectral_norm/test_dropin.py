@@ -160,7 +160,8 @@ def test_pytorchs_spectral_norm_is_replaced_and_goes_on_with_the_same_numbers(ki
         (out_r * up).sum().backward()
         (out_o * up).sum().backward()
         torch.testing.assert_close(out_o, out_r, rtol=1e-5, atol=1e-5)
-        tol = dict(rtol=1e-4, atol=1e-5) if style == "parametrize" else dict(rtol=1e-3, atol=1e-4)  # converged
+        # the hook-based layers agree as far as their converged iterations do
+        tol = dict(rtol=1e-4, atol=1e-5) if style == "parametrize" else dict(rtol=1e-3, atol=1e-4)
         torch.testing.assert_close(original.grad, _original(ref).grad, **tol)
     u_r = ref.parametrizations.weight[0]._u if style == "parametrize" else ref.weight_u
     torch.testing.assert_close(plist[0]._u, u_r, **tol)
