@@ -335,16 +335,21 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.stream) if self.stream is not None else self.samples.shape[0]
 
-    def training_data(self, batch_size: int, device: torch.device, seed: int = 0):
+    def training_data(self, batch_size: int, device: torch.device, seed: int = 0, world_size: int = 1):
         """What Trainer.fit takes: the samples tensor, or a DataLoader streaming the folder (shuffled,
-        full batches, pinned memory for a GPU, worker processes where there are cores to spare)."""
+        full batches, pinned memory for a GPU, worker processes where there are cores to spare). With
+        world_size > 1 (a distributed run), each rank's loader takes its own share of the folder
+        (DistributedSampler): without it every rank drew the same batches. A tensor is split by fit."""
         if self.stream is None:
             return self.samples if self.labels is None else (self.samples, self.labels)
         workers = 0 if (os.cpu_count() or 1) <= 2 else min(4, (os.cpu_count() or 1) // 2)
+        options = dict(num_workers=workers, persistent_workers=workers > 0,
+                       pin_memory=torch.device(device).type == "cuda")
+        if world_size > 1:
+            from .train.distributed import loader
+            return loader(self.stream, batch_size, shuffle=True, seed=seed, **options)
         return torch.utils.data.DataLoader(self.stream, batch_size=batch_size, shuffle=True, drop_last=True,
-                                           num_workers=workers, persistent_workers=workers > 0,
-                                           pin_memory=torch.device(device).type == "cuda",
-                                           generator=torch.Generator().manual_seed(seed))
+                                           generator=torch.Generator().manual_seed(seed), **options)
 
 
 def _item(item) -> torch.Tensor:

@@ -749,7 +749,7 @@ def _train(cfg: dict, run_dir: Path, resuming: bool, progress: bool, echo, main:
         return extra
 
     set_lr(start_step)
-    data = dataset.training_data(cfg["batch_size"], tr.device, cfg["seed"])  # a folder streams from disk
+    data = dataset.training_data(cfg["batch_size"], tr.device, cfg["seed"], tr.world_size)  # a folder streams
     log_every = cfg["log_every"]
     t0 = time.perf_counter()
     # resume=False: the checkpoint, if any, was loaded above (fit would load a broken newest one again)

@@ -139,6 +139,22 @@ def test_image_folder_streams_the_same_images(tmp_path):
     assert isinstance(loader, torch.utils.data.DataLoader) and len(loader) == 2
 
 
+def test_a_streamed_folder_is_shared_between_the_ranks_of_a_distributed_run(tmp_path, monkeypatch):
+    """`ganfast train --data FOLDER --nproc 2`: each rank's loader takes its own half of the images
+    (before, every rank drew the same batches, and fit warned about it)."""
+    for i in range(10):
+        _write_png(tmp_path / f"{i}.png", (8, 8), (10 * i, 20, 30))
+    ds = data.make_dataset(str(tmp_path), image_size=8)
+    seen = []
+    for rank in (0, 1):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        loader = ds.training_data(2, "cpu", seed=3, world_size=2)
+        assert isinstance(loader.sampler, torch.utils.data.DistributedSampler) and len(loader) == 2
+        seen.append(list(loader.sampler))
+    assert len(seen[0]) == len(seen[1]) == 5 and sorted(seen[0] + seen[1]) == list(range(10))
+
+
 def test_unreadable_files_are_named_and_an_empty_folder_is_an_error(tmp_path):
     _write_png(tmp_path / "ok.png", (8, 8), (10, 20, 30))
     (tmp_path / "notes.txt").write_text("not an image")
