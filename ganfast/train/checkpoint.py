@@ -238,15 +238,11 @@ def drop_compile_prefix(state: dict) -> None:
     """In place: a state written when checkpoints held a torch.compile wrapper's state dicts (keys
     `_orig_mod.*`) gets the keys of the module inside, as the trainer writes them now; a state
     without the prefix is left as it is."""
-    prefix = "_orig_mod."
-    for key in ("generator", "discriminator", "ema"):
-        if isinstance(state.get(key), dict):
-            torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state[key], prefix)
-    config = state.get("config")
-    for key in ("generator_shapes", "discriminator_shapes"):
-        shapes = config.get(key) if isinstance(config, dict) else None
-        if isinstance(shapes, dict) and shapes and all(k.startswith(prefix) for k in shapes):
-            config[key] = {k[len(prefix):]: v for k, v in shapes.items()}
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    for d in (state.get("generator"), state.get("discriminator"), state.get("ema"),
+              config.get("generator_shapes"), config.get("discriminator_shapes")):
+        if isinstance(d, dict):
+            torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(d, "_orig_mod.")
 
 
 def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
