@@ -211,7 +211,7 @@ def _continue_from(ours: SpectralNorm, u: torch.Tensor | None, v: torch.Tensor |
     return ours
 
 
-def replace_torch_spectral_norm(module: nn.Module) -> list[str]:
+def replace_torch_spectral_norm(module: nn.Module) -> None:
     """Replace PyTorch's spectral norms on `module`'s own tensors by ganfast's, with their settings
     (dim, n_power_iterations, eps) and u, v, so that the numbers go on as they were:
     torch.nn.utils.parametrizations.spectral_norm in place in its ParametrizationList (the original
@@ -219,9 +219,7 @@ def replace_torch_spectral_norm(module: nn.Module) -> list[str]:
     torch.nn.utils.spectral_norm by a parametrization on its `<name>_orig` Parameter (the same
     object: optimizers keep it; its state_dicts still load, with their old keys). The hook-based one
     updates v before u in its power iteration, ganfast (as the parametrization) u first: from its u, v
-    the iteration converges to the same sigma, but its steps are not the same numbers. Returns the
-    replaced tensors' names."""
-    replaced = []
+    the iteration converges to the same sigma, but its steps are not the same numbers."""
     plists = module._modules.get("parametrizations")
     for name, plist in (plists.items() if isinstance(plists, nn.ModuleDict) else ()):
         for i, p in enumerate(plist):
@@ -230,7 +228,6 @@ def replace_torch_spectral_norm(module: nn.Module) -> list[str]:
                                     p.dim, p.eps)
                 plist[i] = _continue_from(ours, getattr(p, "_u", None), getattr(p, "_v", None)).train(p.training)
                 _track(module, name)
-                replaced.append(name)
     old_style = sys.modules["torch.nn.utils.spectral_norm"]
     for hook in [h for h in module._forward_pre_hooks.values() if isinstance(h, old_style.SpectralNorm)]:
         name = hook.name
@@ -240,8 +237,6 @@ def replace_torch_spectral_norm(module: nn.Module) -> list[str]:
         module.register_parameter(name, original)  # the weight before normalization, the same object
         spectral_norm(module, name, hook.n_power_iterations, hook.eps, hook.dim)
         _continue_from(_find(module, name), u, v)
-        replaced.append(name)
-    return replaced
 
 
 def remove_spectral_norm(module: nn.Module, name: str = "weight") -> nn.Module:
