@@ -42,6 +42,7 @@ from typing import Callable, Iterable
 
 import torch
 import torch.distributed as dist
+from torch.nn.utils import parametrize
 
 DEFAULT_TIMEOUT = 600.0  # seconds a collective may wait for the other ranks
 _FAIL_KEY = "ganfast/failed"
@@ -211,14 +212,15 @@ class Communicator:
             self._call("broadcast of the initial parameters", dist.broadcast, flat, 0, group=self.group)
             torch._foreach_copy_(ts, [c.view_as(t) for c, t in zip(flat.split([t.numel() for t in ts]), ts)])
 
-    def share_models(self, G, D, sn_module) -> list[torch.Tensor]:
-        """Give every rank rank 0's weights and buffers; return the buffers to average after each step.
-        Spectral norm's u, v follow from identical weights; other floating buffers (BatchNorm's
-        running statistics) see per-rank batches."""
+    def share_models(self, G, D) -> list[torch.Tensor]:
+        """Give every rank rank 0's weights and buffers; return the buffers to average after each step:
+        the floating ones that see per-rank batches (BatchNorm's running statistics), not those of a
+        parametrization (spectral norm's u, v in G or D, PyTorch's or ganfast's: they follow from the
+        identical weights)."""
         self.broadcast_([t.data for m in (G, D) for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()])
-        sn_bufs = set() if sn_module is None else {
-            id(b) for m in D.modules() if isinstance(m, sn_module.SpectralNorm) for b in m.buffers()}
-        return [b for m in (G, D) for b in m.buffers() if b.is_floating_point() and id(b) not in sn_bufs]
+        derived = {id(b) for m in (G, D) for sub in m.modules() if isinstance(sub, parametrize.ParametrizationList)
+                   for b in sub.buffers()}
+        return [b for m in (G, D) for b in m.buffers() if b.is_floating_point() and id(b) not in derived]
 
     def broadcast_int(self, value: int) -> int:
         t = torch.tensor([value], dtype=torch.int64, device=self.device)
@@ -326,7 +328,7 @@ class LocalCommunicator:
     def abort(self, exc: BaseException | None) -> None:
         pass
 
-    def share_models(self, G, D, sn_module) -> list[torch.Tensor]:
+    def share_models(self, G, D) -> list[torch.Tensor]:
         return []
 
     def broadcast_int(self, value: int) -> int:

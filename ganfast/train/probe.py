@@ -19,11 +19,19 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _IMPLEMENTATION_KEYS = {"params", "foreach", "fused", "capturable", "differentiable", "initial_lr", "maximize"}
 
 
+def _is_layer(m: nn.Module) -> bool:
+    """A layer with weights of its own: no submodules but, for a parametrized layer (spectral norm,
+    weight norm: torch.nn.utils.parametrize), the `parametrizations` that hold its weights."""
+    children = {name for name, _ in m.named_children()}
+    if children - {"parametrizations"}:
+        return False
+    return bool(children) or any(True for _ in m.parameters(recurse=False))
+
+
 def infer_latent_shape(generator: nn.Module, latent_dim=None) -> tuple[int, ...]:
     """Shape of one z: (in_features,) for a first Linear, (in_channels, 1, ..., 1) for a first
     ConvTranspose; `latent_dim` (int or shape) overrides, shaped like the first layer wants."""
-    first = next((m for m in generator.modules() if not list(m.children()) and
-                  any(True for _ in m.parameters(recurse=False))), None)
+    first = next((m for m in generator.modules() if _is_layer(m)), None)
     if latent_dim is not None:
         if isinstance(latent_dim, (tuple, list, torch.Size)):
             shape = tuple(int(d) for d in latent_dim)
@@ -32,12 +40,12 @@ def infer_latent_shape(generator: nn.Module, latent_dim=None) -> tuple[int, ...]
         if any(d < 1 for d in shape):
             raise ValueError(f"latent_dim must be positive, got {latent_dim}")
         if len(shape) == 1 and isinstance(first, _CONV_T) and first.in_channels == shape[0]:
-            shape = shape + (1,) * (first.weight.dim() - 2)
+            shape = shape + (1,) * len(first.kernel_size)
         return shape
     if isinstance(first, nn.Linear):
         return (first.in_features,)
     if isinstance(first, _CONV_T):
-        return (first.in_channels,) + (1,) * (first.weight.dim() - 2)
+        return (first.in_channels,) + (1,) * len(first.kernel_size)
     what = "no layer with parameters" if first is None else f"its first layer is {type(first).__name__}"
     hint = " (a convolution's input size is not known)" if isinstance(first, _CONV) else ""
     raise ValueError(f"cannot infer the latent size of the generator: {what}{hint}; pass latent_dim= "

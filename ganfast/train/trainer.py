@@ -169,7 +169,7 @@ class Trainer:
         self._comm = _dist.communicator(distributed, self.device, dist_timeout)
         self._penalty = PenaltyTerm(cfg, self._comm, self._draw) if cfg.penalty else None
         # every rank starts from rank 0's weights, buffers (SN u, v) and seed
-        self._sync_buffers = self._comm.share_models(generator, discriminator, self._nn)
+        self._sync_buffers = self._comm.share_models(generator, discriminator)
         # what a checkpoint must match to be resumed by this trainer (the optimizers as given)
         self.description = describe_run(cfg, self.latent_shape, self._g_plain, self._d_plain, g_optimizer,
                                         d_optimizer)

@@ -115,3 +115,21 @@ def test_bad_arguments():
         W.build(dict(loss="ns"), distributed=True)
     assert launch(1, sum, [1, 2]) == 3
     assert distributed.free_port() > 0
+
+
+def test_the_buffers_averaged_after_a_step_are_the_batch_statistics_only():
+    """BatchNorm's running statistics see per-rank batches and are averaged; spectral norm's u, v
+    (in G or D, PyTorch's or ganfast's) follow from the identical weights and are not."""
+    from torch import nn
+    from torch.nn.utils.parametrizations import spectral_norm as torch_sn
+
+    import ganfast
+    G = nn.Sequential(torch_sn(nn.Linear(3, 4)), nn.BatchNorm1d(4), ganfast.nn.spectral_norm(nn.Linear(4, 2)))
+    D = ganfast.nn.apply_spectral_norm(nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)))
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        synced = distributed.Communicator(torch.device("cpu")).share_models(G, D)
+    finally:
+        dist.destroy_process_group()
+    want = [G[1].running_mean, G[1].running_var, D[1].running_mean, D[1].running_var]
+    assert [id(b) for b in synced] == [id(b) for b in want]

@@ -516,3 +516,44 @@ def test_a_compiled_runs_checkpoints_hold_the_modules_inside_the_wrappers(tmp_pa
     fresh.load_state(old)
     for p, q in zip(fresh.G.state_dict().values(), state["generator"].values()):
         assert torch.equal(p, q)
+
+
+# --- a generator with spectral norm (SAGAN, BigGAN) ----------------------------------------------
+
+def _normalized_g_trainer(style, seed=0):
+    """mlp_pair's models with every layer of G spectral-normalized the way `style` says (the first
+    layer included: the trainer finds the latent size through it), D by the trainer, EMA on."""
+    from torch.nn.utils import parametrizations
+    G, D = mlp_pair()
+    for name in ("0", "2"):
+        layer = G._modules[name]
+        G._modules[name] = (parametrizations.spectral_norm(layer) if style == "torch" else
+                            ganfast.nn.spectral_norm(layer))
+    return ganfast.Trainer(G, D, *adam_pair(G, D), spectral_norm=True, ema=0.9, seed=seed)
+
+
+@pytest.mark.parametrize("style", ["torch", "ganfast"])
+def test_a_spectral_normalized_generator_trains_samples_and_resumes_exactly(tmp_path, style):
+    """G's spectral norm runs on every G forward (PyTorch's semantics) whichever implementation the
+    user chose; its u, v are in the checkpoints, so a killed run resumes to the uninterrupted one's
+    numbers, EMA copy included."""
+    data = points(64)
+    whole = _normalized_g_trainer(style)
+    assert whole.latent_shape == (3,)
+    whole.fit(data, steps=6, batch_size=16, progress=False)
+    killed = _normalized_g_trainer(style)
+    with pytest.raises(Killed):
+        killed.fit(data, steps=6, batch_size=16, log_dir=tmp_path, checkpoint_every=2, progress=False,
+                   callback=_kill_at(3))
+    resumed = _normalized_g_trainer(style, seed=5)
+    resumed.fit(data, steps=6, batch_size=16, log_dir=tmp_path, checkpoint_every=2, progress=False)
+    for a, b in ((resumed.G, whole.G), (resumed.ema_g, whole.ema_g)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert any(k.endswith("_u") for k in sa) and sa.keys() == sb.keys()
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), k
+    u = next(v for k, v in whole.G.state_dict().items() if k.endswith("_u"))
+    assert not torch.equal(u, next(v for k, v in _normalized_g_trainer(style).G.state_dict().items()
+                                   if k.endswith("_u")))  # the power iteration ran in training
+    samples = whole.sample(5)
+    assert samples.shape == (5, 2) and torch.isfinite(samples).all()

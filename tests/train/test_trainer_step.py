@@ -280,6 +280,26 @@ def test_latent_dim_inference():
         infer_latent_shape(nn.Sequential(nn.Conv2d(3, 4, 3)))
 
 
+@pytest.mark.parametrize("normalize", ["torch spectral norm", "ganfast spectral norm", "torch weight norm",
+                                       "hook spectral norm"])
+def test_latent_dim_inference_reads_through_a_normalized_first_layer(normalize):
+    """SAGAN / BigGAN normalize G's layers too: a parametrized first layer keeps its weights in a
+    submodule (`parametrizations`), and is still the layer that takes z. Its u, v are not touched."""
+    from torch.nn.utils import parametrizations
+    from ganfast.train.probe import infer_latent_shape
+    wrap = {"torch spectral norm": parametrizations.spectral_norm,
+            "ganfast spectral norm": lambda m: ganfast.nn.spectral_norm(m, dim=1 if isinstance(m, nn.ConvTranspose2d)
+                                                                        else 0),
+            "torch weight norm": parametrizations.weight_norm,
+            "hook spectral norm": torch.nn.utils.spectral_norm}[normalize]
+    for first, want in ((nn.Linear(7, 3), (7,)), (nn.ConvTranspose2d(16, 4, 4), (16, 1, 1))):
+        G = nn.Sequential(wrap(first), nn.BatchNorm1d(3) if want == (7,) else nn.BatchNorm2d(4), nn.ReLU())
+        before = copy.deepcopy(G.state_dict())
+        assert infer_latent_shape(G) == want
+        assert infer_latent_shape(G, want[0]) == want
+        assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())  # no power iteration ran
+
+
 def test_dcgan_models_from_ganfast_models():
     models = pytest.importorskip("ganfast.models")
     G, D = models.DCGANGenerator(16, 8, 1, 8), models.DCGANDiscriminator(8, 1, 8)
