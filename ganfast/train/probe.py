@@ -52,13 +52,17 @@ def infer_latent_shape(generator: nn.Module, latent_dim=None) -> tuple[int, ...]
                      f"(an int, or the shape of one z such as (128, 1, 1))")
 
 
-def spectral_norm_module(D: nn.Module, apply: bool):
-    """ganfast.nn when D carries its spectral norm (applied here when `apply`), else None."""
+def spectral_norm_module(G: nn.Module, D: nn.Module, apply: bool):
+    """ganfast.nn when D carries its spectral norm, else None. With `apply`, D is normalized here and
+    PyTorch's spectral norms in G (SAGAN and BigGAN normalize G too) run on ganfast's kernels:
+    replaced with their settings, u and v (replace_torch_spectral_norm), G's layers otherwise as
+    the user built them."""
     if apply:
         sn = optional_module("nn", "spectral_norm=True")
-        device = next(D.parameters()).device
-        sn.apply_spectral_norm(D)
-        D.to(device)
+        for model, types in ((D, sn.DEFAULT_TYPES), (G, ())):  # G: no layer newly normalized
+            device = next(model.parameters()).device
+            sn.apply_spectral_norm(model, types)
+            model.to(device)
         return sn
     try:
         from .. import nn as sn

@@ -86,7 +86,8 @@ class Trainer:
 
     The step's options (loss, penalty, ..., accumulate) are StepConfig's: pass them one by one or as
     config=StepConfig(...). spectral_norm applies ganfast.nn.apply_spectral_norm to D (which replaces
-    PyTorch's spectral norms there; the Parameter objects stay the same); `sn_multi_tensor` (True for a
+    PyTorch's spectral norms there; the Parameter objects stay the same) and runs PyTorch's spectral
+    norms in G, if any, on ganfast's kernels (replaced, G's layers otherwise untouched); `sn_multi_tensor` (True for a
     D on the CPU or CUDA) computes all of D's layers in one multi-tensor call per step, with the same
     numbers. `joint_d_forward` (decided on the first batch: True when D judges each sample on its own,
     which a probe checks; False with BatchNorm, minibatch stddev or dropout) runs D once on cat(real,
@@ -157,7 +158,7 @@ class Trainer:
         self.monitor = monitor if monitor is not None else StabilityMonitor()
         check_optimizer_holds(g_optimizer, generator, "g_optimizer", "generator")
         check_optimizer_holds(d_optimizer, discriminator, "d_optimizer", "discriminator")
-        self._nn = spectral_norm_module(self._d_plain, cfg.spectral_norm)  # sn_step around D call groups
+        self._nn = spectral_norm_module(self._g_plain, self._d_plain, cfg.spectral_norm)  # sn_step around D call groups
         # D's spectral norm in one multi-tensor call per step on the CPU and CUDA (same numbers as one
         # op per layer; README, "Performance": the MLP step with SN + R1 1.08-1.15x faster on the CPU,
         # DCGAN-32 level; on an H200 every layer of a DCGAN-32 / ResNet-128 D in 0.60 / 1.11 ms instead

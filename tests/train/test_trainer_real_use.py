@@ -557,3 +557,36 @@ def test_a_spectral_normalized_generator_trains_samples_and_resumes_exactly(tmp_
                                    if k.endswith("_u")))  # the power iteration ran in training
     samples = whole.sample(5)
     assert samples.shape == (5, 2) and torch.isfinite(samples).all()
+
+
+@pytest.mark.parametrize("hook_style", [False, True])
+def test_pytorchs_spectral_norm_in_the_generator_runs_on_ganfasts_kernels(hook_style):
+    """spectral_norm=True replaces PyTorch's spectral norms in G (no layer newly normalized): the
+    parametrization's numbers go on as PyTorch's would (a run whose G keeps PyTorch's, float64); the
+    hook-based one is replaced too and trains."""
+    from torch.nn.utils import parametrizations
+    from ganfast.nn.spectral_norm import SpectralNorm
+
+    def trainer(replace):
+        G, D = mlp_pair(dtype=torch.float64)
+        G[0] = torch.nn.utils.spectral_norm(G[0]) if hook_style else parametrizations.spectral_norm(G[0])
+        if not replace:  # D normalized by hand, G left alone
+            ganfast.nn.apply_spectral_norm(D)
+        return ganfast.Trainer(G, D, *adam_pair(G, D), spectral_norm=replace, seed=0)
+
+    ours = trainer(replace=True)
+    assert [type(m).__name__ for m in ours.G.modules() if "SpectralNorm" in type(m).__name__] == ["SpectralNorm"]
+    assert isinstance(ours.G[0].parametrizations.weight[0], SpectralNorm) and ours.G[2].weight.requires_grad
+    assert not hasattr(ours.G[2], "parametrizations")  # the layer the user left plain stays plain
+    data = points(64, dtype=torch.float64)
+    ours.fit(data, steps=4, batch_size=16, progress=False)
+    if hook_style:
+        assert torch.isfinite(ours.sample(4)).all()
+        return
+    theirs = trainer(replace=False)
+    theirs.fit(data, steps=4, batch_size=16, progress=False)
+    assert isinstance(theirs.G[0].parametrizations.weight[0], parametrizations._SpectralNorm)
+    mine, other = ours.G.state_dict(), theirs.G.state_dict()
+    assert mine.keys() == other.keys()
+    for k in mine:
+        torch.testing.assert_close(mine[k], other[k], rtol=1e-10, atol=1e-12, msg=k)
