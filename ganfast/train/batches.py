@@ -151,6 +151,18 @@ def check_last_batch(data, pack: int, accumulate: int, G, D) -> None:
                     "pass drop_last=True to the DataLoader", len(data.sampler), data.batch_size, tail)
 
 
+def _described(batch) -> str:
+    """What a batch the trainer cannot take is, for its error; for a dict (a Hugging Face dataset's
+    rows, collated), the way to make (x, y) pairs of it."""
+    if isinstance(batch, (tuple, list)):
+        return f"{type(batch).__name__} of {len(batch)}"
+    if isinstance(batch, dict):
+        keys = ", ".join(repr(k) for k in batch)
+        return (f"a dict with keys {keys}: give the DataLoader a collate_fn that returns (images, labels), e.g. "
+                f"lambda rows: (torch.stack([r['image'] for r in rows]), torch.tensor([r['label'] for r in rows]))")
+    return type(batch).__name__
+
+
 class LoaderBatches:
     """Batches of a DataLoader / iterable, restarted at each epoch; (x, label, ...) gives x, or
     (x, label) when num_classes is given (a conditional trainer: labels range-checked on the host).
@@ -217,16 +229,14 @@ class LoaderBatches:
         if isinstance(batch, (tuple, list)):
             batch = batch[0]
         if not isinstance(batch, torch.Tensor):
-            raise TypeError(f"a batch must be a tensor or a (tensor, ...) tuple, got {type(batch).__name__}")
+            raise TypeError(f"a batch must be a tensor or a (tensor, ...) tuple, got {_described(batch)}")
         return batch.to(self.device, non_blocking=self.non_blocking)
 
     def _labelled(self, batch):
         if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[0], torch.Tensor)
                 and isinstance(batch[1], torch.Tensor)):
             raise ValueError(f"this trainer is conditional (num_classes={self.num_classes}): the data must yield "
-                             f"(x, y, ...) batches with y a LongTensor of class indices, got "
-                             f"{type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list))
-                                                           else ""))
+                             f"(x, y, ...) batches with y a LongTensor of class indices, got {_described(batch)}")
         x, y = batch[0], batch[1]
         if y.device.type == "cpu" and y.dtype == torch.long:
             check_range(y, self.num_classes, "the data's labels")

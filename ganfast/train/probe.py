@@ -90,8 +90,10 @@ def check_real_batch(real, device: torch.device, accumulate: int, pack: int = 1)
         raise ValueError(f"device mismatch: the real batch is on {real.device} but the models are on "
                          f"{device}; move it there (fit does this for you)")
     if not real.is_floating_point():
+        hint = " (8-bit images: x.float() / 127.5 - 1 scales them to a Tanh generator's [-1, 1])" \
+            if real.dtype == torch.uint8 else ""
         raise TypeError(f"the real batch must be floating point (scaled like the generator's output), "
-                        f"got {real.dtype}")
+                        f"got {real.dtype}{hint}")
     if real.dim() < 2 or real.shape[0] == 0:
         raise ValueError(f"a real batch must have a batch dimension and at least one feature dimension, "
                          f"got shape {tuple(real.shape)}")

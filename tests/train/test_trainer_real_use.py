@@ -176,6 +176,32 @@ def test_nonfinite_data_is_named_as_the_cause():
     assert t.monitor.rollbacks == 0
 
 
+
+def test_eight_bit_images_are_refused_with_the_scaling():
+    t = _trainer()
+    with pytest.raises(TypeError, match=r"floating point.*got torch.uint8.*x.float\(\) / 127.5 - 1"):
+        t.fit(torch.randint(0, 256, (32, 2), dtype=torch.uint8), steps=1, batch_size=8, progress=False)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_dict_batches_are_refused_with_their_keys_and_a_collate_fn(conditional):
+    """A Hugging Face dataset's rows are dicts; the DataLoader's default collation keeps them so."""
+    from trainer_models import CondD, CondG
+    rows = [{"image": x, "label": i % 3} for i, x in enumerate(points(32))]
+    loader = torch.utils.data.DataLoader(rows, batch_size=8)
+    if conditional:
+        G, D = CondG(3), CondD(3)
+        t = ganfast.Trainer(G, D, *adam_pair(G, D), num_classes=3, seed=0)
+    else:
+        t = _trainer()
+    with pytest.raises((TypeError, ValueError), match=r"a dict with keys 'image', 'label': give the DataLoader a "
+                                                      r"collate_fn that returns \(images, labels\)"):
+        t.fit(loader, steps=1, progress=False)
+    # the recipe the message gives works
+    recipe = torch.utils.data.DataLoader(rows, batch_size=8, collate_fn=lambda rows: (
+        torch.stack([r["image"] for r in rows]), torch.tensor([r["label"] for r in rows])))
+    assert len(t.fit(recipe, steps=2, progress=False)) == 2
+
 # --- extension points ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", [dict(), dict(penalty="r1"), dict(penalty="wgan-gp", loss="hinge"),
