@@ -44,7 +44,8 @@ def _check_same(a, b, name_a: str, name_b: str) -> None:
     if a.device != b.device:
         raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}")
     if a.dtype != b.dtype:
-        raise TypeError(f"{name_a} is {a.dtype} but {name_b} is {b.dtype}")
+        raise TypeError(f"{name_a} is {a.dtype} but {name_b} is {b.dtype}: pass both in one dtype (under autocast, "
+                        f"G's output is in autocast's dtype: {name_b}.to({name_a}.dtype))")
 
 
 def _alpha(alpha, real: torch.Tensor) -> torch.Tensor:

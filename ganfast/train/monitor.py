@@ -106,11 +106,13 @@ class StabilityMonitor:
     # --- checks -----------------------------------------------------------------------------
     @staticmethod
     def nonfinite(stats: dict, check_grads: bool = True) -> list[str]:
-        """Names of the stats that are not finite (grad norms only when check_grads: under fp16 an
-        inf gradient is the GradScaler's business, not divergence)."""
-        keys = ["d_loss", "g_loss", "penalty", "sigma_max", "sigma_min"]
+        """Names of the stats that are not finite (the grad norms and the gradient penalty only when
+        check_grads: under fp16 an inf gradient is the GradScaler's business, not divergence: it
+        skips that update and lowers its scale. A penalty is a norm of D's input gradient, which the
+        penalty computes from the scaled output, so it overflows with the gradients)."""
+        keys = ["d_loss", "g_loss", "sigma_max", "sigma_min"]
         if check_grads:
-            keys += ["d_grad_norm", "g_grad_norm"]
+            keys += ["penalty", "d_grad_norm", "g_grad_norm"]
         return [k for k in keys if k in stats and not math.isfinite(stats[k])]
 
     def observe(self, step: int, stats: dict) -> list[Event]:

@@ -253,6 +253,24 @@ def test_amp_runs_and_keeps_fp32_params(amp):
         assert t.d_scaler.is_enabled() and t.state_dict()["d_scaler"]["scale"] > 0
 
 
+
+@pytest.mark.filterwarnings("ignore:amp=.* on a CPU without native")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("penalty", ["wgan-gp", "wgan-lp", "dragan", "r1", "r2", "r1+r2"])
+def test_amp_trains_with_every_penalty(amp, penalty):
+    """Under amp, G's output is in autocast's dtype and the data in fp32: WGAN-GP interpolates in the
+    data's dtype. Under fp16 the first steps' penalties overflow with the scaled gradients (65536 x
+    the output) until the GradScaler has lowered its scale: its skipped updates are not divergence,
+    so no rollback and no learning-rate cut."""
+    G, D = mlp_pair()
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), amp=amp, penalty=penalty, seed=0)
+    penalties = [t.step(points(16))["penalty"] for _ in range(12)]
+    assert t.monitor.rollbacks == 0 and t.monitor.lr_scale == 1.0 and t.step_count == 12
+    assert [o.param_groups[0]["lr"] for o in t.optimizers] == [1e-2, 1e-2]
+    assert math.isfinite(penalties[-1]) and (penalties[-1] > 0 or penalty == "wgan-lp" and penalties[-1] == 0)
+    if amp == "fp16":
+        assert t.d_scaler.get_scale() < 2.0 ** 16  # it overflowed and lowered its scale
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_on_a_cpu_without_native_support_warns(monkeypatch, amp):
     """PyTorch's reduced-precision convolutions fall back to slow loops on such a CPU: said at construction."""
