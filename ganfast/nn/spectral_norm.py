@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import warnings
 import weakref
 
 import torch
@@ -183,10 +184,24 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
                          f"torch.nn.utils.spectral_norm (the old hook-based one); remove that one first")
     if dim is None:
         dim = 1 if isinstance(module, CONV_TRANSPOSE) else 0
+    if weight.dim() > 1 and weight.numel() and weight.device.type != "meta" and not bool(weight.detach().any()):
+        _warn_zero_weight(module, name, weight, eps)
     # Registered on a normalized weight, this stacks a second normalization, as PyTorch's does.
     parametrize.register_parametrization(module, name, SpectralNorm(weight, n_power_iterations, dim, eps))
     _track(module, name)
     return module
+
+
+def _warn_zero_weight(module: nn.Module, name: str, weight: torch.Tensor, eps: float) -> None:
+    """The power iteration cannot start from an all-zero weight: u = normalize(W v) is 0, and so
+    is every later u, v (normalize(0) = 0). W / sigma is 0 while W is (PyTorch's spectral norm gives
+    NaN there), but once training moves W, sigma stays 0 and W / max(sigma, eps) is W / eps."""
+    warnings.warn(f"spectral_norm: {type(module).__name__}.{name} {tuple(weight.shape)} is all zero, so its power "
+                  f"iteration cannot start (u and v become 0 and stay 0: once the weight moves, W / sigma is "
+                  f"W / eps = {1 / eps:.0e} x W; PyTorch's spectral norm gives NaN). Initialize "
+                  f"the weight before normalizing it (e.g. nn.init.normal_), leave this layer out "
+                  f"(apply_spectral_norm(types=...)), or load a state_dict into it before training",
+                  stacklevel=3)
 
 
 def _track(module: nn.Module, name: str) -> None:

@@ -248,6 +248,30 @@ def test_zero_weight_gives_no_nan(backend):
     assert torch.isfinite(m.parametrizations.weight[0]._u).all()
 
 
+
+def test_a_weight_that_is_zero_at_registration_is_named():
+    """The power iteration cannot start from an all-zero weight (a zero-initialized embedding, such as
+    conditional batch norm's shifts): u and v become 0 and stay 0, so once training moves the weight,
+    W / sigma is W / eps. Registration says so; a weight with any nonzero entry registers silently."""
+    import warnings
+    zero = nn.Embedding(3, 8)
+    nn.init.zeros_(zero.weight)
+    with pytest.warns(UserWarning, match=r"Embedding.weight \(3, 8\) is all zero.*W / eps = 1e\+12 x W.*nn.init"):
+        spectral_norm(zero)
+    sn = zero.parametrizations.weight[0]
+    assert not sn._u.any() and not sn._v.any()  # what the warning says: the vectors collapsed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one_entry = nn.Linear(4, 3)
+        with torch.no_grad():
+            one_entry.weight.zero_()[1, 2] = 1e-3
+        spectral_norm(one_entry)
+        spectral_norm(nn.Linear(4, 3))
+    models = pytest.importorskip("ganfast.models")
+    G = models.DCGANGenerator(8, 8, 1, 4, num_classes=3)  # its conditional batch norms' beta start at zero
+    with pytest.warns(UserWarning, match="Embedding.weight .* is all zero"):
+        apply_spectral_norm(G)
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_weights_keep_fp32_vectors(dtype):
     m = spectral_norm(nn.Linear(13, 7)).to(dtype)
