@@ -38,6 +38,7 @@ import datetime
 import gc
 import os
 import socket
+import tempfile
 from typing import Callable, Iterable
 
 import torch
@@ -376,14 +377,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(local: int, nproc: int, port: int, threads: int, fn, args, queue) -> None:
+def _entry(local: int, nproc: int, port: int, threads: int, fn, args, result_path: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(nproc), RANK=str(local),
                       LOCAL_RANK=str(local), LOCAL_WORLD_SIZE=str(nproc))
     torch.set_num_threads(threads)
     try:
         result = fn(*args)
-        if local == 0:
-            queue.put(("ok", result))
+        if local == 0:  # a file, not a queue: a queue shares tensors by file descriptors that die with this process
+            torch.save(result, result_path)
     except BaseException as e:
         # every rank ends with its own error; tell the others why and release them at once
         if not isinstance(e, DistributedError) and dist.is_available() and dist.is_initialized():
@@ -419,17 +420,14 @@ def launch(nproc: int, fn: Callable, *args, threads: int | None = None):
         raise ValueError(f"nproc={nproc} but only {torch.cuda.device_count()} CUDA devices: one process per GPU")
     import torch.multiprocessing as mp
     threads = threads or max(1, (os.cpu_count() or 1) // nproc)
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    try:
-        mp.start_processes(_entry, args=(nproc, free_port(), threads, fn, args, queue), nprocs=nproc,
-                           join=True, start_method="spawn")
-    except mp.ProcessRaisedException as e:
-        raise DistributedError(f"distributed run failed: rank {e.error_index} raised:\n{e}") from None
-    except mp.ProcessExitedException as e:
-        raise DistributedError(f"distributed run failed: rank {e.error_index} exited with code {e.exit_code}"
-                               + (f" (signal {e.signal_name})" if getattr(e, "signal_name", None) else "")) from None
-    if queue.empty():
-        return None
-    status, result = queue.get()
-    return result
+    with tempfile.TemporaryDirectory(prefix="ganfast-launch-") as tmp:
+        result_path = os.path.join(tmp, "result.pt")
+        try:
+            mp.start_processes(_entry, args=(nproc, free_port(), threads, fn, args, result_path), nprocs=nproc,
+                               join=True, start_method="spawn")
+        except mp.ProcessRaisedException as e:
+            raise DistributedError(f"distributed run failed: rank {e.error_index} raised:\n{e}") from None
+        except mp.ProcessExitedException as e:
+            raise DistributedError(f"distributed run failed: rank {e.error_index} exited with code {e.exit_code}"
+                                   + (f" (signal {e.signal_name})" if getattr(e, "signal_name", None) else "")) from None
+        return torch.load(result_path, weights_only=False)  # written by rank 0 of this launch just now

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 import ganfast
 from trainer_models import cond_mlp_pair, labelled_points, mlp_pair, points
@@ -129,3 +130,20 @@ def cond_equivalence(out_dir, steps):
             stats.append(tr.step((x[rank * B:(rank + 1) * B], y[rank * B:(rank + 1) * B])))
         results.append({"state": states(tr), "stats": stats})
     torch.save(results, Path(out_dir) / f"cond{rank}.pt")
+
+
+def trained_generator_state(steps):
+    """A run of a G with PyTorch's spectral norm (replaced by spectral_norm=True) on `world` ranks of
+    the same global batches; returns rank 0's G state_dict (tensors: launch brings them back from
+    the process)."""
+    from torch.nn.utils.parametrizations import spectral_norm as torch_sn
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    torch.manual_seed(0)
+    G = nn.Sequential(torch_sn(nn.Linear(3, 300)), nn.ReLU(), torch_sn(nn.Linear(300, 2)))
+    D = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    tr = ganfast.Trainer(G, D, torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3),
+                         spectral_norm=True, penalty="r1", seed=0, dist_timeout=30.0)
+    n = B * 2 // world
+    for s in range(steps):
+        tr.step(points(B * 2, seed=30 + s)[rank * n:(rank + 1) * n])
+    return tr.G.state_dict()

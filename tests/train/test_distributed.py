@@ -133,3 +133,14 @@ def test_the_buffers_averaged_after_a_step_are_the_batch_statistics_only():
         dist.destroy_process_group()
     want = [G[1].running_mean, G[1].running_var, D[1].running_mean, D[1].running_var]
     assert [id(b) for b in synced] == [id(b) for b in want]
+
+
+def test_launch_returns_rank_0s_tensors_and_a_normalized_generator_trains_as_in_one_process():
+    """launch's return value crosses from rank 0's process: a state_dict of tensors (torch's queues
+    share tensors by file descriptors, which die with the process). G with PyTorch's spectral norm,
+    replaced by the trainer's, trains on two ranks as in one process on the concatenated batches."""
+    two = launch(2, W.trained_generator_state, STEPS)
+    one = W.trained_generator_state(STEPS)
+    assert two.keys() == one.keys() and any(k.endswith("_u") for k in one)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
