@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-import warnings
 import weakref
 
 import torch
@@ -58,6 +57,7 @@ class SpectralNorm(nn.Module):
         self.register_buffer("_sigma", torch.zeros((), dtype=acc.to_real(), device=weight.device), persistent=False)
         self._step_cache: torch.Tensor | None = None
         self._in_step = False
+        self._waiting = False  # registered on an all-zero weight: see _start_when_nonzero
         if ndim > 1:
             outer, h, inner = _reference.split_dims(weight.shape, self.dim)
             w = outer * inner
@@ -66,10 +66,42 @@ class SpectralNorm(nn.Module):
             v = weight.new_empty(w, dtype=acc).normal_(0, 1)
             self.register_buffer("_u", F.normalize(u, dim=0, eps=eps))
             self.register_buffer("_v", F.normalize(v, dim=0, eps=eps))
-            with torch.no_grad():
-                u, v = _reference.power_method(weight, self._u, self._v, self.dim, 15, eps)
-                self._u.copy_(u)
-                self._v.copy_(v)
+            if weight.device.type != "meta" and not bool(weight.detach().any()):
+                self._waiting = True
+            else:
+                self._warm_up(weight)
+
+    def _warm_up(self, weight: torch.Tensor) -> None:
+        """The 15 power iterations of registration (PyTorch's), from the stored u, v."""
+        with torch.no_grad():
+            u, v = _reference.power_method(weight.detach(), self._u, self._v, self.dim, 15, self.eps)
+            self._u.copy_(u)
+            self._v.copy_(v)
+
+    def _start_when_nonzero(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """A weight that was all zero at registration (a zero-initialized embedding, such as
+        conditional batch norm's shifts) has no direction for the power iteration to start from:
+        u = normalize(W v) would be 0, and so would every later u, v, so that once training moved
+        the weight, W / max(sigma, eps) would be W / eps (PyTorch's spectral norm gives NaN from the
+        start). Such a layer waits: while its weight is all zero it passes W (= 0) on with sigma 0,
+        and a gradient as if sigma were 1 (W / eps's would be 1e12 x the upstream one); at the first
+        forward that finds it nonzero, the 15 iterations of registration run from the random u, v
+        kept, and the layer is normalized from then on. Returns the output while waiting, else None.
+        One host read of `any` a forward while waiting."""
+        if bool(weight.detach().any()):
+            for buf in ("_u", "_v"):  # vectors of another spectral norm that collapsed on this weight
+                if not bool(self._buffers[buf].any()):
+                    self._buffers[buf].normal_(0, 1)
+                    self._buffers[buf].div_(torch.linalg.vector_norm(self._buffers[buf]))
+            self._warm_up(weight)
+            object.__setattr__(self, "_waiting", False)
+            return None
+        self._sigma.zero_()
+        return weight.clone()
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        object.__setattr__(self, "_waiting", False)  # loaded u, v go on as they were saved
 
     def _apply(self, fn, recurse=True):
         # model.half() / .to(bfloat16) must not round u, v and sigma: keep them fp32.
@@ -88,6 +120,10 @@ class SpectralNorm(nn.Module):
                 self._sigma.copy_(torch.linalg.vector_norm(w) if w.is_complex()
                                   else torch.linalg.vector_norm(w, dtype=self._sigma.dtype))
             return out
+        if self._waiting:
+            out = self._start_when_nonzero(weight)
+            if out is not None:
+                return out
         n_iter = self.n_power_iterations if self.training else 0
         b = self._buffers  # nn.Module.__getattr__ costs ~1 us a read
         return _ops.spectral_norm_update(weight, b["_u"], b["_v"], b["_sigma"], self.dim, n_iter, self.eps)
@@ -184,24 +220,10 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
                          f"torch.nn.utils.spectral_norm (the old hook-based one); remove that one first")
     if dim is None:
         dim = 1 if isinstance(module, CONV_TRANSPOSE) else 0
-    if weight.dim() > 1 and weight.numel() and weight.device.type != "meta" and not bool(weight.detach().any()):
-        _warn_zero_weight(module, name, weight, eps)
     # Registered on a normalized weight, this stacks a second normalization, as PyTorch's does.
     parametrize.register_parametrization(module, name, SpectralNorm(weight, n_power_iterations, dim, eps))
     _track(module, name)
     return module
-
-
-def _warn_zero_weight(module: nn.Module, name: str, weight: torch.Tensor, eps: float) -> None:
-    """The power iteration cannot start from an all-zero weight: u = normalize(W v) is 0, and so
-    is every later u, v (normalize(0) = 0). W / sigma is 0 while W is (PyTorch's spectral norm gives
-    NaN there), but once training moves W, sigma stays 0 and W / max(sigma, eps) is W / eps."""
-    warnings.warn(f"spectral_norm: {type(module).__name__}.{name} {tuple(weight.shape)} is all zero, so its power "
-                  f"iteration cannot start (u and v become 0 and stay 0: once the weight moves, W / sigma is "
-                  f"W / eps = {1 / eps:.0e} x W; PyTorch's spectral norm gives NaN). Initialize "
-                  f"the weight before normalizing it (e.g. nn.init.normal_), leave this layer out "
-                  f"(apply_spectral_norm(types=...)), or load a state_dict into it before training",
-                  stacklevel=3)
 
 
 def _track(module: nn.Module, name: str) -> None:
@@ -351,7 +373,7 @@ def _precompute_multi(entries) -> None:
         w = plist._parameters.get("original")
         if w is None:
             w = plist.original  # an original registered as a buffer
-        if plist._modules["0"] is not p or w.ndim < 2:
+        if plist._modules["0"] is not p or w.ndim < 2 or p._waiting:
             continue  # computed lazily on first use, one layer at a time
         backend = backends.backend_for(_ops.FAMILY, w)
         if backend not in _ops.MULTI_BACKENDS or (backend == "cuda" and not _ops.has_cuda_multi()):

@@ -249,28 +249,58 @@ def test_zero_weight_gives_no_nan(backend):
 
 
 
-def test_a_weight_that_is_zero_at_registration_is_named():
-    """The power iteration cannot start from an all-zero weight (a zero-initialized embedding, such as
-    conditional batch norm's shifts): u and v become 0 and stay 0, so once training moves the weight,
-    W / sigma is W / eps. Registration says so; a weight with any nonzero entry registers silently."""
-    import warnings
-    zero = nn.Embedding(3, 8)
-    nn.init.zeros_(zero.weight)
-    with pytest.warns(UserWarning, match=r"Embedding.weight \(3, 8\) is all zero.*W / eps = 1e\+12 x W.*nn.init"):
-        spectral_norm(zero)
-    sn = zero.parametrizations.weight[0]
-    assert not sn._u.any() and not sn._v.any()  # what the warning says: the vectors collapsed
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        one_entry = nn.Linear(4, 3)
-        with torch.no_grad():
-            one_entry.weight.zero_()[1, 2] = 1e-3
-        spectral_norm(one_entry)
-        spectral_norm(nn.Linear(4, 3))
+def _sigma_max(w):
+    return torch.linalg.matrix_norm(w.detach().reshape(w.shape[0], -1).double(), 2).item()
+
+
+@pytest.mark.parametrize("style", ["ganfast", "replaced torch"])
+def test_a_weight_that_is_zero_at_registration_starts_its_iteration_when_it_moves(style):
+    """From an all-zero weight (a zero-initialized embedding, such as conditional batch norm's shifts)
+    the power iteration has no direction to start from: PyTorch's gives NaN, and u, v collapsed to 0
+    would make W / sigma = W / eps once training moved the weight. The layer waits instead: W (= 0)
+    passes with the upstream gradient, and the first forward that finds the weight nonzero runs
+    registration's 15 iterations (from kept random vectors; from fresh ones where PyTorch's collapsed)."""
+    from torch.nn.utils import parametrizations
+    layer = nn.Embedding(3, 8)
+    nn.init.zeros_(layer.weight)
+    if style == "ganfast":
+        spectral_norm(layer)
+    else:
+        parametrizations.spectral_norm(layer)
+        apply_spectral_norm(layer)  # replaces PyTorch's, whose u, v collapsed on the zero weight
+    sn = layer.parametrizations.weight[0]
+    original = layer.parametrizations.weight.original
+    w = layer.weight
+    assert torch.equal(w, torch.zeros(3, 8)) and sn._sigma.item() == 0
+    upstream = torch.randn(3, 8)
+    (w * upstream).sum().backward()
+    torch.testing.assert_close(original.grad, upstream)  # not upstream / eps
+    with torch.no_grad():
+        original.copy_(torch.randn(3, 8))
+    w = layer.weight
+    assert torch.isfinite(w).all() and abs(_sigma_max(w) - 1) < 1e-4  # normalized: 16 iterations on a 3 x 8
+    assert sn._u.any() and sn._v.any()
+    torch.testing.assert_close(sn._sigma.double(), torch.tensor(_sigma_max(original), dtype=torch.float64), rtol=1e-4, atol=0)
+
+
+def test_a_generator_with_zero_initialized_normalized_layers_trains():
+    """ganfast's class-conditional DCGAN G starts its batch norms' shifts at zero; spectral-normalized
+    whole (apply_spectral_norm), it trains in float32 and under fp16 (where W / eps had overflowed to
+    NaN on the second step) with the multi-tensor path, its shifts' W / sigma of order 1."""
     models = pytest.importorskip("ganfast.models")
-    G = models.DCGANGenerator(8, 8, 1, 4, num_classes=3)  # its conditional batch norms' beta start at zero
-    with pytest.warns(UserWarning, match="Embedding.weight .* is all zero"):
+    for amp in (None, "fp16"):
+        torch.manual_seed(0)
+        G, D = models.DCGANGenerator(16, 8, 3, 8, num_classes=3), models.DCGANDiscriminator(8, 3, 8, num_classes=3)
         apply_spectral_norm(G)
+        t = ganfast.Trainer(G, D, torch.optim.Adam(G.parameters(), 2e-4, betas=(0.0, 0.99)),
+                            torch.optim.Adam(D.parameters(), 2e-4, betas=(0.0, 0.99)), amp=amp, seed=0, num_classes=3)
+        x, y = torch.rand(8, 3, 8, 8) * 2 - 1, torch.randint(0, 3, (8,))
+        for _ in range(4):
+            stats = t.step((x, y))
+        assert t.monitor.rollbacks == 0 and all(v == v for k, v in stats.items() if "grad_norm" not in k)
+        beta = G.net[1].beta
+        assert 0.5 < _sigma_max(beta.weight) < 1.5 and beta.weight.abs().max() < 10
+
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_weights_keep_fp32_vectors(dtype):
