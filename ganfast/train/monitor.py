@@ -121,14 +121,14 @@ class StabilityMonitor:
         self._gn_reads += 1
         for k in ("d_grad_norm", "g_grad_norm"):
             v = stats.get(k)
-            if v is None:
+            if v is None or not math.isfinite(v):  # fp16: an update the GradScaler skipped (nonfinite)
                 continue
             avg = self._gn_avg[k]
             if self._gn_reads > self.explode_warmup and avg > 0 and v > self.explode_factor * avg:
                 new.append(Event(step, "exploding_grad",
                                  f"{k} = {v:.4g} at step {step} is {v / avg:.1f}x its running average {avg:.4g}"))
             # bias-free start: the first read sets the average
-            self._gn_avg[k] = v if self._gn_reads == 1 else self.explode_beta * avg + (1 - self.explode_beta) * v
+            self._gn_avg[k] = v if avg == 0.0 else self.explode_beta * avg + (1 - self.explode_beta) * v
         if "real_acc" in stats and stats["real_acc"] >= self.d_win_acc and stats["fake_acc"] >= self.d_win_acc:
             if self._win_streak == 0:
                 self._win_g_start = stats["g_loss"]

@@ -108,6 +108,20 @@ def test_monitor_flags_exploding_grads_and_a_winning_discriminator(caplog):
     assert not any(m2.observe(i, dict(base, real_acc=1.0, fake_acc=1.0, g_loss=5.0 - i)) for i in range(6))
 
 
+
+def test_updates_the_grad_scaler_skipped_leave_the_exploding_gradient_check_alone():
+    """Under fp16 a step whose gradients overflowed (the GradScaler skipped it) reports an inf or NaN
+    grad norm: it is not divergence, and must not become the running average either (a NaN average
+    had switched the exploding-gradient flag off for the rest of the run)."""
+    m = StabilityMonitor(explode_factor=10, explode_warmup=5)
+    base = dict(d_loss=0.5, g_loss=1.0, penalty=math.nan, real_acc=0.5, fake_acc=0.5)
+    assert m.observe(0, dict(base, d_grad_norm=math.inf, g_grad_norm=math.nan)) == []  # the first read
+    for s in range(1, 10):
+        assert m.observe(s, dict(base, d_grad_norm=1.0, g_grad_norm=1.0)) == []
+        assert m.observe(s, dict(base, d_grad_norm=math.inf, g_grad_norm=1.0)) == []
+    assert m.state_dict()["gn_avg"] == {"d_grad_norm": 1.0, "g_grad_norm": 1.0}
+    assert [e.kind for e in m.observe(10, dict(base, d_grad_norm=50.0, g_grad_norm=1.0))] == ["exploding_grad"]
+
 def test_nonfinite_checks_and_state_roundtrip():
     stats = dict(d_loss=1.0, g_loss=math.inf, penalty=0.0, d_grad_norm=math.nan, g_grad_norm=1.0, sigma_max=1.0)
     assert StabilityMonitor.nonfinite(stats) == ["g_loss", "d_grad_norm"]
