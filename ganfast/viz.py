@@ -1,7 +1,7 @@
 """Pictures of a GAN: samples, training curves, and what G and D do (`ganfast explore`).
 
     save_scatter(path, fake, real=None, mixture=None)            2-D samples over the data
-    save_image_grid(path, images, nrow=8)                        images in [-1, 1] -> PNG grid
+    save_image_grid(path, images, nrow=8)                        images in [-1, 1] (value_range) -> PNG grid
     save_samples(path, samples, real=None, mixture=None)         either of the two, by shape
     plot_training_curves(csv_path_or_rows, out_path)             losses, logits, grad norms, sigma, modes
     latent_interpolation_grid(G, latent_dim, path, ...)          G along straight lines between random z
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["explore", "input_gradients", "latent_interpolation_grid", "latent_traversal",
+__all__ = ["explore", "image_range", "input_gradients", "latent_interpolation_grid", "latent_traversal",
            "plot_training_curves", "saliency_maps", "save_image_grid", "save_samples", "save_scatter"]
 
 
@@ -106,8 +106,12 @@ def save_scatter(path, fake, real=None, mixture=None, title: str | None = None) 
     return _save(fig, path)
 
 
-def _grid_array(images, nrow: int, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
-    """(N, C, H, W) in [-1, 1] -> uint8 (rows*(H+p)+p, nrow*(W+p)+p, C) with C in {1, 3}."""
+def _grid_array(images, nrow: int, padding: int = 2, value_range=(-1.0, 1.0)) -> torch.Tensor:
+    """(N, C, H, W) with values in value_range (black to white) -> uint8 (rows*(H+p)+p, nrow*(W+p)+p,
+    C) with C in {1, 3}, white between the images."""
+    lo, hi = (float(v) for v in value_range)
+    if not hi > lo:
+        raise ValueError(f"value_range must be (low, high) with low < high, got {tuple(value_range)}")
     x = _cpu(images)
     if x.dim() == 3:
         x = x.unsqueeze(1)
@@ -117,11 +121,10 @@ def _grid_array(images, nrow: int, padding: int = 2, pad_value: float = 1.0) -> 
     if c not in (1, 3):
         x = x[:, :3] if c > 3 else x[:, :1]  # show the first channel(s) of unusual channel counts
         c = x.shape[1]
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = ((x.clamp(lo, hi) - lo) * (255.0 / (hi - lo))).round().to(torch.uint8)
     nrow = max(1, min(int(nrow), n))
     rows = math.ceil(n / nrow)
-    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding),
-                      int(round((pad_value + 1) * 127.5)), dtype=torch.uint8)
+    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), 255, dtype=torch.uint8)
     for i in range(n):
         r, col = divmod(i, nrow)
         top, left = padding + r * (h + padding), padding + col * (w + padding)
@@ -129,11 +132,13 @@ def _grid_array(images, nrow: int, padding: int = 2, pad_value: float = 1.0) -> 
     return grid.permute(1, 2, 0)
 
 
-def save_image_grid(path, images, nrow: int = 8, padding: int = 2, scale: int | None = None) -> Path:
-    """Images (N, C, H, W) in [-1, 1] as one PNG grid, `nrow` images per row. Small images are
-    enlarged (nearest neighbour) by `scale`, by default so each image is at least 64 px."""
+def save_image_grid(path, images, nrow: int = 8, padding: int = 2, scale: int | None = None,
+                    value_range=(-1.0, 1.0)) -> Path:
+    """Images (N, C, H, W) with values in value_range ([-1, 1] by default; (0, 1) for data in [0, 1])
+    as one PNG grid, `nrow` images per row. Small images are enlarged (nearest neighbour) by
+    `scale`, by default so each image is at least 64 px."""
     Image = _pil()
-    grid = _grid_array(images, nrow, padding)
+    grid = _grid_array(images, nrow, padding, value_range)
     h = _cpu(images).shape[-2]
     scale = max(1, 64 // h) if scale is None else int(scale)
     arr = grid.numpy()
@@ -146,14 +151,27 @@ def save_image_grid(path, images, nrow: int = 8, padding: int = 2, scale: int | 
     return path
 
 
+def image_range(real) -> tuple[float, float]:
+    """The black-to-white scale of pictures of data like `real`: (0, 1) for data in [0, 1] (a
+    sigmoid generator's), (-1, 1) for data in [-1, 1] (a tanh generator's), else the data's own
+    (min, max)."""
+    x = _cpu(real).float()
+    lo, hi = (float(v) for v in torch.aminmax(x)) if x.numel() else (-1.0, 1.0)
+    if lo >= 0.0 and hi <= 1.0:
+        return (0.0, 1.0)
+    if lo >= -1.0 and hi <= 1.0:
+        return (-1.0, 1.0)
+    return (lo, hi) if hi > lo else (lo - 1.0, hi + 1.0)
+
+
 def save_samples(path, samples, real=None, mixture=None, nrow: int = 8, title: str | None = None) -> Path:
     """Either picture by the samples' shape: (N, 2) points -> save_scatter, (N, C, H, W) images ->
-    save_image_grid (what a trainer writes every N steps)."""
+    save_image_grid on the scale of the real images when given (image_range), else [-1, 1]."""
     x = _cpu(samples)
     if x.dim() == 2 and x.shape[1] == 2:
         return save_scatter(path, x, real, mixture, title=title)
     if x.dim() == 4:
-        return save_image_grid(path, x, nrow=nrow)
+        return save_image_grid(path, x, nrow=nrow, value_range=image_range(real) if real is not None else (-1.0, 1.0))
     raise ValueError(f"samples must be points (N, 2) or images (N, C, H, W), got {tuple(x.shape)}")
 
 

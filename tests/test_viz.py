@@ -49,6 +49,33 @@ def test_save_image_grid_layout(tmp_path):
         viz.save_image_grid(tmp_path / "e.png", torch.zeros(0, 1, 4, 4))
 
 
+
+def test_image_grids_on_the_datas_scale(tmp_path):
+    """Data in [0, 1] (a sigmoid generator's) is drawn on (0, 1), not washed out to grey on [-1, 1];
+    the trainer's sample pictures take the scale of the real images they train on."""
+    imgs = torch.tensor([0.0, 0.5, 1.0]).reshape(3, 1, 1, 1).expand(3, 1, 4, 4)
+    _, _, img = _png(viz.save_image_grid(tmp_path / "u.png", imgs, nrow=3, scale=1, value_range=(0, 1)), (1, 1))
+    assert [img.getpixel((2 + 6 * i, 2)) for i in range(3)] == [0, 128, 255]
+    _, _, img = _png(viz.save_image_grid(tmp_path / "s.png", imgs, nrow=3, scale=1), (1, 1))
+    assert [img.getpixel((2 + 6 * i, 2)) for i in range(3)] == [128, 191, 255]  # on [-1, 1]
+    assert viz.image_range(torch.rand(4, 1, 4, 4)) == (0.0, 1.0)
+    assert viz.image_range(torch.rand(4, 1, 4, 4) * 2 - 1) == (-1.0, 1.0)
+    assert viz.image_range(torch.tensor([-2.5, 3.0])) == (-2.5, 3.0)
+    with pytest.raises(ValueError, match="low < high"):
+        viz.save_image_grid(tmp_path / "x.png", imgs, value_range=(1, 1))
+    import ganfast
+    torch.manual_seed(0)
+    G = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Sigmoid(), torch.nn.Unflatten(1, (1, 4, 4)))
+    D = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 1))
+    t = ganfast.Trainer(G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()), seed=0)
+    t.fit(torch.rand(32, 1, 4, 4), steps=1, batch_size=8, log_dir=tmp_path / "run", sample_every=1, n_samples=8,
+          progress=False)
+    _, _, img = _png(next((tmp_path / "run" / "samples").glob("*.png")))
+    fixed_z = t._noise(8, torch.Generator().manual_seed(t.seed + 2))  # fit's sample noise
+    want = viz._grid_array(t.sample(8, z=fixed_z), 8, 2, (0, 1))[:, :, 0]
+    got = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(img.height, img.width)[::16, ::16]
+    assert torch.equal(got, want)
+
 def test_plot_training_curves_csv_and_rows(tmp_path):
     rows = [{"step": i, "d_loss": 1.0 / (i + 1), "g_loss": 0.5 + 0.01 * i, "real_mean": 0.1 * i,
              "fake_mean": -0.1 * i, "d_grad_norm": 1 + i, "g_grad_norm": 2 + i,

@@ -115,8 +115,9 @@ def save_samples(samples, path, real=None, nrow: int = 8) -> bool:
     samples = samples.detach().float().cpu()
     if samples.dim() == 2 and samples.shape[1] == 2:
         viz.save_scatter(path, samples, real=None if real is None else real.detach().float().cpu())
-    elif samples.dim() == 4:
-        viz.save_image_grid(path, samples, nrow=nrow)
+    elif samples.dim() == 4:  # on the real images' scale: (0, 1) for data in [0, 1], else (-1, 1)
+        viz.save_image_grid(path, samples, nrow=nrow,
+                            value_range=viz.image_range(real) if real is not None else (-1.0, 1.0))
     else:
         log.info("no sample plot for samples of shape %s", tuple(samples.shape))
         return False
