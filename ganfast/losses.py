@@ -37,7 +37,8 @@ def _check_pair(real, fake, kind: str) -> None:
         raise ValueError(f"real_logits is on {real.device} but fake_logits is on {fake.device}")
     if real.dtype != fake.dtype:
         raise TypeError(f"real_logits is {real.dtype} but fake_logits is {fake.dtype}: pass both in one dtype "
-                        f"(D's outputs under autocast are in autocast's dtype: call D on both under it, or .float() both)")
+                        f"(D's outputs under autocast are in autocast's dtype: call D on both under it, or "
+                        f".float() both)")
     if kind == "rpgan" and real.shape != fake.shape:
         raise ValueError(f"rpgan pairs real and fake logits elementwise; shapes differ: "
                          f"{tuple(real.shape)} vs {tuple(fake.shape)}")

@@ -428,6 +428,7 @@ def launch(nproc: int, fn: Callable, *args, threads: int | None = None):
         except mp.ProcessRaisedException as e:
             raise DistributedError(f"distributed run failed: rank {e.error_index} raised:\n{e}") from None
         except mp.ProcessExitedException as e:
+            signal = f" (signal {e.signal_name})" if getattr(e, "signal_name", None) else ""
             raise DistributedError(f"distributed run failed: rank {e.error_index} exited with code {e.exit_code}"
-                                   + (f" (signal {e.signal_name})" if getattr(e, "signal_name", None) else "")) from None
+                                   f"{signal}") from None
         return torch.load(result_path, weights_only=False)  # written by rank 0 of this launch just now

@@ -67,7 +67,8 @@ class PenaltyTerm:
         if self.kind in ("wgan-gp", "wgan-lp"):
             # under amp, G's output is in autocast's dtype and the data in the models': x̂ in the data's,
             # as α·real + (1 − α)·fake would promote it
-            return p.wgan_gp(D, real, fake.to(real.dtype), weight=w, one_sided=self.kind == "wgan-lp", alpha=alpha, scaler=scaler)
+            return p.wgan_gp(D, real, fake.to(real.dtype), weight=w, one_sided=self.kind == "wgan-lp", alpha=alpha,
+                             scaler=scaler)
         return p.dragan(D, real, weight=w, alpha=alpha, noise=noise, scaler=scaler)
 
 

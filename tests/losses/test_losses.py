@@ -202,7 +202,7 @@ def test_bad_inputs():
         losses.g_loss(torch.empty(0, 3))
     with pytest.raises(TypeError, match="floating point, got torch.int64"):
         losses.d_loss(torch.arange(4), f)
-    with pytest.raises(TypeError, match="real_logits is torch.float16 but fake_logits is torch.float32: pass both in one"):
+    with pytest.raises(TypeError, match="real_logits is torch.float16 but fake_logits is torch.float32: pass both"):
         losses.d_loss(r.half(), f)
     with pytest.raises(ValueError, match="real_logits is on meta but fake_logits is on cpu"):
         losses.d_loss(torch.randn(4, device="meta"), f)
