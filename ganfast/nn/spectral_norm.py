@@ -57,7 +57,9 @@ class SpectralNorm(nn.Module):
         self.register_buffer("_sigma", torch.zeros((), dtype=acc.to_real(), device=weight.device), persistent=False)
         self._step_cache: torch.Tensor | None = None
         self._in_step = False
-        self._waiting = False  # registered on an all-zero weight: see _start_when_nonzero
+        # True: registered on an all-zero weight; None: state just loaded, not yet looked at; see
+        # _start_when_nonzero
+        self._waiting: bool | None = False
         if ndim > 1:
             outer, h, inner = _reference.split_dims(weight.shape, self.dim)
             w = outer * inner
@@ -86,22 +88,28 @@ class SpectralNorm(nn.Module):
         start). Such a layer waits: while its weight is all zero it passes W (= 0) on with sigma 0,
         and a gradient as if sigma were 1 (W / eps's would be 1e12 x the upstream one); at the first
         forward that finds it nonzero, the 15 iterations of registration run from the random u, v
-        kept, and the layer is normalized from then on. Returns the output while waiting, else None.
-        One host read of `any` a forward while waiting."""
+        kept, and the layer is normalized from then on. After a load_state_dict the first forward
+        looks once: a zero weight waits, a nonzero one goes on from the loaded u, v (warmed up only
+        where they had collapsed to 0). Returns the output while waiting, else None. One host read
+        of `any` a forward while waiting."""
         if bool(weight.detach().any()):
-            for buf in ("_u", "_v"):  # vectors of another spectral norm that collapsed on this weight
+            warm_up = self._waiting is True
+            for buf in ("_u", "_v"):  # vectors that collapsed on a zero weight (another spectral norm's)
                 if not bool(self._buffers[buf].any()):
                     self._buffers[buf].normal_(0, 1)
                     self._buffers[buf].div_(torch.linalg.vector_norm(self._buffers[buf]))
-            self._warm_up(weight)
+                    warm_up = True
+            if warm_up:
+                self._warm_up(weight)
             object.__setattr__(self, "_waiting", False)
             return None
+        object.__setattr__(self, "_waiting", True)
         self._sigma.zero_()
         return weight.clone()
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        object.__setattr__(self, "_waiting", False)  # loaded u, v go on as they were saved
+        object.__setattr__(self, "_waiting", None)  # the loaded weight is looked at on the next forward
 
     def _apply(self, fn, recurse=True):
         # model.half() / .to(bfloat16) must not round u, v and sigma: keep them fp32.
@@ -120,7 +128,7 @@ class SpectralNorm(nn.Module):
                 self._sigma.copy_(torch.linalg.vector_norm(w) if w.is_complex()
                                   else torch.linalg.vector_norm(w, dtype=self._sigma.dtype))
             return out
-        if self._waiting:
+        if self._waiting is not False:
             out = self._start_when_nonzero(weight)
             if out is not None:
                 return out
@@ -373,7 +381,7 @@ def _precompute_multi(entries) -> None:
         w = plist._parameters.get("original")
         if w is None:
             w = plist.original  # an original registered as a buffer
-        if plist._modules["0"] is not p or w.ndim < 2 or p._waiting:
+        if plist._modules["0"] is not p or w.ndim < 2 or p._waiting is not False:
             continue  # computed lazily on first use, one layer at a time
         backend = backends.backend_for(_ops.FAMILY, w)
         if backend not in _ops.MULTI_BACKENDS or (backend == "cuda" and not _ops.has_cuda_multi()):

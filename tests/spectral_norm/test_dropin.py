@@ -253,6 +253,15 @@ def _sigma_max(w):
     return torch.linalg.matrix_norm(w.detach().reshape(w.shape[0], -1).double(), 2).item()
 
 
+def _gapped(rows, cols):
+    """A weight whose singular values 3, 1, 0.5, ... leave 16 power iterations converged to 1e-6
+    from any start (a random matrix's top two can lie close enough to need more)."""
+    w = torch.zeros(rows, cols)
+    for i, s in enumerate([3.0, 1.0, 0.5][:min(rows, cols)]):
+        w[i, i] = s
+    return w
+
+
 @pytest.mark.parametrize("style", ["ganfast", "replaced torch"])
 def test_a_weight_that_is_zero_at_registration_starts_its_iteration_when_it_moves(style):
     """From an all-zero weight (a zero-initialized embedding, such as conditional batch norm's shifts)
@@ -276,12 +285,42 @@ def test_a_weight_that_is_zero_at_registration_starts_its_iteration_when_it_move
     (w * upstream).sum().backward()
     torch.testing.assert_close(original.grad, upstream)  # not upstream / eps
     with torch.no_grad():
-        original.copy_(torch.randn(3, 8))
+        original.copy_(_gapped(3, 8))
     w = layer.weight
     assert torch.isfinite(w).all() and abs(_sigma_max(w) - 1) < 1e-4  # normalized: 16 iterations on a 3 x 8
     assert sn._u.any() and sn._v.any()
     assert sn._sigma.item() == pytest.approx(_sigma_max(original), rel=1e-4)
 
+
+def test_a_loaded_state_is_looked_at_once():
+    """After load_state_dict the first forward reads the weight once: a zero one (a state saved while
+    waiting) waits instead of collapsing u, v; a nonzero one goes on from the loaded u, v unchanged
+    (a resume's numbers), unless they had collapsed to 0 (a state of a spectral norm that met a zero
+    weight), which are drawn afresh and warmed up."""
+    waiting = nn.Linear(4, 3)
+    nn.init.zeros_(waiting.weight)
+    spectral_norm(waiting)
+    fresh = spectral_norm(nn.Linear(4, 3))
+    fresh.load_state_dict(waiting.state_dict())  # the saved weight is zero
+    assert torch.equal(fresh.weight, torch.zeros(3, 4)) and fresh.parametrizations.weight[0]._u.any()
+    with torch.no_grad():
+        fresh.parametrizations.weight.original.copy_(_gapped(3, 4))
+    assert abs(_sigma_max(fresh.weight) - 1) < 1e-4  # warmed up from the kept vectors
+    # a normal state: the loaded u, v go on as they were
+    trained = spectral_norm(nn.Linear(4, 3))
+    trained.weight  # one training-mode iteration
+    state = {k: v.clone() for k, v in trained.state_dict().items()}
+    resumed = spectral_norm(nn.Linear(4, 3))
+    resumed.load_state_dict(state)
+    torch.testing.assert_close(resumed.weight, trained.weight, rtol=0, atol=0)
+    # collapsed vectors in a state with a nonzero weight: drawn afresh
+    state["parametrizations.weight.0._u"].zero_()
+    state["parametrizations.weight.0._v"].zero_()
+    state["parametrizations.weight.original"] = _gapped(3, 4)
+    broken = spectral_norm(nn.Linear(4, 3))
+    broken.load_state_dict(state)
+    w = broken.weight
+    assert torch.isfinite(w).all() and abs(_sigma_max(w) - 1) < 1e-4
 
 def test_a_generator_with_zero_initialized_normalized_layers_trains():
     """ganfast's class-conditional DCGAN G starts its batch norms' shifts at zero; spectral-normalized
