@@ -256,15 +256,16 @@ def _continue_from(ours: SpectralNorm, u: torch.Tensor | None, v: torch.Tensor |
     return ours
 
 
-def replace_torch_spectral_norm(module: nn.Module) -> None:
+def replace_torch_spectral_norm(module: nn.Module, hook_based: bool = True) -> None:
     """Replace PyTorch's spectral norms on `module`'s own tensors by ganfast's, with their settings
     (dim, n_power_iterations, eps) and u, v, so that the numbers go on as they were:
     torch.nn.utils.parametrizations.spectral_norm in place in its ParametrizationList (the original
-    Parameter and the state_dict keys stay the same), and the old hook-based
+    Parameter and the state_dict keys stay the same), and, with `hook_based`, the old hook-based
     torch.nn.utils.spectral_norm by a parametrization on its `<name>_orig` Parameter (the same
-    object: optimizers keep it; its state_dicts still load, with their old keys). The hook-based one
-    updates v before u in its power iteration, ganfast (as the parametrization) u first: from its u, v
-    the iteration converges to the same sigma, but its steps are not the same numbers."""
+    object: optimizers keep it; its state_dicts still load, with their old keys, but the module's own
+    state_dict then has the parametrization's keys). The hook-based one updates v before u in its
+    power iteration, ganfast (as the parametrization) u first: from its u, v the iteration converges
+    to the same sigma, but its steps are not the same numbers."""
     plists = module._modules.get("parametrizations")
     for name, plist in (plists.items() if isinstance(plists, nn.ModuleDict) else ()):
         for i, p in enumerate(plist):
@@ -273,6 +274,8 @@ def replace_torch_spectral_norm(module: nn.Module) -> None:
                                     p.dim, p.eps)
                 plist[i] = _continue_from(ours, getattr(p, "_u", None), getattr(p, "_v", None)).train(p.training)
                 _track(module, name)
+    if not hook_based:
+        return
     old_style = sys.modules["torch.nn.utils.spectral_norm"]
     for hook in [h for h in module._forward_pre_hooks.values() if isinstance(h, old_style.SpectralNorm)]:
         name = hook.name

@@ -54,15 +54,18 @@ def infer_latent_shape(generator: nn.Module, latent_dim=None) -> tuple[int, ...]
 
 def spectral_norm_module(G: nn.Module, D: nn.Module, apply: bool):
     """ganfast.nn when D carries its spectral norm, else None. With `apply`, D is normalized here and
-    PyTorch's spectral norms in G (SAGAN and BigGAN normalize G too) run on ganfast's kernels:
-    replaced with their settings, u and v (replace_torch_spectral_norm), G's layers otherwise as
-    the user built them."""
+    the parametrization-style spectral norms of PyTorch in G (SAGAN and BigGAN normalize G too) run
+    on ganfast's kernels: replaced with their settings, u and v, the state_dict keys unchanged
+    (replace_torch_spectral_norm). G's hook-based ones stay PyTorch's: replacing them would change
+    the keys of G's state_dict, the weights users export."""
     if apply:
         sn = optional_module("nn", "spectral_norm=True")
-        for model, types in ((D, sn.DEFAULT_TYPES), (G, ())):  # G: no layer newly normalized
-            device = next(model.parameters()).device
-            sn.apply_spectral_norm(model, types)
-            model.to(device)
+        device = next(D.parameters()).device
+        sn.apply_spectral_norm(D)
+        D.to(device)
+        from ..nn.spectral_norm import replace_torch_spectral_norm
+        for m in list(G.modules()):
+            replace_torch_spectral_norm(m, hook_based=False)
         return sn
     try:
         from .. import nn as sn

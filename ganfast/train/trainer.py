@@ -86,12 +86,13 @@ class Trainer:
 
     The step's options (loss, penalty, ..., accumulate) are StepConfig's: pass them one by one or as
     config=StepConfig(...). spectral_norm applies ganfast.nn.apply_spectral_norm to D (which replaces
-    PyTorch's spectral norms there; the Parameter objects stay the same) and runs PyTorch's spectral
-    norms in G, if any, on ganfast's kernels (replaced, G's layers otherwise untouched); `sn_multi_tensor` (True for a
-    D on the CPU or CUDA) computes all of D's layers in one multi-tensor call per step, with the same
-    numbers. `joint_d_forward` (decided on the first batch: True when D judges each sample on its own,
-    which a probe checks; False with BatchNorm, minibatch stddev or dropout) runs D once on cat(real,
-    fake) in D steps without R1 / R2 whose inputs are small (`_joint`). latent_dim: int or the shape of
+    PyTorch's spectral norms there; the Parameter objects stay the same) and runs PyTorch's
+    parametrization-style spectral norms in G, if any, on ganfast's kernels (replaced, G's layers and
+    state_dict keys otherwise untouched); `sn_multi_tensor` (True for a D on the CPU or CUDA) computes
+    all of D's layers in one multi-tensor call per step, with the same numbers. `joint_d_forward`
+    (decided on the first batch: True when D judges each sample on its own, which a probe checks;
+    False with BatchNorm, minibatch stddev or dropout) runs D once on cat(real, fake) in D steps
+    without R1 / R2 whose inputs are small (`_joint`). latent_dim: int or the shape of
     one z (default: from G's first Linear / ConvTranspose). device: moves G and D there (default:
     theirs). seed: of the trainer's noise generator (z, penalty draws, data shuffling). monitor: a
     StabilityMonitor. schedulers: (g_scheduler, d_scheduler), either None: stepped after each step,

@@ -589,9 +589,10 @@ def test_a_spectral_normalized_generator_trains_samples_and_resumes_exactly(tmp_
 
 @pytest.mark.parametrize("hook_style", [False, True])
 def test_pytorchs_spectral_norm_in_the_generator_runs_on_ganfasts_kernels(hook_style):
-    """spectral_norm=True replaces PyTorch's spectral norms in G (no layer newly normalized): the
-    parametrization's numbers go on as PyTorch's would (a run whose G keeps PyTorch's, float64); the
-    hook-based one is replaced too and trains."""
+    """spectral_norm=True replaces PyTorch's parametrization-style spectral norms in G (no layer newly
+    normalized): the numbers go on as PyTorch's would (a run whose G keeps PyTorch's, float64) and
+    G's state_dict keeps its keys. The hook-based one stays PyTorch's in G: replaced, it would give
+    G's exported state_dict other keys than the user's model loads."""
     from torch.nn.utils import parametrizations
     from ganfast.nn.spectral_norm import SpectralNorm
 
@@ -603,14 +604,17 @@ def test_pytorchs_spectral_norm_in_the_generator_runs_on_ganfasts_kernels(hook_s
         return ganfast.Trainer(G, D, *adam_pair(G, D), spectral_norm=replace, seed=0)
 
     ours = trainer(replace=True)
-    assert [type(m).__name__ for m in ours.G.modules() if "SpectralNorm" in type(m).__name__] == ["SpectralNorm"]
-    assert isinstance(ours.G[0].parametrizations.weight[0], SpectralNorm) and ours.G[2].weight.requires_grad
+    keys = set(trainer(replace=False).G.state_dict())
+    assert set(ours.G.state_dict()) == keys
     assert not hasattr(ours.G[2], "parametrizations")  # the layer the user left plain stays plain
     data = points(64, dtype=torch.float64)
     ours.fit(data, steps=4, batch_size=16, progress=False)
     if hook_style:
+        assert "0.weight_orig" in keys and not hasattr(ours.G[0], "parametrizations")
         assert torch.isfinite(ours.sample(4)).all()
         return
+    assert [type(m).__name__ for m in ours.G.modules() if "SpectralNorm" in type(m).__name__] == ["SpectralNorm"]
+    assert isinstance(ours.G[0].parametrizations.weight[0], SpectralNorm)
     theirs = trainer(replace=False)
     theirs.fit(data, steps=4, batch_size=16, progress=False)
     assert isinstance(theirs.G[0].parametrizations.weight[0], parametrizations._SpectralNorm)
