@@ -111,16 +111,11 @@ def save_samples(samples, path, real=None, nrow: int = 8) -> bool:
             log.info("sample images off: ganfast.viz is not available (%s)", e)
             save_samples._warned = True
         return False
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    samples = samples.detach().float().cpu()
-    if samples.dim() == 2 and samples.shape[1] == 2:
-        viz.save_scatter(path, samples, real=None if real is None else real.detach().float().cpu())
-    elif samples.dim() == 4:  # on the real images' scale: (0, 1) for data in [0, 1], else (-1, 1)
-        viz.save_image_grid(path, samples, nrow=nrow,
-                            value_range=viz.image_range(real) if real is not None else (-1.0, 1.0))
-    else:
+    if not ((samples.dim() == 2 and samples.shape[1] == 2) or samples.dim() == 4):
         log.info("no sample plot for samples of shape %s", tuple(samples.shape))
         return False
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    viz.save_samples(path, samples, real=real, nrow=nrow)  # images on the real images' scale (image_range)
     return True
 
 
