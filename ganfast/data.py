@@ -8,9 +8,6 @@
     load_image_folder(path, size, channels) (N, C, size, size) in [-1, 1] (needs Pillow), all in memory
     ImageFolder(path, size, channels, flip) a torch Dataset reading one image at a time from disk;
                                             labelled=True: (image, class) items, one subfolder per class
-    image_dataset(path, size, channels, flip)  torchvision's ImageFolder + transforms where torchvision
-                                            is installed and the folder has one subfolder per class,
-                                            else ImageFolder
     mnist / stacked-mnist                   ganfast.mnist: (1 | 3, 32, 32) digits padded from 28x28, with labels
     make_dataset(name_or_path, ...)         a Dataset: samples + kind ("points" | "images") + mixture;
                                             a folder is streamed (`stream`), samples holds its first images;
@@ -30,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Dataset", "ImageFolder", "MIXTURES", "Mixture", "DATASETS", "grid25", "image_dataset", "load_digits",
+__all__ = ["Dataset", "ImageFolder", "MIXTURES", "Mixture", "DATASETS", "grid25", "ImageRangeError", "load_digits",
            "load_image_folder", "make_dataset", "ring8"]
 
 
@@ -180,12 +177,44 @@ def _no_images(root: Path, skipped: list) -> ValueError:
     return ValueError(f"no readable images found under {str(root)!r} ({what})")
 
 
+class ImageRangeError(ValueError):
+    """A high-bit-depth image whose pixel values lie outside the range its mode is read in."""
+
+
+def _eight_bit(img, path: Path):
+    """img with 16-bit or 32-bit integer pixels, or float ones, scaled to 8 bits ("L"). Pillow's own
+    convert() clips integer pixels at 255 (a 16-bit image turns white) and rounds float ones (a [0, 1]
+    image turns black). Integer pixels are read as 16-bit (0..65535 -> 0..255), float ones as
+    intensities in [0, 1]; values outside that range (NaN included) are an error: nothing is clipped
+    unsaid."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode.startswith("I"):  # "I" and "I;16", "I;16B", "I;16L", ...
+        pixels, top, kind = np.asarray(img.convert("I"), dtype=np.float64), 65535, "integer"
+        wanted = "as 16-bit (0 to 65535): convert it to 8 or 16 bits"
+    elif img.mode == "F":
+        pixels, top, kind = np.asarray(img, dtype=np.float64), 1, "float"
+        wanted = "as intensities in [0, 1]: scale it to that range"
+    else:
+        return img
+    bad = ~((pixels >= 0) & (pixels <= top))  # NaN fails both
+    if bad.any():
+        numbers = pixels[~np.isnan(pixels)]
+        lo, hi = (numbers.min(), numbers.max()) if numbers.size else (np.nan, np.nan)
+        nans = pixels.size - numbers.size
+        raise ImageRangeError(f"image {str(path)!r} has {kind} pixels in [{lo:.6g}, {hi:.6g}]"
+                              f"{f' and {nans} NaN' if nans else ''}; ganfast reads {kind} images {wanted}")
+    return Image.fromarray(np.rint(pixels * (255 / top)).astype(np.uint8))
+
+
 def _decode(path: Path, size: int, channels: int) -> torch.Tensor:
-    """One image as (channels, size, size) uint8: converted, center-cropped to a square, resized
-    with bicubic filtering. Raises what Pillow raises for a file it cannot read."""
+    """One image as (channels, size, size) uint8: scaled to 8 bits (`_eight_bit`), converted,
+    center-cropped to a square, resized with bicubic filtering. Raises what Pillow raises for a file
+    it cannot read, and ImageRangeError."""
     Image, _ = _require_pil()
     with Image.open(path) as img:
-        img = img.convert(_MODES[channels])
+        img = _eight_bit(img, path).convert(_MODES[channels])
         img = _center_square(img).resize((size, size), Image.Resampling.BICUBIC)
         data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
     return data.view(size, size, channels).permute(2, 0, 1)
@@ -205,6 +234,8 @@ def load_image_folder(path, size: int, channels: int = 3, max_images: int | None
     for f in _files(root):
         try:
             arrays.append(_decode(f, size, channels))
+        except ImageRangeError:
+            raise
         except _UNREADABLE:
             skipped.append(f)
             continue
@@ -263,37 +294,14 @@ class ImageFolder(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         try:
             x = _decode(self.files[i], self.size, self.channels)
+        except ImageRangeError:
+            raise
         except _UNREADABLE as e:
             raise ValueError(f"image {str(self.files[i])!r} cannot be decoded ({e}); remove it from the folder") from e
         x = x.float().div_(127.5).sub_(1.0)
         if self.flip and bool(torch.rand(()) < 0.5):
             x = x.flip(-1)
         return (x, self.targets[i]) if self.labelled else x
-
-
-def image_dataset(root, size: int = 32, channels: int = 3, flip: bool = False, labelled: bool = False):
-    """torchvision's ImageFolder with the same preparation (resize the short side, center crop,
-    [-1, 1], optional RandomHorizontalFlip) where torchvision is installed and `root` holds one
-    subfolder per class and no images of its own; ganfast's ImageFolder otherwise. Items are x or
-    (x, class): an unconditional trainer takes x. labelled=True: items are (x, class) either way, and
-    a folder that is not one subfolder per class is an error."""
-    root = _check_folder(root, size, channels)
-    if labelled:
-        empty = [p.name for p in _class_folders(root) if next(_files(p), None) is None]
-        if empty:
-            raise _empty_classes(root, empty)
-    try:
-        from torchvision import datasets, transforms
-    except ImportError:
-        return ImageFolder(root, size, channels, flip, labelled=labelled)
-    if not any(p.is_dir() for p in root.iterdir()) or any(p.is_file() for p in root.iterdir()):
-        return ImageFolder(root, size, channels, flip, labelled=labelled)
-    Image, _ = _require_pil()
-    steps = [transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(size)]
-    steps += [transforms.RandomHorizontalFlip()] if flip else []
-    steps += [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
-    return datasets.ImageFolder(str(root), transform=transforms.Compose(steps),
-                                loader=lambda p: Image.open(p).convert(_MODES[channels]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,8 +408,7 @@ def make_dataset(name_or_path, n_points: int = 20000, image_size: int | None = N
                        labels=digit_labels.long() if labels else None, num_classes=10 if labels else None)
     if os.path.isdir(name):
         size = 32 if image_size is None else image_size
-        stream = ImageFolder(name, size, channels, flip, max_images, labelled=labels) if max_images is not None \
-            else image_dataset(name, size, channels, flip, labelled=labels)
+        stream = ImageFolder(name, size, channels, flip, max_images, labelled=labels)
         targets = torch.as_tensor(stream.targets, dtype=torch.long) if labels else None
         return Dataset(os.path.basename(os.path.normpath(name)) or name, None, "images",
                        info={"path": os.path.abspath(name)}, stream=stream, labels=targets,

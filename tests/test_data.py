@@ -224,3 +224,69 @@ def test_a_streamed_folder_trains_in_bounded_memory(tmp_path):
     assert count == n
     # two epochs over the folder grow the peak by far less than the folder's size in memory
     assert after - before < whole_mb / 3, (before, after, whole_mb)
+
+
+# --- high bit depths ------------------------------------------------------------------------------
+
+def test_high_bit_depth_images_are_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG (mode I;16) and a float TIFF in [0, 1] (mode F) read as the 8-bit image of the same
+    picture. Pillow's convert() alone turned the 16-bit gradient white (clipped at 255) and the float
+    one black (rounded to 0 / 1)."""
+    from PIL import Image
+    ramp = np.linspace(0.0, 1.0, 16 * 16).reshape(16, 16)
+    Image.fromarray(np.round(ramp * 255).astype(np.uint8)).save(tmp_path / "a8.png")
+    Image.fromarray(np.round(ramp * 65535).astype(np.uint16)).save(tmp_path / "b16.png")
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "c32.tiff")
+    big_endian = Image.frombytes("I;16B", (16, 16), np.round(ramp * 65535).astype(">u2").tobytes())
+    assert [Image.open(tmp_path / f).mode for f in ("a8.png", "b16.png", "c32.tiff")] == ["L", "I;16", "F"]
+    for channels in (1, 3):
+        x = data.load_image_folder(tmp_path, size=16, channels=channels)
+        assert x.shape == (3, channels, 16, 16)
+        torch.testing.assert_close(x[1], x[0], atol=0, rtol=0)
+        torch.testing.assert_close(x[2], x[0], atol=0, rtol=0)
+        assert x[0].min() == -1 and x[0].max() == 1
+        ds = data.ImageFolder(tmp_path, size=16, channels=channels)
+        assert all(torch.equal(ds[i], x[i]) for i in range(3))
+    ref = data._decode(tmp_path / "a8.png", 16, 1)
+    assert torch.equal(torch.frombuffer(bytearray(data._eight_bit(big_endian, "b").tobytes()), dtype=torch.uint8)
+                       .view(1, 16, 16), ref)
+
+
+@pytest.mark.parametrize("pixels, mode, found", [(np.array([[0.0, 1.5]], dtype=np.float32), "F", r"\[0, 1.5\]"),
+                                                 (np.array([[-0.25, 0.5]], dtype=np.float32), "F", r"\[-0.25, 0.5\]"),
+                                                 (np.array([[0.0, np.nan]], dtype=np.float32), "F", r"\[0, 0\] and 1 NaN"),
+                                                 (np.array([[0, 70000]], dtype=np.int32), "I", r"\[0, 70000\]")])
+def test_high_bit_depth_pixels_out_of_range_name_the_file(tmp_path, pixels, mode, found):
+    """Out of the range its mode is read in, an image is an error that names it and the values, when
+    the folder is loaded and when a streamed item is decoded (not a skipped 'unreadable' file)."""
+    from PIL import Image
+    _write_png(tmp_path / "ok.png", (2, 1), 128, mode="L")
+    Image.fromarray(pixels, mode=mode).save(tmp_path / "odd.tiff")
+    with pytest.raises(data.ImageRangeError, match=rf"odd.tiff.* pixels in {found}"):
+        data.load_image_folder(tmp_path, size=2)
+    ds = data.ImageFolder(tmp_path, size=2)
+    assert len(ds) == 2
+    with pytest.raises(data.ImageRangeError, match=rf"odd.tiff.* pixels in {found}"):
+        ds[[p.name for p in ds.files].index("odd.tiff")]
+
+
+def test_streamed_datasets_pickle_for_spawned_workers(tmp_path):
+    """DataLoader workers started by spawn (macOS' and Windows' default) get the dataset pickled: a
+    folder (labelled or not) and the MNIST streams must survive that with the same items."""
+    import pickle
+    from ganfast import mnist
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            _write_png(tmp_path / name / f"{i}.png", (8, 8), (40 * i, 90, 200))
+    images = torch.randint(0, 256, (30, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(30) % 10
+    streams = [data.ImageFolder(tmp_path, 8, labelled=True), data.ImageFolder(tmp_path, 8),
+               mnist.MNISTImages(images, labels), mnist.StackedMNIST(images, labels, n=6,
+                                                                      generator=torch.Generator().manual_seed(0))]
+    for ds in streams:
+        copy = pickle.loads(pickle.dumps(ds))
+        for i in range(len(ds)):
+            a, b = ds[i], copy[i]
+            a, b = (a, b) if isinstance(a, torch.Tensor) else (a[0], b[0])
+            assert torch.equal(a, b)
