@@ -12,7 +12,9 @@ The dispatch rule, one for every op family (losses, penalties, spectral_norm, au
   reference; so a dtype one kernel lacks (float64 on triton, complex weights) falls through, it is
   not an error;
 - an explicitly selected backend that cannot take the input raises, naming the backend, the family
-  and what it does not support.
+  and what it does not support;
+- inside torch.func transforms (grad, vmap, ...) `auto` takes the reference, whose aten ops those
+  transforms know; a kernel selected by name raises there.
 `backend_for(family, tensor)` applies the rule. It runs on every op call, so it costs a dict lookup
 for a (selection, family, device type, dtype, layout) seen before.
 On CUDA the C++ kernel goes before Triton: it was faster in every case timed on an H200 (the C++ op is
@@ -300,7 +302,21 @@ def backend_for(family: str, t: torch.Tensor) -> str:
     of the module docstring). Raises when an explicitly selected backend cannot take `t`."""
     # is_cpu / is_cuda before device.type: the string costs 0.28 us a read (an ostringstream each time)
     device_type = "cpu" if t.is_cpu else "cuda" if t.is_cuda else t.device.type
-    return _backend((_selected, family, device_type, t.dtype, t.layout), t.numel())
+    name = _backend((_selected, family, device_type, t.dtype, t.layout), t.numel())
+    if name != "reference" and torch._C._are_functorch_transforms_active():  # 0.03 us; dynamo folds it
+        return _under_func_transforms(name, family)
+    return name
+
+
+def _under_func_transforms(name: str, family: str) -> str:
+    """Inside torch.func.grad / vmap / jacrev / ...: the kernels' autograd (C++ autograd functions, and
+    Python ones without vmap rules) cannot run under functorch, whose transforms need the aten ops of
+    the reference. `auto` takes the reference there; a kernel selected by name raises."""
+    if _selected == "auto":
+        return "reference"
+    raise UnsupportedInputError(f"the {name} backend's {family} kernels do not run under torch.func transforms "
+                                f"(grad, vmap, jacrev, functional_call under grad, ...): select 'auto' or "
+                                f"'reference' around them")
 
 
 def resolve(device: torch.device, family: str = "losses", dtype: torch.dtype = torch.float32,

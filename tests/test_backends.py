@@ -239,6 +239,47 @@ def test_sparse_input_goes_to_the_reference(fresh_routes):
                 backends.backend_for("losses", sparse)
 
 
+def test_func_transforms_take_the_reference_under_auto():
+    """torch.func.grad / vmap over the public ops (per-sample gradients of a spectral-normalized D, as
+    differentially private GAN training takes them): `auto` runs the reference inside the transform,
+    whose aten ops functorch knows; the kernels' C++ autograd functions failed there ("cannot use C++
+    torch::autograd::Function with functorch transforms")."""
+    from torch.func import functional_call, grad, vmap
+    import ganfast.nn as gnn
+    from ganfast import models
+    g = torch.Generator().manual_seed(0)
+    r, f = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    for kind in losses.KINDS:
+        got = vmap(grad(lambda f_i, r_i: losses.d_loss(r_i, f_i, kind)))(f, r)
+        for i in range(5):
+            leaf = f[i].clone().requires_grad_()
+            losses.d_loss(r[i], leaf, kind).backward()  # the kernels, outside the transform
+            torch.testing.assert_close(got[i], leaf.grad)
+    torch.manual_seed(0)
+    D = models.DCGANDiscriminator(8, 3, 8)
+    gnn.apply_spectral_norm(D)
+    x = torch.randn(3, 3, 8, 8, generator=g)
+    D(x)  # a training call: u, v move; per-sample gradients are taken in eval mode (no buffer updates)
+    D.eval()
+    params = {k: v.detach() for k, v in D.named_parameters()}
+    buffers = dict(D.named_buffers())
+
+    def loss(p, x_i):
+        return losses.g_loss(functional_call(D, (p, buffers), (x_i.unsqueeze(0),)).reshape(-1), "ns")
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(3):
+        D.zero_grad()
+        losses.g_loss(D(x[i:i + 1]).reshape(-1), "ns").backward()
+        for name, p in D.named_parameters():
+            torch.testing.assert_close(per_sample[name][i], p.grad)
+    if backends.status("cpu").available:
+        with ganfast.use_backend("cpu"), pytest.raises(backends.UnsupportedInputError,
+                                                       match="cpu backend's losses kernels do not run under "
+                                                             "torch.func transforms"):
+            grad(lambda f_i: losses.d_loss(r[0], f_i, "ns"))(f[0])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="an ELF dynamic section")
 def test_extension_uses_the_shared_cxx_runtime():
     """setup.py links the process's libstdc++: with a compiler that links it statically, TORCH_CHECK
