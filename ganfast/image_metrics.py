@@ -159,10 +159,18 @@ class MNISTScorer:
             modes.append((labels * weights).sum(1))
         return torch.cat(feats), torch.cat(modes)
 
-    def score(self, images: torch.Tensor, with_fd: bool = True, with_kid: bool = True) -> dict:
+    def score(self, images: torch.Tensor, with_fd: bool = True, with_kid: bool = True,
+              labels: torch.Tensor | None = None) -> dict:
+        """Modes and KL(p || uniform); the classifier FD and KID against the test set; with `labels`
+        (the classes a conditional G was asked for, one per image), label_hit_rate: the fraction of
+        images the classifier puts in the class asked for."""
         feats, modes = self.features_and_modes(images)
         st = mode_stats(modes, self.n_modes)
         out = {"modes": st["modes"], "n_modes": self.n_modes, "kl": st["kl"], "n_samples": st["n"]}
+        if labels is not None:
+            if labels.shape != modes.shape:
+                raise ValueError(f"labels must be one class per image, shape ({len(modes)},), got {tuple(labels.shape)}")
+            out["label_hit_rate"] = float((modes == labels.cpu()).double().mean())
         if self.channels > 1:  # mode = sum_c digit_c * 10^(C-1-c)
             digits = [modes // 10 ** (self.channels - 1 - c) % 10 for c in range(self.channels)]
             out["channel_kl"] = [mode_stats(d, 10)["kl"] for d in digits]
