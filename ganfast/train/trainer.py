@@ -81,6 +81,14 @@ __all__ = ["Trainer", "LossInputs", "infer_latent_shape"]
 JOINT_D_MAX_ELEMENTS = sys.maxsize
 
 
+def _needs_grad(loss: torch.Tensor, model: str, weights=True) -> None:
+    """A loss without a gradient means that no parameter of `model` requires grad (all of it frozen),
+    which autograd would only report as 'element 0 of tensors does not require grad'."""
+    if not loss.requires_grad or weights is None:
+        raise ValueError(f"no parameter of the {model} requires grad (all of it frozen, e.g. by requires_grad_(False)),"
+                         f" so its update has nothing to train: unfreeze at least one of its parameters")
+
+
 class Trainer:
     """GAN training with the user's own G, D and optimizers (see the module docstring for the step).
 
@@ -381,6 +389,7 @@ class Trainer:
                     if self.extra_d_loss is not None:
                         inputs = LossInputs(self, r, f, real_logits, fake_logits, loss, ry, fy)
                         total = total + self.extra_d_loss(inputs)
+                _needs_grad(total, "discriminator", weights)
                 self.d_scaler.scale(total / k if k > 1 else total).backward(retain_graph=self._keep_sn_graph(i),
                                                                             inputs=weights)
                 loss_sum = loss_sum + loss.detach() if k > 1 else loss.detach()
@@ -423,6 +432,7 @@ class Trainer:
             with self._sn():
                 if k == 1:  # the D step's fake, with its graph
                     loss, total = self._g_loss(fake, real, fake_y, real_y)
+                    _needs_grad(total, "generator")
                     self.g_scaler.scale(total).backward()
                 else:
                     loss = 0.0
@@ -431,6 +441,7 @@ class Trainer:
                         with self._autocast():
                             f = self._generate(self.G, z_i, fy)
                         part, total = self._g_loss(f, r_i, fy, ry)
+                        _needs_grad(total, "generator")
                         self.g_scaler.scale(total / k).backward(retain_graph=self._keep_sn_graph(i))
                         loss = loss + part.detach() / k
                         f = part = total = None  # free this chunk's graph (kept by retain_graph)

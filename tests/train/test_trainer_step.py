@@ -358,6 +358,18 @@ def test_swapped_optimizers_are_named():
         ganfast.Trainer(G, D, d_opt, g_opt)
 
 
+@pytest.mark.parametrize("frozen, penalty", [("generator", None), ("discriminator", None), ("discriminator", "r1")])
+def test_a_model_frozen_whole_is_named(frozen, penalty):
+    """All of G (or D) frozen: autograd said only 'element 0 of tensors does not require grad'; with R1
+    a frozen D's loss still had a gradient (through the reals) and D would silently not train."""
+    t = _trainer(seed=0, penalty=penalty)
+    (t.G if frozen == "generator" else t.D).requires_grad_(False)
+    with pytest.raises(ValueError, match=f"no parameter of the {frozen} requires grad"):
+        t.step(points(16))
+    (t.G if frozen == "generator" else t.D).requires_grad_(True)
+    t.step(points(16))  # a partly frozen model (FreezeD) trains: test_trainer_real_use
+
+
 def test_models_on_different_devices():
     G, D = mlp_pair()
     D.to("meta")
