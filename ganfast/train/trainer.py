@@ -525,12 +525,16 @@ class Trainer:
         return stats
 
     @torch.no_grad()
-    def sample(self, n: int, z: torch.Tensor | None = None, labels=None) -> torch.Tensor:
+    def sample(self, n: int, z: torch.Tensor | None = None, labels=None, chunk: int = 1024) -> torch.Tensor:
         """n samples from G (the EMA copy when ema is set), in eval mode, with noise from a generator
         separate from the training noise (so sampling never changes training). Conditional runs:
         labels is a class index (all n of that class) or a LongTensor (n,); None draws them from the
         class probabilities with the sampling generator. The samples have the models' dtype, under amp
-        too (autocast's bfloat16 would make `.numpy()` and image writers fail)."""
+        too (autocast's bfloat16 would make `.numpy()` and image writers fail). G runs on `chunk`
+        samples at a time, written into one output: 50,000 samples for an FID need G's activations
+        for 1024 of them, not for all."""
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be a positive int, got {chunk!r}")
         model = self.ema_g if self.ema_g is not None else self.G
         if z is None:
             z = self._noise(n, self._sample_gen)
@@ -538,9 +542,17 @@ class Trainer:
         was_training = model.training
         model.eval()
         try:
-            with self._autocast():
-                x = self._generate(model, z, y)
-            return x.to(self.dtype)
+            out = None
+            for start in range(0, max(z.shape[0], 1), chunk):  # an empty z: one call, as G would be called
+                part = slice(start, start + chunk)
+                with self._autocast():
+                    x = self._generate(model, z[part], None if y is None else y[part])
+                if out is None:
+                    if x.shape[0] == z.shape[0]:
+                        return x.to(self.dtype)  # one chunk
+                    out = x.new_empty((z.shape[0],) + x.shape[1:], dtype=self.dtype)
+                out[part] = x
+            return out
         finally:
             model.train(was_training)
 

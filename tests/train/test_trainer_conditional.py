@@ -109,6 +109,16 @@ def test_sample_with_labels_and_the_ema_generator():
     s = t._gen.get_state()
     t.sample(4)
     assert torch.equal(s, t._gen.get_state())  # sampling never touches the training noise
+    # in chunks of G calls: the same samples, each with its label
+    z, y = torch.randn(23, 3), torch.arange(23) % K
+    whole = t.sample(23, z=z, labels=y)
+    calls = []
+    hook = t.ema_g.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    torch.testing.assert_close(t.sample(23, z=z, labels=y, chunk=5), whole)
+    hook.remove()
+    assert calls == [5, 5, 5, 5, 3]
+    with pytest.raises(ValueError, match="chunk must be a positive int, got 0"):
+        t.sample(4, chunk=0)
 
 
 def test_toy_mixture_samples_land_in_the_mode_of_their_label():
