@@ -169,7 +169,8 @@ class MNISTScorer:
         out = {"modes": st["modes"], "n_modes": self.n_modes, "kl": st["kl"], "n_samples": st["n"]}
         if labels is not None:
             if labels.shape != modes.shape:
-                raise ValueError(f"labels must be one class per image, shape ({len(modes)},), got {tuple(labels.shape)}")
+                raise ValueError(f"labels must be one class per image, shape ({len(modes)},), got "
+                                 f"{tuple(labels.shape)}")
             out["label_hit_rate"] = float((modes == labels.cpu()).double().mean())
         if self.channels > 1:  # mode = sum_c digit_c * 10^(C-1-c)
             digits = [modes // 10 ** (self.channels - 1 - c) % 10 for c in range(self.channels)]

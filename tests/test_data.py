@@ -252,10 +252,11 @@ def test_high_bit_depth_images_are_scaled_not_clipped(tmp_path):
                        .view(1, 16, 16), ref)
 
 
-@pytest.mark.parametrize("pixels, mode, found", [(np.array([[0.0, 1.5]], dtype=np.float32), "F", r"\[0, 1.5\]"),
-                                                 (np.array([[-0.25, 0.5]], dtype=np.float32), "F", r"\[-0.25, 0.5\]"),
-                                                 (np.array([[0.0, np.nan]], dtype=np.float32), "F", r"\[0, 0\] and 1 NaN"),
-                                                 (np.array([[0, 70000]], dtype=np.int32), "I", r"\[0, 70000\]")])
+@pytest.mark.parametrize("pixels, mode, found", [
+    (np.array([[0.0, 1.5]], dtype=np.float32), "F", r"\[0, 1.5\]"),
+    (np.array([[-0.25, 0.5]], dtype=np.float32), "F", r"\[-0.25, 0.5\]"),
+    (np.array([[0.0, np.nan]], dtype=np.float32), "F", r"\[0, 0\] and 1 NaN"),
+    (np.array([[0, 70000]], dtype=np.int32), "I", r"\[0, 70000\]")])
 def test_high_bit_depth_pixels_out_of_range_name_the_file(tmp_path, pixels, mode, found):
     """Out of the range its mode is read in, an image is an error that names it and the values, when
     the folder is loaded and when a streamed item is decoded (not a skipped 'unreadable' file)."""

@@ -5,11 +5,12 @@ never stopped. Only the current batch is moved to the device.
 - a tensor of samples (on any device), or a pair (samples, labels) for a conditional trainer:
   shuffled each epoch with the trainer's generator;
 - a DataLoader or any iterable of batches (x, or (x, ...) tuples; (x, y, ...) for a conditional
-  trainer, which then gets (x, y) batches): restarted at each epoch. A
-  DataLoader's position is its epoch, the batches taken from it in that epoch and its RandomSampler's
-  generator state at the epoch's start; on resume the epoch is rebuilt from that state with a batch
-  sampler that skips the batches already taken, so no skipped sample is loaded. A plain iterable
-  (or a DataLoader of an IterableDataset) is replayed from its start to that batch, with a warning
+  trainer, which then gets (x, y) batches): restarted at each epoch. A DataLoader's position is its
+  epoch, the batches taken from it in that epoch and its shuffling sampler's generator state at the
+  epoch's start (a RandomSampler, WeightedRandomSampler or SubsetRandomSampler without a generator
+  of its own gets one seeded with the trainer's seed); on resume the epoch is rebuilt from that
+  state with a batch sampler that skips the batches already taken, so no skipped sample is loaded.
+  A plain iterable (or a DataLoader of an IterableDataset) is replayed from its start to that batch, with a warning
   on the "ganfast.train" logger: a stream of images loads every replayed batch again. Unless it keeps
   its own position: an iterable with state_dict() / load_state_dict() (torchdata's
   StatefulDataLoader) has its state saved in the checkpoint and restored, in a single process (with
@@ -21,12 +22,13 @@ import itertools
 import logging
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SubsetRandomSampler, WeightedRandomSampler
 
 from .checkpoint import unloadable_reason
 from .labels import check_range
 
 log = logging.getLogger("ganfast.train")
+_DRAWING_SAMPLERS = (RandomSampler, WeightedRandomSampler, SubsetRandomSampler)  # each draws from .generator
 
 
 class TensorBatches:
@@ -183,8 +185,11 @@ class LoaderBatches:
         self._start_epoch(gen_state, skip, iterable_state)
 
     def _sampler_generator(self) -> torch.Generator | None:
+        """The generator of the loader's shuffling sampler (RandomSampler, or the class-balancing
+        WeightedRandomSampler, or SubsetRandomSampler), whose state at each epoch's start the
+        checkpoints carry; None for a sampler that does not draw (or draws its own way)."""
         sampler = getattr(self.data, "sampler", None)
-        if not isinstance(sampler, RandomSampler):
+        if not isinstance(sampler, _DRAWING_SAMPLERS):
             return None
         if sampler.generator is None:  # a shuffle the checkpoint can replay: seeded by the trainer's seed
             sampler.generator = torch.Generator().manual_seed(self.seed)

@@ -301,11 +301,19 @@ def test_extra_loss_hooks_see_the_step_and_change_it():
     assert not torch.equal(a.D[0].weight, b.D[0].weight) and not torch.equal(a.G[0].weight, b.G[0].weight)
 
 
-def test_dataloader_position_is_resumed_exactly(tmp_path, caplog):
+@pytest.mark.parametrize("sampler", ["shuffle", "weighted", "subset"])
+def test_dataloader_position_is_resumed_exactly(tmp_path, caplog, sampler):
+    """With a shuffling sampler: RandomSampler, and the class-balancing WeightedRandomSampler or a
+    SubsetRandomSampler (which drew from the global RNG, whose state at the epoch's start no
+    checkpoint held: the resumed epoch took other samples)."""
     data = torch.utils.data.TensorDataset(points(80))
+    weights = torch.linspace(1.0, 3.0, 80)
 
     def run(log_dir, steps, callback=None, seed=0):
-        loader = torch.utils.data.DataLoader(data, batch_size=16, shuffle=True, drop_last=True)
+        how = {"shuffle": dict(shuffle=True),
+               "weighted": dict(sampler=torch.utils.data.WeightedRandomSampler(weights, 80)),
+               "subset": dict(sampler=torch.utils.data.SubsetRandomSampler(range(0, 80, 1)))}[sampler]
+        loader = torch.utils.data.DataLoader(data, batch_size=16, drop_last=True, **how)
         t = _trainer(seed=seed)
         t.fit(loader, steps=steps, log_dir=log_dir, checkpoint_every=3, progress=False, callback=callback)
         return t
