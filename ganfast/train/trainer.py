@@ -81,6 +81,22 @@ __all__ = ["Trainer", "LossInputs", "infer_latent_shape"]
 JOINT_D_MAX_ELEMENTS = sys.maxsize
 
 
+@contextlib.contextmanager
+def _without_donated_buffers():
+    """torch.compile inside: AOTAutograd compiles backward graphs without donated buffers (since
+    torch 2.6 it donates saved tensors the backward frees, and then refuses backward(retain_graph=True),
+    which the D step's accumulation chunks need: `Trainer._keep_sn_graph`). Graphs compile lazily, on
+    the first call with grad, so the trainer's steps are where D's training graphs compile; 13 us a
+    step, in this configuration only."""
+    import torch._functorch.config as functorch_config
+
+    if not hasattr(functorch_config, "donated_buffer"):  # older torch: nothing donated
+        yield
+        return
+    with functorch_config.patch(donated_buffer=False):
+        yield
+
+
 def _needs_grad(loss: torch.Tensor, model: str, weights=True) -> None:
     """A loss without a gradient means that no parameter of `model` requires grad (all of it frozen),
     which autograd would only report as 'element 0 of tensors does not require grad'."""
@@ -168,6 +184,8 @@ class Trainer:
         check_optimizer_holds(g_optimizer, generator, "g_optimizer", "generator")
         check_optimizer_holds(d_optimizer, discriminator, "d_optimizer", "discriminator")
         self._nn = spectral_norm_module(self._g_plain, self._d_plain, cfg.spectral_norm)  # sn_step around D call groups
+        self._compile_options = _without_donated_buffers if (
+            cfg.accumulate > 1 and self._nn is not None and self._d_plain is not discriminator) else contextlib.nullcontext
         # D's spectral norm in one multi-tensor call per step on the CPU and CUDA (same numbers as one
         # op per layer; README, "Performance": the MLP step with SN + R1 1.08-1.15x faster on the CPU,
         # DCGAN-32 level; on an H200 every layer of a DCGAN-32 / ResNet-128 D in 0.60 / 1.11 ms instead
@@ -246,10 +264,11 @@ class Trainer:
         return self._nn.sn_step(self._d_plain, multi_tensor=self.sn_multi_tensor)
 
     def _keep_sn_graph(self, chunk: int) -> bool:
-        """Whether the backward of accumulation chunk `chunk` must keep its graph: inside one sn_step
-        every chunk uses the same W / sigma, so the spectral norm's part of the graph must outlive all
-        but the last chunk's backward. The rest of a kept graph lives as long as the chunk's tensors:
-        the accumulation loops drop them before the next chunk."""
+        """Whether the backward of D-step accumulation chunk `chunk` must keep its graph: inside one
+        sn_step every chunk uses the same W / sigma, so the spectral norm's part of the graph must
+        outlive all but the last chunk's backward. The rest of a kept graph lives as long as the
+        chunk's tensors: the accumulation loop drops them before the next chunk. (A compiled D's
+        backward refuses retain_graph where AOTAutograd donated its buffers: `_compile_options`.)"""
         return self._nn is not None and chunk < self.config.accumulate - 1
 
     def _generate(self, model, z, y):
@@ -442,7 +461,8 @@ class Trainer:
                             f = self._generate(self.G, z_i, fy)
                         part, total = self._g_loss(f, r_i, fy, ry)
                         _needs_grad(total, "generator")
-                        self.g_scaler.scale(total / k).backward(retain_graph=self._keep_sn_graph(i))
+                        # no retain_graph: D's parameters are frozen here, so its shared W / sigma has no graph
+                        self.g_scaler.scale(total / k).backward()
                         loss = loss + part.detach() / k
                         f = part = total = None  # free this chunk's graph (kept by retain_graph)
         finally:
@@ -462,7 +482,8 @@ class Trainer:
         the same return_stats, and an error aborts the group."""
         self._comm.step = self.step_count + 1
         try:
-            return self._step(real, return_stats)
+            with self._compile_options():
+                return self._step(real, return_stats)
         except BaseException as e:
             self._comm.abort(e)
             raise
