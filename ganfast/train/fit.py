@@ -54,6 +54,20 @@ def fit(trainer, data, steps: int, batch_size: int | None = None, *, log_every: 
         raise
 
 
+def _numbers(extra) -> dict:
+    """A callback's extra stats as floats (they go to the CSV, TensorBoard and the history): numbers,
+    numpy scalars and one-element tensors; anything else is an error that names it."""
+    out = {}
+    for k, v in extra.items():
+        try:
+            out[k] = float(v)  # a tensor on the GPU: its one host read, on the steps that are logged
+        except (TypeError, ValueError, RuntimeError):
+            got = f"a tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else repr(v)[:80]
+            raise TypeError(f"fit's callback returned {k!r}: {got}; its values must be numbers (a float, an int, "
+                            f"a numpy scalar or a one-element tensor): they go to metrics.csv and TensorBoard") from None
+    return out
+
+
 def _source(trainer, data, batch_size: int | None, state: dict | None):
     k = trainer.num_classes
     if isinstance(data, torch.utils.data.DataLoader) and batch_size is not None and \
@@ -141,8 +155,10 @@ def _fit(tr, data, steps, batch_size, *, log_every, log_dir, checkpoint_dir, che
             logger.advance()
             if callback is not None:
                 extra = callback(tr, tr.step_count, stats)
-                if extra and stats is not None:
-                    stats = {**stats, **extra}
+                if extra is not None and not isinstance(extra, dict):
+                    raise TypeError(f"fit's callback must return a dict of numbers or None, got {type(extra).__name__}")
+                if extra and stats is not None:  # read on the logged steps only: a GPU tensor's value syncs
+                    stats = {**stats, **_numbers(extra)}
             if stats is not None:
                 logger.log(tr.step_count, stats)
                 history.append({"step": tr.step_count, **stats})

@@ -258,3 +258,23 @@ def test_unloadable_reason_names_what_a_checkpoint_would_refuse():
     reason = unloadable_reason({"pos": _Opaque()})
     assert reason.startswith("UnpicklingError") and "Unsupported global" in reason and "_Opaque" in reason
     assert unloadable_reason(lambda: 0).startswith(("PicklingError", "AttributeError"))  # not even picklable
+
+
+def test_a_callbacks_stats_are_logged_as_numbers(tmp_path):
+    """fit's callback may return numpy scalars and one-element tensors (an FID computed on the GPU):
+    logged as floats. Anything else is named at once; a string failed inside the CSV writer, after
+    the step, with 'could not convert string to float'."""
+    import numpy as np
+    G, D = mlp_pair()
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0)
+    h = t.fit(points(64), steps=2, batch_size=16, log_dir=tmp_path, progress=False,
+              callback=lambda tr, step, stats: {"fid": torch.tensor([3.25]), "kid": np.float32(0.5), "n": 7})
+    assert [(r["fid"], r["kid"], r["n"]) for r in h] == [(3.25, 0.5, 7.0)] * 2
+    assert all(type(r["fid"]) is float for r in h)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [r["fid"] for r in rows] == ["3.25", "3.25"]
+    for bad, match in [({"note": "ok"}, "returned 'note': 'ok'; its values must be numbers"),
+                       ({"v": torch.ones(3)}, r"returned 'v': a tensor of shape \(3,\)"),
+                       (3.0, "must return a dict of numbers or None, got float")]:
+        with pytest.raises(TypeError, match=match):
+            t.fit(points(64), steps=t.step_count + 1, batch_size=16, progress=False, callback=lambda *a, r=bad: r)
