@@ -64,7 +64,8 @@ def _numbers(extra) -> dict:
         except (TypeError, ValueError, RuntimeError):
             got = f"a tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else repr(v)[:80]
             raise TypeError(f"fit's callback returned {k!r}: {got}; its values must be numbers (a float, an int, "
-                            f"a numpy scalar or a one-element tensor): they go to metrics.csv and TensorBoard") from None
+                            f"a numpy scalar or a one-element tensor): they go to metrics.csv and TensorBoard"
+                            ) from None
     return out
 
 
