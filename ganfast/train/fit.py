@@ -36,9 +36,10 @@ def fit(trainer, data, steps: int, batch_size: int | None = None, *, log_every: 
     too. Every sample_every steps, n_samples samples (fixed noise) go to log_dir/samples/ as a scatter
     over real data (2-D) or an image grid; at the end, log_dir/curves.png; the last step is always
     checkpointed and sampled. callback: called as callback(trainer, step, stats) after each
-    completed step (stats None on steps not read); a dict it returns is added to that step's logged
-    stats (e.g. evaluation metrics; on steps that are logged, return the same keys every time so the
-    CSV keeps one header). Returns the stats of the logged steps.
+    completed step (stats None on steps not read); a dict of numbers it returns (floats, numpy scalars,
+    one-element tensors) is added to that step's logged stats as floats (e.g. evaluation metrics; on
+    steps that are logged, return the same keys every time so the CSV keeps one header). Returns the
+    stats of the logged steps.
 
     Distributed: batch_size is per rank (a tensor's global batches of W·batch_size are split by
     rank; a DataLoader should use a DistributedSampler, see distributed.loader); rank 0 alone writes
