@@ -100,8 +100,11 @@ def _fit(tr, data, steps, batch_size, *, log_every, log_dir, checkpoint_dir, che
          resume, sample_every, n_samples, progress, callback) -> list[dict]:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    if log_every < 1:
-        raise ValueError(f"log_every must be >= 1, got {log_every}")
+    for name, value in (("batch_size", batch_size), ("log_every", log_every), ("checkpoint_every", checkpoint_every),
+                        ("sample_every", sample_every), ("keep_checkpoints", keep_checkpoints),
+                        ("n_samples", n_samples)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not any(resume is c for c in RESUME_CHOICES):
         raise ValueError(f"resume must be True, False or 'force', got {resume!r}")
     log_dir = Path(log_dir) if log_dir is not None else None

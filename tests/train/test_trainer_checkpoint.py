@@ -278,3 +278,16 @@ def test_a_callbacks_stats_are_logged_as_numbers(tmp_path):
                        (3.0, "must return a dict of numbers or None, got float")]:
         with pytest.raises(TypeError, match=match):
             t.fit(points(64), steps=t.step_count + 1, batch_size=16, progress=False, callback=lambda *a, r=bad: r)
+
+
+@pytest.mark.parametrize("option, value", [("batch_size", 0), ("batch_size", -3), ("batch_size", 16.0),
+                                           ("log_every", 0), ("checkpoint_every", 0), ("sample_every", 0),
+                                           ("keep_checkpoints", 0), ("n_samples", 0), ("sample_every", True)])
+def test_fit_options_that_are_not_positive_integers_are_named(tmp_path, option, value):
+    """Before: a batch_size of 0 or less was 'a real batch must have a batch dimension ...', 16.0 a
+    slice TypeError, a checkpoint_every or sample_every of 0 a ZeroDivisionError after the first step."""
+    G, D = mlp_pair()
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0)
+    with pytest.raises(ValueError, match=f"{option} must be a positive integer, got {value!r}"):
+        t.fit(points(64), steps=2, log_dir=tmp_path, progress=False, **{option: value})
+    assert t.step_count == 0
