@@ -16,6 +16,8 @@ output sum and is unscaled inside the fused op, in fp32, before the norm.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable
 
 import torch
@@ -26,6 +28,13 @@ __all__ = ["wgan_gp", "r1", "r2", "dragan", "r1_from_logits", "r2_from_logits", 
 
 
 # --- checks -------------------------------------------------------------------------------------
+
+def check_weight(value, name: str) -> None:
+    """A penalty's weight (λ, γ): a finite real number >= 0. A negative one would reward D for steep
+    gradients instead of penalizing them."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
 
 def _check_data(x, name: str) -> None:
     if not isinstance(x, torch.Tensor):
@@ -129,6 +138,7 @@ def wgan_gp(D: Callable, real: torch.Tensor, fake: torch.Tensor, weight: float =
             one_sided: bool = False, alpha: torch.Tensor | None = None, return_grads: bool = False, scaler=None):
     """weight · mean_i (n_i − center)² (relu(n_i − center)² when one_sided), n_i = ‖∇ D(x̂)_i‖ at
     x̂ = α·real + (1 − α)·fake, one α per sample (α ~ U[0, 1) unless given, shape (B,))."""
+    check_weight(weight, "weight")
     _check_data(real, "real")
     _check_data(fake, "fake")
     _check_same(real, fake, "real", "fake")
@@ -142,6 +152,8 @@ def dragan(D: Callable, real: torch.Tensor, weight: float = 10.0, c: float = 0.5
            noise: torch.Tensor | None = None, return_grads: bool = False, scaler=None):
     """weight · mean_i (n_i − 1)² at x̂ = α·real + (1 − α)·(real + c·std(real)·u), u ~ U[0, 1)
     elementwise (or `noise`), std over the whole batch, one α per sample."""
+    check_weight(weight, "weight")
+    check_weight(c, "c")
     _check_data(real, "real")
     if real.numel() < 2:
         raise ValueError("dragan needs at least two elements in real (the std of one element is undefined)")
@@ -157,6 +169,7 @@ def dragan(D: Callable, real: torch.Tensor, weight: float = 10.0, c: float = 0.5
 
 def r1(D: Callable, real: torch.Tensor, gamma: float = 10.0, return_grads: bool = False, scaler=None):
     """(γ / 2) · mean_i ‖∇ₓ D(real)_i‖²."""
+    check_weight(gamma, "gamma")
     _check_data(real, "real")
     x = real.detach().requires_grad_(True)
     return _finish(_call_d(D, x), x, _ops.SQUARED, gamma / 2, 0.0, scaler, return_grads, "D(real)")
@@ -164,12 +177,14 @@ def r1(D: Callable, real: torch.Tensor, gamma: float = 10.0, return_grads: bool 
 
 def r2(D: Callable, fake: torch.Tensor, gamma: float = 10.0, return_grads: bool = False, scaler=None):
     """(γ / 2) · mean_i ‖∇ₓ D(fake)_i‖², on generated data detached from G."""
+    check_weight(gamma, "gamma")
     _check_data(fake, "fake")
     x = fake.detach().requires_grad_(True)
     return _finish(_call_d(D, x), x, _ops.SQUARED, gamma / 2, 0.0, scaler, return_grads, "D(fake)")
 
 
 def _from_logits(logits, x, gamma, return_grads, scaler, name):
+    check_weight(gamma, "gamma")
     _check_data(x, name)
     if not x.requires_grad:
         raise ValueError(f"{name} does not require grad: call `{name} = {name}.detach().requires_grad_()` before "

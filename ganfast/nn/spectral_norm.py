@@ -45,6 +45,8 @@ class SpectralNorm(nn.Module):
             raise IndexError(f"Dimension out of range (expected to be in range of [-{ndim}, {ndim - 1}] but got {dim})")
         if n_power_iterations <= 0:
             raise ValueError(f"Expected n_power_iterations to be positive, but got n_power_iterations={n_power_iterations}")
+        if not eps > 0:  # (NaN fails too) the kernels divide by max(sigma, eps) and refuse eps <= 0 at the forward
+            raise ValueError(f"spectral_norm: eps must be > 0, got {eps!r}")
         if weight.numel() == 0:
             raise ValueError(f"spectral_norm: the weight has a zero dimension (shape {tuple(weight.shape)})")
         if not (weight.is_floating_point() or weight.is_complex()):

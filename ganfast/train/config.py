@@ -6,12 +6,12 @@ Every option is checked here, once; an error names the option the way the caller
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable
 
 import torch
 
 from .. import losses
+from ..penalties import check_weight
 
 PENALTIES = (None, "r1", "r2", "r1+r2", "wgan-gp", "wgan-lp", "dragan")
 AMP_MODES = (None, "bf16", "fp16")
@@ -63,9 +63,7 @@ class StepConfig:
         for k in ("d_steps", "penalty_interval", "accumulate", "pack"):
             if not _positive_int(getattr(self, k)):
                 raise ValueError(f"{name(k)} must be an integer >= 1, got {getattr(self, k)!r}")
-        w = self.penalty_weight
-        if not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0):
-            raise ValueError(f"{name('penalty_weight')} must be a finite number >= 0, got {w!r}")
+        check_weight(self.penalty_weight, name("penalty_weight"))
         if self.ema is not None and not 0.0 <= self.ema < 1.0:
             raise ValueError(f"{name('ema')} must be in [0, 1) (e.g. 0.999), got {self.ema!r}")
         if self.ema_rampup is not None and not (self.ema is not None and self.ema_rampup > 0):
@@ -88,7 +86,7 @@ class StepConfig:
         if self.accumulate > 1 and self.loss in losses.RELATIVISTIC:
             raise ValueError(f"{name('accumulate')}={self.accumulate} needs a loss that is a mean over samples; "
                              f"the relativistic loss {self.loss!r} compares each sample with the whole batch")
-        return dataclasses.replace(self, penalty_weight=float(w), grad_clip=clip)
+        return dataclasses.replace(self, penalty_weight=float(self.penalty_weight), grad_clip=clip)
 
     def describe(self) -> dict:
         """What a checkpoint records of the step (compared on resume)."""

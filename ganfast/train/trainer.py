@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import random
 import sys
 import warnings
@@ -215,6 +216,8 @@ class Trainer:
         self.g_scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         if seed is None:
             seed = random.SystemRandom().randrange(2 ** 62)
+        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
         self.seed = self._comm.broadcast_int(int(seed))  # one noise stream, sliced per rank
         self._gen = torch.Generator(device=self.device).manual_seed(self.seed)
         self._sample_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)

@@ -1,5 +1,6 @@
 """Gradient penalties: gradients w.r.t. D's parameters against a plain double backward written here,
 per-sample α, shared forward, lazy regularization, AMP, bad input."""
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -304,6 +305,15 @@ def test_bad_input():
         penalties.r1(lambda x: D(x).sum(), real)
     with pytest.raises(ValueError, match="finite positive"):
         penalties.r1(D, real, scaler=0.0)
+    # a negative weight would reward steep gradients: refused like the trainer's penalty_weight
+    for call, match in [(lambda: penalties.r1(D, real, gamma=-1.0), "gamma must be a finite number >= 0, got -1.0"),
+                        (lambda: penalties.r2(D, real, gamma=float("nan")), "gamma must be a finite number >= 0"),
+                        (lambda: penalties.r1_from_logits(D(real), real.requires_grad_(), gamma="10"), "gamma must"),
+                        (lambda: penalties.wgan_gp(D, real, real, weight=-10), "weight must be a finite number >= 0"),
+                        (lambda: penalties.dragan(D, real, c=-0.5), "c must be a finite number >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            call()
+    assert penalties.r1(D, real, gamma=np.float32(0.0)).item() == 0.0  # numpy numbers are numbers
 
 
 def test_op_level_checks():

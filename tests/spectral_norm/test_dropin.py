@@ -194,6 +194,9 @@ def test_bad_input_errors():
         spectral_norm(nn.Linear(3, 4), dim=2)
     with pytest.raises(ValueError, match="n_power_iterations"):
         spectral_norm(nn.Linear(3, 4), n_power_iterations=0)
+    for eps in (0.0, -1e-12, float("nan")):  # refused at the forward by the kernels before; now at registration
+        with pytest.raises(ValueError, match="eps must be > 0"):
+            spectral_norm(nn.Linear(3, 4), eps=eps)
     with pytest.raises(ValueError, match="not spectral-normalized"):
         remove_spectral_norm(nn.Linear(3, 4))
 

@@ -572,3 +572,8 @@ def test_layers_frozen_or_unfrozen_between_steps_are_respected():
             t.step(x, return_stats=False)
             assert first.requires_grad is not frozen
         assert torch.equal(first, before) is frozen
+
+
+def test_a_seed_that_is_not_an_int_is_named():
+    with pytest.raises(TypeError, match="seed must be an int or None, got 'a'"):
+        _trainer(seed="a")
