@@ -69,11 +69,20 @@ struct AugmentArgs {
   void* out;                // like in
 };
 
+// Σ x² over n contiguous elements (one chunk of a gradient: grad_norm.cpp), in double.
+struct SumSquaresArgs {
+  c10::ScalarType dtype;
+  const void* x;
+  int64_t n;
+  double* out;
+};
+
 #define GANFAST_DECLARE_CPU_KERNELS(CAP)                   \
   namespace CAP {                                           \
   void gan_loss_kernel(const GanLossArgs& a);               \
   void grad_penalty_kernel(const GradPenaltyArgs& a);       \
   void interpolate_kernel(const InterpolateArgs& a);        \
+  void sum_squares_kernel(const SumSquaresArgs& a);         \
   void augment_forward_kernel(const AugmentArgs& a);        \
   void augment_backward_kernel(const AugmentArgs& a);       \
   }

@@ -1,6 +1,7 @@
-// Vectorized CPU kernels of ganfast::grad_penalty_fused and ganfast::gp_interpolate (compiled once
-// per capability, see kernels.h). Rows run in parallel; each row's sum of squares is a block sum
-// (vec_utils.h) in double lanes, and the mean over rows is added in row order: deterministic.
+// Vectorized CPU kernels of ganfast::grad_penalty_fused and ganfast::gp_interpolate, and the sum of
+// squares behind the trainer's gradient norm (grad_norm.cpp); compiled once per capability, see
+// kernels.h. Rows run in parallel; each row's sum of squares is a block sum (vec_utils.h) in double
+// lanes, and the mean over rows is added in row order: deterministic.
 #include "../../common/parallel.h"
 #include "../../common/penalties.h"
 #include "../kernels.h"
@@ -157,6 +158,20 @@ void grad_penalty_kernel(const GradPenaltyArgs& args) {
     case c10::ScalarType::Half: return grad_penalty_typed<c10::Half>(args);
     case c10::ScalarType::BFloat16: return grad_penalty_typed<c10::BFloat16>(args);
     default: TORCH_CHECK(false, "ganfast::grad_penalty_fused (cpu): unsupported dtype ", args.dtype);
+  }
+}
+
+void sum_squares_kernel(const SumSquaresArgs& args) {
+  switch (args.dtype) {
+    case c10::ScalarType::Float: *args.out = sum_squares(static_cast<const float*>(args.x), args.n, 0.0f); return;
+    case c10::ScalarType::Double: *args.out = sum_squares(static_cast<const double*>(args.x), args.n, 0.0); return;
+    case c10::ScalarType::Half:
+      *args.out = sum_squares(static_cast<const c10::Half*>(args.x), args.n, 0.0f);
+      return;
+    case c10::ScalarType::BFloat16:
+      *args.out = sum_squares(static_cast<const c10::BFloat16*>(args.x), args.n, 0.0f);
+      return;
+    default: TORCH_CHECK(false, "ganfast sum of squares (cpu): unsupported dtype ", args.dtype);
   }
 }
 
