@@ -35,6 +35,7 @@ from .metrics import N_EVAL_SAMPLES, mode_metrics
 from .models import ARCHS, build_models
 from .train import Trainer
 from .train import checkpoint as ckpt
+from .train.probe import pack_samples
 from .train import distributed
 from .augment import parse_policy
 from .train.augment import checked_p as augment_checked_p
@@ -479,8 +480,12 @@ def metrics_of(run: Run) -> dict:
         D.eval()
         try:
             dev, dt = run.trainer.device, run.trainer.dtype
-            if y is None:
-                d_real, d_fake = D(real.to(dev, dt)), D(x.to(dev, dt))
+            if y is None:  # a PacGAN D judges groups of `pack` samples (never conditional: the trainer refuses it)
+                pack = run.trainer.config.pack
+
+                def packed(v):
+                    return pack_samples(v[:len(v) // pack * pack].to(dev, dt), pack)
+                d_real, d_fake = D(packed(real)), D(packed(x))
             else:  # a conditional D scores each image with its class
                 d_real, d_fake = D(real.to(dev, dt), data.labels[:len(real)].to(dev)), D(x.to(dev, dt), y.to(dev))
             out["d_real_mean"] = float(d_real.float().mean())
@@ -916,6 +921,18 @@ class _OneClass(torch.nn.Module):
         return self.model(x, torch.full((x.shape[0],), self.k, dtype=torch.long, device=x.device))
 
 
+class _SelfPacked(torch.nn.Module):
+    """A PacGAN D (judging groups of `pack` samples) seen as one that judges single samples: each
+    sample judged as a group of `pack` copies of itself (for D's saliency maps)."""
+
+    def __init__(self, model, pack: int):
+        super().__init__()
+        self.model, self.pack = model, pack
+
+    def forward(self, x):
+        return self.model(pack_samples(x.repeat_interleave(self.pack, dim=0), self.pack))
+
+
 def explore(run_dir, out_dir=None, seed: int = 0, backend: str | None = None, device: str | None = None,
             cls: int | str = 0) -> dict:
     """Latent interpolation grid, latent traversal and D's saliency maps (ganfast.viz.explore) as PNG in
@@ -930,6 +947,8 @@ def explore(run_dir, out_dir=None, seed: int = 0, backend: str | None = None, de
     if run.trainer.num_classes is not None:
         cls = class_index(run, cls)
         G, D = _OneClass(G, cls), _OneClass(D, cls)
+    elif run.trainer.config.pack > 1:
+        D = _SelfPacked(D, run.trainer.config.pack)
     D.eval()
     G.eval()
     return viz.explore(G, D, run.config["latent_dim"], run.config["kind"], out_dir, run.dataset.samples,

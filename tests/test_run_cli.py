@@ -155,6 +155,30 @@ def test_image_folder_run(tmp_path):
         assert (run / "explore" / f"{name}.png").is_file()
 
 
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_a_packed_image_folder_run_evaluates_and_explores(tmp_path, capsys, arch):
+    """PacGAN on a folder: the run's D-logit metrics judge groups of `pack` samples, as D does in
+    training, and explore's saliency maps judge each image as a group of copies of itself (both
+    called D on single images and failed on its packed channels: 'expected images of shape (B, 6,
+    8, 8)' at the end of every such training)."""
+    folder = tmp_path / "imgs"
+    write_random_pngs(folder)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--image-size", "8", "--width", "4", "--latent-dim", "8",
+                 "--batch-size", "4", "--steps", "2", "--pack", "2", "--arch", arch,
+                 "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    loaded = grun.load_run(run, with_data=True)
+    D, real = loaded.trainer.D.eval(), loaded.dataset.samples[:256]
+    with torch.no_grad():
+        expected = D(real[:len(real) // 2 * 2].reshape(-1, 6, 8, 8)).float().mean().item()
+    assert m["d_real_mean"] == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert main(["explore", str(run)]) == 0
+    assert (run / "explore" / "saliency_real.png").is_file()
+
+
 def test_ema_rampup_defaults(tmp_path):
     """Image runs ramp the EMA's half-life up with the steps done; the points' runs do not; a given
     value wins; a run written before the option existed resumes without it (LATER_KEYS)."""
