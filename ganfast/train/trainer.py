@@ -100,10 +100,10 @@ def _without_donated_buffers():
 
 def _grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     """‖every gradient‖₂, a 0-dim tensor. On the CPU one ganfast._C call (csrc/cpu/grad_norm.cpp: a
-    sum of squares in double, deterministic): torch's _foreach_norm + stack + norm took ~50 us a model
-    in the MLP's step, this ~12 (`ganfast bench step`: reading the stats every step cost 155 -> 77 us
-    of its 3.1 ms step, 2026-12-05). Elsewhere (CUDA's _foreach_norm is one fused kernel) and for what
-    the call does not take (sparse gradients, other dtypes), torch's."""
+    sum of squares in double, deterministic): torch's _foreach_norm + stack + norm, ~10 ops, took ~50 us
+    a model inside the MLP step of `ganfast bench step`; reading every stat of that 3.2 ms step cost
+    180-208 us before, 117 us after (in-process A/B, 2026-12-05). Elsewhere (CUDA's _foreach_norm is one
+    fused kernel) and for what the call does not take (sparse gradients, other dtypes), torch's."""
     if grads[0].is_cpu:
         fused = backends.extension_function("grad_norm_eager")
         gn = fused(grads) if fused is not None else None
