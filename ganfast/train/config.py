@@ -25,7 +25,8 @@ def cli_name(option: str) -> str:
     return "--" + option.replace("_", "-")
 
 
-def _positive_int(v) -> bool:
+def is_positive_int(v) -> bool:
+    """An int >= 1 (not a bool): the counts and intervals of the step and of fit."""
     return not isinstance(v, bool) and isinstance(v, int) and v >= 1
 
 
@@ -61,7 +62,7 @@ class StepConfig:
             raise ValueError(f"unknown penalty {self.penalty!r}; valid penalties: None, "
                              + ", ".join(repr(p) for p in PENALTIES[1:]))
         for k in ("d_steps", "penalty_interval", "accumulate", "pack"):
-            if not _positive_int(getattr(self, k)):
+            if not is_positive_int(getattr(self, k)):
                 raise ValueError(f"{name(k)} must be an integer >= 1, got {getattr(self, k)!r}")
         check_weight(self.penalty_weight, name("penalty_weight"))
         if self.ema is not None and not 0.0 <= self.ema < 1.0:

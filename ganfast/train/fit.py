@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from .config import is_positive_int
 from .batches import LoaderBatches, TensorBatches, check_last_batch
 from .labels import is_pair, looks_labelled, missing_error, unconditional_error
 from .logging import TrainLogger, save_curves, save_samples
@@ -103,7 +104,7 @@ def _fit(tr, data, steps, batch_size, *, log_every, log_dir, checkpoint_dir, che
     for name, value in (("batch_size", batch_size), ("log_every", log_every), ("checkpoint_every", checkpoint_every),
                         ("sample_every", sample_every), ("keep_checkpoints", keep_checkpoints),
                         ("n_samples", n_samples)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and not is_positive_int(value):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not any(resume is c for c in RESUME_CHOICES):
         raise ValueError(f"resume must be True, False or 'force', got {resume!r}")

@@ -45,7 +45,7 @@ from torch import nn
 from .. import backends, losses
 from . import checkpoint as ckpt
 from . import distributed as _dist
-from .config import LossInputs, StepConfig, micro_batches
+from .config import LossInputs, StepConfig, is_positive_int, micro_batches
 from .monitor import StabilityMonitor, step_schedulers
 from .augment import Augmenter
 from .cpu_malloc import keep_freed_memory
@@ -481,7 +481,7 @@ class Trainer:
                         # no retain_graph: D's parameters are frozen here, so its shared W / sigma has no graph
                         self.g_scaler.scale(total / k).backward()
                         loss = loss + part.detach() / k
-                        f = part = total = None  # free this chunk's graph (kept by retain_graph)
+                        f = part = total = None  # this chunk's tensors, freed before the next chunk's forward
         finally:
             for p in frozen:  # as they were: a layer the user froze stays frozen
                 p.requires_grad_(True)
@@ -571,7 +571,7 @@ class Trainer:
         too (autocast's bfloat16 would make `.numpy()` and image writers fail). G runs on `chunk`
         samples at a time, written into one output: 50,000 samples for an FID need G's activations
         for 1024 of them, not for all."""
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        if not is_positive_int(chunk):
             raise ValueError(f"chunk must be a positive int, got {chunk!r}")
         model = self.ema_g if self.ema_g is not None else self.G
         if z is None:
