@@ -47,6 +47,30 @@ def test_grad_penalty_row_lengths(capability, cols):
                                     torch.float32)
 
 
+# Rows shorter than two vectors run in groups of 64 rows, with the row length a constant up to 8:
+# several whole groups and a part of one (203 = 3·64 + 11), every kind and dtype, nonfinite rows.
+@pytest.mark.parametrize("cols", range(1, 10))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_grad_penalty_many_short_rows(capability, cols, dtype):
+    g64 = 0.3 * torch.randn(203, cols, generator=torch.Generator().manual_seed(200 + cols), dtype=torch.float64)
+    for kind, w, c in KINDS:
+        exact = tail(g64, kind, w, c, 0.5, "reference", 1.3)
+        low = tail(g64.to(dtype), kind, w, c, 0.5, "reference", 1.3)
+        actual = tail(g64.to(dtype), kind, w, c, 0.5, "cpu", 1.3)
+        for name in exact:
+            assert torch.isfinite(actual[name]).all(), name  # every element written
+        assert_close_by_2x_rule(actual, exact, low, dtype)
+    bad = g64.float().clone()
+    bad[70, cols - 1], bad[200, 0] = float("nan"), float("inf")  # in the second group and in the last, partial one
+    actual = tail(bad, 0, 10.0, 1.0, 0.5, "cpu", 1.0)
+    finite = torch.ones(203, dtype=torch.bool)
+    finite[[70, 200]] = False
+    assert torch.equal(torch.isfinite(actual["norms"]), finite) and not torch.isfinite(actual["penalty"])
+    exact = tail(bad.double(), 0, 10.0, 1.0, 0.5, "reference", 1.0)
+    assert relative_error(actual["grad"][finite], exact["grad"][finite]) <= 1e-5
+    assert relative_error(actual["norms"][finite], exact["norms"][finite]) <= 1e-6
+
+
 # (rows, ...) shapes with rows of vector length (70 elements) and narrow ones (3: the scalar rows)
 SHAPES = [(3, 2, 7, 5), (9, 3)]
 
@@ -115,6 +139,24 @@ def test_interpolate_row_lengths(capability, cols, perturb):
     assert_close_by_2x_rule(actual, exact, low, torch.float32)
 
 
+# Rows of up to 8 elements run code specialized per length, vectorized across rows: enough rows for
+# whole vectors of rows and a tail (203 = 12·16 + 11), in every dtype.
+@pytest.mark.parametrize("cols", range(1, 10))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("perturb", [False, True])
+def test_interpolate_many_short_rows(capability, cols, dtype, perturb):
+    g = torch.Generator().manual_seed(100 + cols)
+    rows = 203
+    real64 = torch.randn(rows, cols, generator=g, dtype=torch.float64)
+    other64 = torch.rand(rows, cols, generator=g, dtype=torch.float64)
+    alpha64 = torch.rand(rows, generator=g, dtype=torch.float64)
+    exact = interp(real64, other64, alpha64, perturb, "reference")
+    low = interp(real64.to(dtype), other64.to(dtype), alpha64.to(dtype), perturb, "reference")
+    actual = interp(real64.to(dtype), other64.to(dtype), alpha64.to(dtype), perturb, "cpu")
+    assert torch.isfinite(actual["x"]).all()  # every element written
+    assert_close_by_2x_rule(actual, exact, low, dtype)
+
+
 @pytest.mark.parametrize("width", [9, 2], ids=["rows-of-27", "rows-of-6"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("perturb", [False, True])
@@ -129,13 +171,14 @@ def test_interpolate_dtypes_noncontiguous(capability, dtype, perturb, width):
     assert_close_by_2x_rule(actual, exact, low, dtype)
 
 
-@pytest.mark.parametrize("cols", [19, 5])
+@pytest.mark.parametrize("cols", [19, 5, 2])
 @pytest.mark.parametrize("value", [float("inf"), float("nan")], ids=["inf", "nan"])
 def test_interpolate_nonfinite(capability, value, cols):
-    real = torch.randn(2, cols)
-    other = torch.rand(2, cols)
-    alpha = torch.tensor([0.3, 0.6])
-    other[1, cols - 2] = value  # in the tail
+    real = torch.randn(41, cols)
+    other = torch.rand(41, cols)
+    alpha = torch.rand(41, generator=torch.Generator().manual_seed(cols))
+    other[1, cols - 2] = value  # in a vector of rows
+    other[40, cols - 1] = value  # in the tail
     got = ops.interpolate(real, other, alpha, False, 0.5, "cpu")
     want = ref.interpolate(real, other, alpha, False, 0.5)
     assert relative_error(got, want) <= 1e-6

@@ -9,19 +9,20 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 namespace ganfast {
 namespace CPU_CAPABILITY {
 namespace {
 
-// Rows shorter than two vectors run scalar code: the vector path's per-row work (a partial vector
-// loaded and stored through a buffer, the lanes widened to double and summed) cost more than a
-// scalar pass over the row's few elements. Rows of 2-D points (B x 2) had made both kernels slower
-// than eager PyTorch. On the Zen 2, 65536 rows: cols 2 the tail 1029 -> 395 us (eager 924-1291), the
-// interpolation 291 -> 130 us (eager 228-235); cols 8 877 -> 495, 12 1254 -> 632, 15 1176 -> 769 us.
-// (AVX2's masked loads and stores in place of the buffer changed these by 1-10 %: vmaskmovps stores
-// are microcoded on AMD.)
+// Rows shorter than two vectors run the short-row kernels below, across rows: the per-row vector
+// path's work (a partial vector loaded and stored through a buffer, the lanes widened to double and
+// summed) cost more than the row's few elements. Rows of 2-D points (B x 2) had made both kernels
+// slower than eager PyTorch. On the Zen 2, 65536 rows, a scalar loop per row in place of the vector
+// path: cols 2 the tail 1029 -> 395 us (eager 924-1291), the interpolation 291 -> 130 us (eager
+// 228-235); cols 8 877 -> 495, 12 1254 -> 632, 15 1176 -> 769 us. (AVX2's masked loads and stores in
+// place of the buffer changed these by 1-10 %: vmaskmovps stores are microcoded on AMD.)
 template <typename T>
 constexpr int64_t kScalarRowsBelow = 2 * Vectorized<T>::size();
 
@@ -60,6 +61,123 @@ double sum_values(const scalar_t* x, int64_t n) {
   return sums.total(0);
 }
 
+// gp_term (common/penalties.h) for a vector of rows' s, lane by lane: the same IEEE operations (sqrt
+// and division are correctly rounded), so the same numbers as the scalar function.
+inline void gp_terms(int kind, const Vectorized<double>& s, double center, Vectorized<double>& norm,
+                     Vectorized<double>& value, Vectorized<double>& coef) {
+  using VecD = Vectorized<double>;
+  norm = (s + VecD(kGpEps)).sqrt();
+  if (kind == 2) {
+    value = s;
+    coef = VecD(2.0);
+    return;
+  }
+  VecD d = norm - VecD(center);
+  if (kind == 1) d = select(less(d, VecD(0.0)), VecD(0.0), d);  // relu that keeps NaN
+  value = d * d;
+  coef = VecD(2.0) * d / norm;
+}
+
+// Short rows (fewer than kScalarRowsBelow elements) run in groups of kRowGroup rows, the row length C
+// a compile-time constant up to kMaxShortRow (C = 0: read at run time), so that the compiler
+// vectorizes across rows where a loop over each row's few elements ran scalar code; half and bfloat16
+// groups go through op-math copies converted by whole vectors (converting one element at a time had
+// left fp16 at 1.6-3x torch.compile's time). On a Xeon with AVX-512 (2 threads, float32), the loops
+// one row at a time had taken: the tail 1.5x torch.compile's time for 65536 x 1, the interpolation
+// 1.4x for 65536 x 2 and 2.3x eager's for 65536 x 1. (A gather of α per vector of the flat run was no
+// faster: gathers cost ~35 cycles there.)
+constexpr int64_t kRowGroup = 64;
+constexpr int kMaxShortRow = 8;
+
+// Room for one group's values, where half and bfloat16 need a copy (1 element otherwise)
+template <typename scalar_t, typename T = opmath_t<scalar_t>>
+constexpr int64_t kGroupCopy = std::is_same_v<scalar_t, T> ? 1 : kRowGroup * (kScalarRowsBelow<T> - 1);
+
+// n values of p as op-math values: p itself, or a copy converted into buf
+template <typename scalar_t, typename T>
+const T* opmath_values(const scalar_t* p, int64_t n, T* buf) {
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    return p;
+  } else {
+    constexpr int64_t W = Vectorized<T>::size();
+    for (int64_t i = 0; i < n; i += W) {
+      const int64_t m = std::min(W, n - i);
+      load(p + i, m).store(buf + i, int(m));
+    }
+    return buf;
+  }
+}
+
+// Where a group writes its op-math results bound for p: p itself, or buf, then written to p by
+// store_values
+template <typename scalar_t, typename T>
+T* opmath_output(scalar_t* p, T* buf) {
+  if constexpr (std::is_same_v<scalar_t, T>) return p;
+  else return buf;
+}
+
+template <typename scalar_t, typename T>
+void store_values(const T* values, scalar_t* p, int64_t n) {
+  if constexpr (!std::is_same_v<scalar_t, T>) {
+    constexpr int64_t W = Vectorized<T>::size();
+    for (int64_t i = 0; i < n; i += W) {
+      const int64_t m = std::min(W, n - i);
+      store(p + i, Vectorized<T>::loadu(values + i, m), m);
+    }
+  }
+}
+
+// The tail over short rows [r0, r1), a group at a time: each row's Σ g² (double, in the row's order),
+// the group's norms, terms and coefficients as vectors, then each row scaled.
+template <int C, typename scalar_t, typename T = opmath_t<scalar_t>>
+void grad_penalty_short_rows(const GradPenaltyArgs& args, double k, double* terms, int64_t r0, int64_t r1) {
+  using VecD = Vectorized<double>;
+  constexpr int64_t WD = VecD::size();
+  static_assert(kRowGroup % WD == 0, "whole vectors of rows per group");
+  const auto* g = static_cast<const scalar_t*>(args.g);
+  auto* grad = static_cast<scalar_t*>(args.grad);
+  auto* norms = static_cast<T*>(args.norms);
+  const int64_t cols = C > 0 ? C : args.cols;
+  const double inv2 = args.inv_scale * args.inv_scale;
+  double s[kRowGroup], n[kRowGroup], coef[kRowGroup];
+  T g_copy[kGroupCopy<scalar_t>], out_copy[kGroupCopy<scalar_t>];
+  for (int64_t base = r0; base < r1; base += kRowGroup) {
+    const int64_t count = std::min(kRowGroup, r1 - base), elements = count * cols;
+    const T* x = opmath_values(g + base * cols, elements, g_copy);
+    T* y = opmath_output(grad + base * cols, out_copy);
+    for (int64_t i = 0; i < count; ++i) {
+      double sum = 0;
+      for (int64_t j = 0; j < cols; ++j) sum += double(x[i * cols + j] * x[i * cols + j]);
+      s[i] = inv2 * sum;
+    }
+    for (int64_t i = count; i < kRowGroup; ++i) s[i] = 0;  // lanes past the last row: computed, not written
+    for (int64_t i = 0; i < kRowGroup; i += WD) {
+      VecD nv, vv, cv;
+      gp_terms(args.kind, VecD::loadu(s + i), args.center, nv, vv, cv);
+      nv.store(n + i);
+      cv.store(coef + i);
+      vv.store(s + i);  // s is read: the group's terms
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      const T scale = T(k * coef[i]);
+      for (int64_t j = 0; j < cols; ++j) y[i * cols + j] = scale * x[i * cols + j];
+      norms[base + i] = T(n[i]);
+      terms[base + i] = s[i];
+    }
+    store_values(y, grad + base * cols, elements);
+  }
+}
+
+template <typename scalar_t>
+using GradPenaltyRows = void (*)(const GradPenaltyArgs&, double, double*, int64_t, int64_t);
+
+// grad_penalty_short_rows for a row length: with it as a constant up to kMaxShortRow
+template <typename scalar_t, int... C>
+GradPenaltyRows<scalar_t> short_row_tail(int64_t cols, std::integer_sequence<int, C...>) {
+  static constexpr GradPenaltyRows<scalar_t> table[] = {&grad_penalty_short_rows<C, scalar_t>...};
+  return table[cols < int64_t(sizeof...(C)) ? cols : 0];
+}
+
 template <typename scalar_t>
 void grad_penalty_typed(const GradPenaltyArgs& args) {
   using T = opmath_t<scalar_t>;
@@ -74,35 +192,71 @@ void grad_penalty_typed(const GradPenaltyArgs& args) {
   const double inv2 = args.inv_scale * args.inv_scale;
   const double k = args.weight * inv2 / double(rows);
   const int64_t grain = std::max<int64_t>(1, kChunk / std::max<int64_t>(cols, 1));
+  const GradPenaltyRows<scalar_t> short_rows =
+      cols < kScalarRowsBelow<T> ? short_row_tail<scalar_t>(cols, std::make_integer_sequence<int, kMaxShortRow + 1>{}) : nullptr;
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    if (short_rows != nullptr) return short_rows(args, k, terms.data(), r0, r1);
     for (int64_t r = r0; r < r1; ++r) {
       const scalar_t* row = g + r * cols;
       scalar_t* out = grad + r * cols;
       double n, v, coef;
-      if (cols < kScalarRowsBelow<T>) {  // Σ g² in double, in the row's order
-        double s = 0;
-        for (int64_t j = 0; j < cols; ++j) {
-          const T x = T(row[j]);
-          s += double(x * x);
-        }
-        gp_term<double>(args.kind, inv2 * s, args.center, n, v, coef);
-        const T scale = T(k * coef);
-        for (int64_t j = 0; j < cols; ++j) out[j] = scalar_t(scale * T(row[j]));
-      } else {
-        gp_term<double>(args.kind, inv2 * sum_squares(row, cols, T(0)), args.center, n, v, coef);
-        const Vec scale(T(k * coef));
-        for (int64_t j = 0; j < cols; j += W) {
-          const int64_t m = std::min(W, cols - j);
-          store(out + j, scale * load(row + j, m), m);
-        }
+      gp_term<double>(args.kind, inv2 * sum_squares(row, cols, T(0)), args.center, n, v, coef);
+      const Vec scale(T(k * coef));
+      for (int64_t j = 0; j < cols; j += W) {
+        const int64_t m = std::min(W, cols - j);
+        store(out + j, scale * load(row + j, m), m);
       }
       norms[r] = T(n);
       terms[r] = v;
     }
   });
-  double total = 0;
-  for (int64_t r = 0; r < rows; ++r) total += terms[r];
+  // Σ terms over chunks laid out by the row count alone, each summed in vector lanes, added in chunk
+  // order: the same for any thread count. One chain of dependent additions in row order had cost
+  // 4 cycles a row, ~85 us of the 197 for 65536 rows on a Xeon.
+  const double total = chunked_sum<1>(rows, [&](int64_t b, int64_t e, std::array<double, 1>& acc) {
+    acc[0] += sum_values(terms.data() + b, e - b);
+  })[0];
   *static_cast<T*>(args.penalty) = T(args.weight * total / double(rows));
+}
+
+// The interpolation of short rows [r0, r1), a group at a time (kPerturb: DRAGAN's x + (1-α)·c·σ·u):
+// each element's α written out (vectorized across rows for C > 0), then one vector pass over the
+// group's elements, which also converts half and bfloat16 by whole vectors.
+template <int C, bool kPerturb, typename scalar_t, typename T = opmath_t<scalar_t>>
+void interpolate_short_rows(const InterpolateArgs& args, T scale, int64_t r0, int64_t r1) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  const auto* real = static_cast<const scalar_t*>(args.real);
+  const auto* other = static_cast<const scalar_t*>(args.other);
+  const auto* alpha = static_cast<const T*>(args.alpha);
+  auto* out = static_cast<scalar_t*>(args.out);
+  const int64_t cols = C > 0 ? C : args.cols;
+  T element_alpha[kRowGroup * (kScalarRowsBelow<T> - 1)];
+  const Vec one(T(1)), s(scale);
+  for (int64_t base = r0; base < r1; base += kRowGroup) {
+    const int64_t count = std::min(kRowGroup, r1 - base), elements = count * cols;
+    for (int64_t i = 0; i < count; ++i)
+      for (int64_t j = 0; j < cols; ++j) element_alpha[i * cols + j] = alpha[base + i];
+    const scalar_t *x = real + base * cols, *o = other + base * cols;
+    scalar_t* y = out + base * cols;
+    for (int64_t e = 0; e < elements; e += W) {
+      const int64_t m = std::min(W, elements - e);
+      const Vec a = Vec::loadu(element_alpha + e, m), one_minus_a = one - a;
+      const Vec xr = load(x + e, m), xo = load(o + e, m);
+      store(y + e, kPerturb ? xr + one_minus_a * (s * xo) : a * xr + one_minus_a * xo, m);
+    }
+  }
+}
+
+template <typename scalar_t, typename T = opmath_t<scalar_t>>
+using InterpolateRows = void (*)(const InterpolateArgs&, T, int64_t, int64_t);
+
+// interpolate_short_rows for a row length and variant: with the length as a constant up to kMaxShortRow
+template <typename scalar_t, int... C>
+InterpolateRows<scalar_t> short_row_interpolation(int64_t cols, bool perturb, std::integer_sequence<int, C...>) {
+  static constexpr InterpolateRows<scalar_t> table[2][sizeof...(C)] = {
+      {&interpolate_short_rows<C, false, scalar_t>...}, {&interpolate_short_rows<C, true, scalar_t>...}};
+  return table[perturb][cols < int64_t(sizeof...(C)) ? cols : 0];
 }
 
 template <typename scalar_t>
@@ -126,18 +280,15 @@ void interpolate_typed(const InterpolateArgs& args) {
     scale = T(args.c * std::sqrt(m2 / double(n - 1)));
   }
   const int64_t grain = std::max<int64_t>(1, kChunk / std::max<int64_t>(cols, 1));
+  const InterpolateRows<scalar_t> short_rows =
+      cols < kScalarRowsBelow<T>
+          ? short_row_interpolation<scalar_t>(cols, args.perturb, std::make_integer_sequence<int, kMaxShortRow + 1>{})
+          : nullptr;
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    if (short_rows != nullptr) return short_rows(args, scale, r0, r1);
     for (int64_t r = r0; r < r1; ++r) {
       const scalar_t *x = real + r * cols, *o = other + r * cols;
       scalar_t* y = out + r * cols;
-      if (cols < kScalarRowsBelow<T>) {
-        const T a = alpha[r], one_minus_a = T(1) - a;
-        for (int64_t j = 0; j < cols; ++j) {
-          const T xr = T(x[j]), xo = T(o[j]);
-          y[j] = scalar_t(args.perturb ? xr + one_minus_a * (scale * xo) : a * xr + one_minus_a * xo);
-        }
-        continue;
-      }
       const Vec a(alpha[r]), one_minus_a(T(1) - alpha[r]), s(scale);
       for (int64_t j = 0; j < cols; j += W) {
         const int64_t m = std::min(W, cols - j);
