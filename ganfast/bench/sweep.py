@@ -9,13 +9,16 @@ the reference (eager) or another backend beat auto's pick by more than 5 %.
   `torch.nn.utils.parametrizations.spectral_norm`) for small and middle-sized layers of every kind
   (Linear, Conv2d, ConvTranspose2d, Embedding) in float32, bfloat16 and float64;
 - penalties: the tail (forward + backward) and the interpolation on narrow rows (B x 2 points up to
-  65536 of them, widths around the vector lengths) and on 2-D points in the other dtypes;
+  65536 of them, B x 1, widths around the vector lengths) and on narrow rows in the other dtypes;
 - augmentation (color, translation, cutout): one image, many tiny ones, large ones.
 
 Rows: "eager" and each available ganfast backend; no torch.compile (the other suites compare against
 it; compiling every case here would take minutes). --quick keeps a few cases of each family.
 The 2-core Zen 2 of the README had every case faster than eager (2026-12-05): the sweep found the
-penalty kernels' narrow rows 0.81-0.99x at 4096-65536 x 2, since mended (kScalarRowsBelow). On CUDA
+penalty kernels' narrow rows 0.81-0.99x at 4096-65536 x 2, since mended (kScalarRowsBelow). On a
+2-core Xeon with AVX-512 (2026-12-06) every case was faster than eager too, but `ganfast bench gp` had
+the narrow rows' interpolation behind torch.compile (65536 x 2) and eager (65536 x 1), and fp16 ones
+1.6-3x behind compile; mended by the short-row kernels (csrc/cpu/vec/penalties_kernel.cpp). On CUDA
 the penalty tail runs one block of 256 threads per row (csrc/cuda/penalties.cu), which B x 2 points
 leave almost idle: scripts/gpu_check.sh runs the quick sweep, whose 65536 x 2 case shows it.
 """
@@ -47,8 +50,10 @@ SN_LAYERS = {
     "Embedding 1000x128": lambda: nn.Embedding(1000, 128),
 }
 SN_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
-GP_SHAPES = {torch.float32: ((1, 2), (4096, 2), (65536, 2), (4096, 7), (4096, 12), (4096, 17), (16, 1, 28, 28)),
-             torch.bfloat16: ((4096, 2), (4096, 12)), torch.float64: ((4096, 2), (4096, 5))}
+GP_SHAPES = {torch.float32: ((1, 2), (4096, 2), (65536, 2), (65536, 1), (4096, 7), (4096, 12), (4096, 17),
+                             (16, 1, 28, 28)),
+             torch.bfloat16: ((4096, 2), (4096, 12)), torch.float16: ((65536, 2), (16384, 9)),
+             torch.float64: ((4096, 2), (4096, 5))}
 AUGMENT_CASES = ((1, (3, 32, 32)), (4096, (1, 8, 8)), (64, (3, 4, 4)), (8, (3, 256, 256)))
 
 ROUNDS, ROUND_TIME = 5, 0.02
