@@ -1,21 +1,25 @@
-"""Validation cases of the gradient penalties: each public penalty on a small fixed discriminator
-(tanh MLP on 5x3x7 inputs, B = 7), the penalty, D's parameter gradients and the input gradient g."""
+"""Validation cases of the gradient penalties: each public penalty on a small fixed discriminator (a
+tanh MLP) on two kinds of data, the penalty, D's parameter gradients and the input gradient g: B = 7
+samples of 3x7, and B = 203 2-D points, whose rows of 2 elements the CPU kernels run in their
+short-row code (groups of 64 rows, vectorized across rows)."""
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
 from .. import penalties
 from . import Case
 
-B, SHAPE = 7, (3, 7)
 NAMES = ("wgan_gp", "wgan_gp_one_sided", "r1", "r2", "dragan")
+DATA = {"": (7, (3, 7)), " points": (203, (2,))}  # case name suffix: (B, per-sample shape)
 
 
-def _draw(dtype, device, seed, rounded_to=None):
-    """D's weights and the data, drawn in float64 from `seed`, rounded to `rounded_to` (default:
-    dtype), then cast to dtype."""
+def _draw(dtype, device, seed, rounded_to, data):
+    """D's weights and the data (B, per-sample shape), drawn in float64 from `seed`, rounded to
+    `rounded_to` (default: dtype), then cast to dtype."""
+    B, SHAPE = data
     g = torch.Generator().manual_seed(seed)
 
     def cast(x):
@@ -24,7 +28,7 @@ def _draw(dtype, device, seed, rounded_to=None):
     def rnd(*shape, scale=1.0):
         return cast(scale * torch.randn(shape, generator=g, dtype=torch.float64))
 
-    w1 = rnd(21, 16, scale=0.4).requires_grad_()
+    w1 = rnd(math.prod(SHAPE), 16, scale=0.4).requires_grad_()
     w2 = rnd(16, scale=0.5).requires_grad_()
     real, fake = rnd(B, *SHAPE), rnd(B, *SHAPE)
     alpha = cast(torch.rand(B, generator=g, dtype=torch.float64))
@@ -32,8 +36,8 @@ def _draw(dtype, device, seed, rounded_to=None):
     return w1, w2, real, fake, alpha, noise
 
 
-def _run(name: str, dtype, device, seed, rounded_to=None):
-    w1, w2, real, fake, alpha, noise = _draw(dtype, device, seed, rounded_to)
+def _run(name: str, data, dtype, device, seed, rounded_to=None):
+    w1, w2, real, fake, alpha, noise = _draw(dtype, device, seed, rounded_to, data)
 
     def D(x):
         return torch.tanh(x.flatten(1) @ w1) @ w2
@@ -54,4 +58,5 @@ def _run(name: str, dtype, device, seed, rounded_to=None):
 
 
 def cases() -> list[Case]:
-    return [Case("penalties", name, functools.partial(_run, name)) for name in NAMES]
+    return [Case("penalties", name + suffix, functools.partial(_run, name, data))
+            for suffix, data in DATA.items() for name in NAMES]
