@@ -219,6 +219,25 @@ void grad_penalty_typed(const GradPenaltyArgs& args) {
   *static_cast<T*>(args.penalty) = T(args.weight * total / double(rows));
 }
 
+// The interpolation's tensors, typed
+template <typename scalar_t, typename T = opmath_t<scalar_t>>
+struct InterpolateData {
+  const scalar_t* real;
+  const scalar_t* other;  // fake, or the noise u when perturb
+  const T* alpha;
+  scalar_t* out;
+  explicit InterpolateData(const InterpolateArgs& args)
+      : real(static_cast<const scalar_t*>(args.real)), other(static_cast<const scalar_t*>(args.other)),
+        alpha(static_cast<const T*>(args.alpha)), out(static_cast<scalar_t*>(args.out)) {}
+};
+
+// x̂ of a vector of elements: plain a·r + (1-a)·o;  perturb (o = u): r + (1-a)·c·σ·u (s = c·σ)
+template <typename T>
+inline Vectorized<T> interpolated(bool perturb, const Vectorized<T>& a, const Vectorized<T>& one_minus_a,
+                                  const Vectorized<T>& s, const Vectorized<T>& xr, const Vectorized<T>& xo) {
+  return perturb ? xr + one_minus_a * (s * xo) : a * xr + one_minus_a * xo;
+}
+
 // The interpolation of short rows [r0, r1), a group at a time (kPerturb: DRAGAN's x + (1-α)·c·σ·u):
 // each element's α written out (vectorized across rows for C > 0), then one vector pass over the
 // group's elements, which also converts half and bfloat16 by whole vectors.
@@ -226,24 +245,21 @@ template <int C, bool kPerturb, typename scalar_t, typename T = opmath_t<scalar_
 void interpolate_short_rows(const InterpolateArgs& args, T scale, int64_t r0, int64_t r1) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
-  const auto* real = static_cast<const scalar_t*>(args.real);
-  const auto* other = static_cast<const scalar_t*>(args.other);
-  const auto* alpha = static_cast<const T*>(args.alpha);
-  auto* out = static_cast<scalar_t*>(args.out);
+  const InterpolateData<scalar_t> d(args);
   const int64_t cols = C > 0 ? C : args.cols;
   T element_alpha[kRowGroup * (kScalarRowsBelow<T> - 1)];
   const Vec one(T(1)), s(scale);
   for (int64_t base = r0; base < r1; base += kRowGroup) {
     const int64_t count = std::min(kRowGroup, r1 - base), elements = count * cols;
     for (int64_t i = 0; i < count; ++i)
-      for (int64_t j = 0; j < cols; ++j) element_alpha[i * cols + j] = alpha[base + i];
-    const scalar_t *x = real + base * cols, *o = other + base * cols;
-    scalar_t* y = out + base * cols;
+      for (int64_t j = 0; j < cols; ++j) element_alpha[i * cols + j] = d.alpha[base + i];
+    const scalar_t *x = d.real + base * cols, *o = d.other + base * cols;
+    scalar_t* y = d.out + base * cols;
     for (int64_t e = 0; e < elements; e += W) {
       const int64_t m = std::min(W, elements - e);
       const Vec a = Vec::loadu(element_alpha + e, m), one_minus_a = one - a;
       const Vec xr = load(x + e, m), xo = load(o + e, m);
-      store(y + e, kPerturb ? xr + one_minus_a * (s * xo) : a * xr + one_minus_a * xo, m);
+      store(y + e, interpolated(kPerturb, a, one_minus_a, s, xr, xo), m);
     }
   }
 }
@@ -264,10 +280,10 @@ void interpolate_typed(const InterpolateArgs& args) {
   using T = opmath_t<scalar_t>;
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
-  const auto* real = static_cast<const scalar_t*>(args.real);
-  const auto* other = static_cast<const scalar_t*>(args.other);
-  const auto* alpha = static_cast<const T*>(args.alpha);
-  auto* out = static_cast<scalar_t*>(args.out);
+  const InterpolateData<scalar_t> d(args);
+  const scalar_t *real = d.real, *other = d.other;
+  const T* alpha = d.alpha;
+  scalar_t* out = d.out;
   const int64_t rows = args.rows, cols = args.cols, n = rows * cols;
   T scale = T(0);
   if (args.perturb) {  // σ = unbiased std over all elements (two passes, sums in double)
@@ -293,8 +309,7 @@ void interpolate_typed(const InterpolateArgs& args) {
       for (int64_t j = 0; j < cols; j += W) {
         const int64_t m = std::min(W, cols - j);
         const Vec xr = load(x + j, m), xo = load(o + j, m);
-        // plain: a·r + (1-a)·o;  perturb (o = u): r + (1-a)·c·σ·u
-        store(y + j, args.perturb ? xr + one_minus_a * (s * xo) : a * xr + one_minus_a * xo, m);
+        store(y + j, interpolated(args.perturb, a, one_minus_a, s, xr, xo), m);
       }
     }
   });
