@@ -113,7 +113,7 @@ def ganfast_step(D, opt, real, fake, name, sn_ctx):
 
 
 # the last: a large batch of 2-D points, where rows of two elements had made the CPU kernels slower than
-# eager (csrc/cpu/vec/penalties_kernel.cpp, kScalarRowsBelow)
+# eager (csrc/cpu/vec/penalties_kernel.cpp, kShortRowsBelow)
 OP_SHAPES = ((64, 2), (64, 3, 32, 32), (64, 3, 64, 64), (65536, 2), (65536, 1))
 
 

@@ -15,7 +15,7 @@ the reference (eager) or another backend beat auto's pick by more than 5 %.
 Rows: "eager" and each available ganfast backend; no torch.compile (the other suites compare against
 it; compiling every case here would take minutes). --quick keeps a few cases of each family.
 The 2-core Zen 2 of the README had every case faster than eager (2026-12-05): the sweep found the
-penalty kernels' narrow rows 0.81-0.99x at 4096-65536 x 2, since mended (kScalarRowsBelow). On a
+penalty kernels' narrow rows 0.81-0.99x at 4096-65536 x 2, since mended (kShortRowsBelow). On a
 2-core Xeon with AVX-512 (2026-12-06) every case was faster than eager too, but `ganfast bench gp` had
 the narrow rows' interpolation behind torch.compile (65536 x 2) and eager (65536 x 1), and fp16 ones
 1.6-3x behind compile; mended by the short-row kernels (csrc/cpu/vec/penalties_kernel.cpp). On CUDA

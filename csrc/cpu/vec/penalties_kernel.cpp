@@ -1,7 +1,8 @@
 // Vectorized CPU kernels of ganfast::grad_penalty_fused and ganfast::gp_interpolate, and the sum of
 // squares behind the trainer's gradient norm (grad_norm.cpp); compiled once per capability, see
 // kernels.h. Rows run in parallel; each row's sum of squares is a block sum (vec_utils.h) in double
-// lanes, and the mean over rows is added in row order: deterministic.
+// lanes, and the rows' terms are added over chunks laid out by the row count, in chunk order:
+// deterministic for any thread count.
 #include "../../common/parallel.h"
 #include "../../common/penalties.h"
 #include "../kernels.h"
@@ -24,7 +25,7 @@ namespace {
 // 228-235); cols 8 877 -> 495, 12 1254 -> 632, 15 1176 -> 769 us. (AVX2's masked loads and stores in
 // place of the buffer changed these by 1-10 %: vmaskmovps stores are microcoded on AMD.)
 template <typename T>
-constexpr int64_t kScalarRowsBelow = 2 * Vectorized<T>::size();
+constexpr int64_t kShortRowsBelow = 2 * Vectorized<T>::size();
 
 // Σ_j (x_j - center)² over one contiguous range.
 template <typename scalar_t, typename T = opmath_t<scalar_t>>
@@ -78,7 +79,7 @@ inline void gp_terms(int kind, const Vectorized<double>& s, double center, Vecto
   coef = VecD(2.0) * d / norm;
 }
 
-// Short rows (fewer than kScalarRowsBelow elements) run in groups of kRowGroup rows, the row length C
+// Short rows (fewer than kShortRowsBelow elements) run in groups of kRowGroup rows, the row length C
 // a compile-time constant up to kMaxShortRow (C = 0: read at run time), so that the compiler
 // vectorizes across rows where a loop over each row's few elements ran scalar code; half and bfloat16
 // groups go through op-math copies converted by whole vectors (converting one element at a time had
@@ -91,7 +92,7 @@ constexpr int kMaxShortRow = 8;
 
 // Room for one group's values, where half and bfloat16 need a copy (1 element otherwise)
 template <typename scalar_t, typename T = opmath_t<scalar_t>>
-constexpr int64_t kGroupCopy = std::is_same_v<scalar_t, T> ? 1 : kRowGroup * (kScalarRowsBelow<T> - 1);
+constexpr int64_t kGroupCopy = std::is_same_v<scalar_t, T> ? 1 : kRowGroup * (kShortRowsBelow<T> - 1);
 
 // n values of p as op-math values: p itself, or a copy converted into buf
 template <typename scalar_t, typename T>
@@ -193,7 +194,7 @@ void grad_penalty_typed(const GradPenaltyArgs& args) {
   const double k = args.weight * inv2 / double(rows);
   const int64_t grain = std::max<int64_t>(1, kChunk / std::max<int64_t>(cols, 1));
   const GradPenaltyRows<scalar_t> short_rows =
-      cols < kScalarRowsBelow<T> ? short_row_tail<scalar_t>(cols, std::make_integer_sequence<int, kMaxShortRow + 1>{}) : nullptr;
+      cols < kShortRowsBelow<T> ? short_row_tail<scalar_t>(cols, std::make_integer_sequence<int, kMaxShortRow + 1>{}) : nullptr;
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
     if (short_rows != nullptr) return short_rows(args, k, terms.data(), r0, r1);
     for (int64_t r = r0; r < r1; ++r) {
@@ -247,7 +248,7 @@ void interpolate_short_rows(const InterpolateArgs& args, T scale, int64_t r0, in
   constexpr int64_t W = Vec::size();
   const InterpolateData<scalar_t> d(args);
   const int64_t cols = C > 0 ? C : args.cols;
-  T element_alpha[kRowGroup * (kScalarRowsBelow<T> - 1)];
+  T element_alpha[kRowGroup * (kShortRowsBelow<T> - 1)];
   const Vec one(T(1)), s(scale);
   for (int64_t base = r0; base < r1; base += kRowGroup) {
     const int64_t count = std::min(kRowGroup, r1 - base), elements = count * cols;
@@ -281,31 +282,28 @@ void interpolate_typed(const InterpolateArgs& args) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
   const InterpolateData<scalar_t> d(args);
-  const scalar_t *real = d.real, *other = d.other;
-  const T* alpha = d.alpha;
-  scalar_t* out = d.out;
   const int64_t rows = args.rows, cols = args.cols, n = rows * cols;
   T scale = T(0);
   if (args.perturb) {  // σ = unbiased std over all elements (two passes, sums in double)
     const double mean = chunked_sum<1>(n, [&](int64_t b, int64_t e, std::array<double, 1>& acc) {
-      acc[0] += sum_values(real + b, e - b);
+      acc[0] += sum_values(d.real + b, e - b);
     })[0] / double(n);
     const double m2 = chunked_sum<1>(n, [&](int64_t b, int64_t e, std::array<double, 1>& acc) {
-      acc[0] += sum_squares(real + b, e - b, T(mean));
+      acc[0] += sum_squares(d.real + b, e - b, T(mean));
     })[0];
     scale = T(args.c * std::sqrt(m2 / double(n - 1)));
   }
   const int64_t grain = std::max<int64_t>(1, kChunk / std::max<int64_t>(cols, 1));
   const InterpolateRows<scalar_t> short_rows =
-      cols < kScalarRowsBelow<T>
+      cols < kShortRowsBelow<T>
           ? short_row_interpolation<scalar_t>(cols, args.perturb, std::make_integer_sequence<int, kMaxShortRow + 1>{})
           : nullptr;
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
     if (short_rows != nullptr) return short_rows(args, scale, r0, r1);
     for (int64_t r = r0; r < r1; ++r) {
-      const scalar_t *x = real + r * cols, *o = other + r * cols;
-      scalar_t* y = out + r * cols;
-      const Vec a(alpha[r]), one_minus_a(T(1) - alpha[r]), s(scale);
+      const scalar_t *x = d.real + r * cols, *o = d.other + r * cols;
+      scalar_t* y = d.out + r * cols;
+      const Vec a(d.alpha[r]), one_minus_a(T(1) - d.alpha[r]), s(scale);
       for (int64_t j = 0; j < cols; j += W) {
         const int64_t m = std::min(W, cols - j);
         const Vec xr = load(x + j, m), xo = load(o + j, m);
