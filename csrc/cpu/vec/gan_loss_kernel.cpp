@@ -117,20 +117,21 @@ constexpr bool kScalarTerms = true;
 constexpr bool kScalarTerms = false;
 #endif
 
-// Vectors per step of the loss loop, for the softplus terms and for the others. On Zen 2 (AVX2 only)
-// the dependency chains of N vectors, side by side in program order (each() above), overlap where one
-// chain at a time did not. The softplus' chain (exp, a division, log1p: ~100 cycles) wants four: the
-// fused d_loss ns at B = 1M on one thread took 5.1 ms with one vector a step, 4.0 with two, 3.0 with
-// four, 3.1-3.2 with three, six or eight (2026-12-05, third Zen 2 session). The cheap terms' chains are
-// short: two took wasserstein's g_loss at B = 57600 on one thread from 19.5 to 15 us, and four were
+// Vectors per step of the loss loop, for the softplus terms and for the others. The dependency
+// chains of N vectors, side by side in program order (each() above), overlap where one chain at a
+// time did not. The softplus' chain (exp, a division, log1p: ~100 cycles) wants four: the fused
+// d_loss ns at B = 1M on one thread of a Zen 2 (AVX2) took 5.1 ms with one vector a step, 4.0 with
+// two, 3.0 with four, 3.1-3.2 with three, six or eight (2026-12-05); on a Sapphire Rapids Xeon
+// (AVX-512) the softplus part of g_loss ns at 1M (its time less hinge's) took 805-910 us with one,
+// 690 with two, 575-615 with four or eight (2026-12-06). The cheap terms' chains are short: two
+// took wasserstein's g_loss at B = 57600 on one Zen 2 thread from 19.5 to 15 us, and four were
 // slower than two for hinge (25 -> 28 us at 57600 on two threads).
-// AVX-512 stays at one: an unrolled loop measured no faster on Zen 4 (2026-12-04).
-#if defined(CPU_CAPABILITY_AVX2)
-constexpr int kInterleaveSoftplus = 4;
-constexpr int kInterleave = 2;
-#else
+#if defined(CPU_CAPABILITY_DEFAULT)
 constexpr int kInterleaveSoftplus = 1;
 constexpr int kInterleave = 1;
+#else
+constexpr int kInterleaveSoftplus = 4;
+constexpr int kInterleave = 2;
 #endif
 
 template <Term t>
@@ -266,8 +267,10 @@ auto term_body(const scalar_t* a, const scalar_t* b, T shift, bool count_a_posit
         const Vec vshift(shift), vscale(scale);
         for (int q = 0; q < kNumSums; ++q) part[q] = zero;
         WideLanes<T> sum_a, sum_b;
-        // N vectors from i on, the last of them with m_last live lanes (the others full)
-        auto step = [&](auto n_vecs, int64_t i, int64_t m_last) {
+        // N vectors from i on, the last of them with m_last live lanes (the others full). Always
+        // inlined: where for_steps' two loops take the same N, GCC kept this body out of line, a call
+        // per vector (and its sums in memory).
+        auto step = [&](auto n_vecs, int64_t i, int64_t m_last) C10_ALWAYS_INLINE_ATTRIBUTE {
           constexpr int N = decltype(n_vecs)::value;
           Vec xa[N], xb[N], x[N], v[N], d[N];
           each<N>([&](int k) {
@@ -358,7 +361,7 @@ GradBody relavg_grad_body(Term term, const scalar_t* a, T shift, T mean_other, T
       return [=](int64_t begin, int64_t end) {
         const Vec vshift(shift), vmean(mean_other), vscale(scale);
         // N vectors from i on, the last of them with m_last live lanes
-        auto step = [&](auto n_vecs, int64_t i, int64_t m_last) {
+        auto step = [&](auto n_vecs, int64_t i, int64_t m_last) C10_ALWAYS_INLINE_ATTRIBUTE {
           constexpr int N = decltype(n_vecs)::value;
           Vec x[N], v[N], d[N];
           each<N>([&](int k) {
