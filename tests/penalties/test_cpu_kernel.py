@@ -139,8 +139,8 @@ def test_interpolate_row_lengths(capability, cols, perturb):
     assert_close_by_2x_rule(actual, exact, low, torch.float32)
 
 
-# Rows of up to 8 elements run code specialized per length, vectorized across rows: enough rows for
-# whole vectors of rows and a tail (203 = 12·16 + 11), in every dtype.
+# Rows shorter than two vectors run in groups of 64 rows, code specialized per length up to 8: several
+# whole groups and a part of one (203 = 3·64 + 11), in every dtype.
 @pytest.mark.parametrize("cols", range(1, 10))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("perturb", [False, True])
