@@ -125,14 +125,10 @@ constexpr bool kScalarTerms = false;
 // (AVX-512) the softplus part of g_loss ns at 1M (its time less hinge's) took 805-910 us with one,
 // 690 with two, 575-615 with four or eight (2026-12-06). The cheap terms' chains are short: two
 // took wasserstein's g_loss at B = 57600 on one Zen 2 thread from 19.5 to 15 us, and four were
-// slower than two for hinge (25 -> 28 us at 57600 on two threads).
-#if defined(CPU_CAPABILITY_DEFAULT)
-constexpr int kInterleaveSoftplus = 1;
-constexpr int kInterleave = 1;
-#else
+// slower than two for hinge (25 -> 28 us at 57600 on two threads). (The default copy runs the
+// scalar terms, kScalarTerms, and takes no steps.)
 constexpr int kInterleaveSoftplus = 4;
 constexpr int kInterleave = 2;
-#endif
 
 template <Term t>
 constexpr bool kSoftplusTerm = t == Term::SoftplusNeg || t == Term::SoftplusPos || t == Term::NegSoftplusPos;
