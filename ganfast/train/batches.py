@@ -15,6 +15,7 @@ never stopped. Only the current batch is moved to the device.
   its own position: an iterable with state_dict() / load_state_dict() (torchdata's
   StatefulDataLoader) has its state saved in the checkpoint and restored, in a single process (with
   several, each rank's stream is its own, and rank 0 alone writes checkpoints: they replay).
+  An incomplete batch that the step cannot take is skipped, with a warning (LoaderBatches).
 """
 from __future__ import annotations
 
@@ -131,26 +132,30 @@ def _has_batchnorm(model) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def check_last_batch(data, pack: int, accumulate: int, G, D) -> None:
-    """Before training: a DataLoader whose incomplete last batch the step cannot take would fail an
-    epoch into the run; refuse it now. Where that batch gives a model one sample per call and the
-    model has BatchNorm layers (which fail on one value per channel in training, as BatchNorm1d on
-    (1, C) does), warn."""
-    tail = incomplete_last_batch(data)
-    if not tail:
-        return
+def untakeable(n: int, pack: int, accumulate: int, G, D) -> str | None:
+    """Why the step cannot take a batch of n samples, or None where it can: accumulate and pack must
+    split it, and a model with BatchNorm layers fails in training on one sample per call (one value
+    per channel, as BatchNorm1d on (1, C) does; D's samples are the packed ones)."""
     split = pack * accumulate
-    if tail % split:
-        what = " x ".join(f"{n}={v}" for n, v in (("pack", pack), ("accumulate", accumulate)) if v > 1)
-        raise ValueError(f"the DataLoader's incomplete last batch ({len(data.sampler)} samples in batches of "
-                         f"{data.batch_size} leave {tail}) cannot be split by {what}"
-                         f"{f' = {split}' if pack > 1 and accumulate > 1 else ''}: pass drop_last=True to the "
-                         f"DataLoader (or a batch size that divides the data)")
-    micro = tail // accumulate  # G's batch per call; D judges micro / pack (packed) samples
+    if n % split:
+        what = " x ".join(f"{k}={v}" for k, v in (("pack", pack), ("accumulate", accumulate)) if v > 1)
+        return f"cannot be split by {what}{f' = {split}' if pack > 1 and accumulate > 1 else ''}"
+    micro = n // accumulate  # G's batch per call; D judges micro / pack (packed) samples
     if (micro == 1 and _has_batchnorm(G)) or (micro == pack and _has_batchnorm(D)):
-        log.warning("the DataLoader's incomplete last batch (%d samples in batches of %d leave %d) gives a model "
-                    "one sample per call, on which its BatchNorm layers fail in training (one value per channel): "
-                    "pass drop_last=True to the DataLoader", len(data.sampler), data.batch_size, tail)
+        return "gives a model one sample per call, on which its BatchNorm layers fail in training (one value per channel)"
+    return None
+
+
+def check_last_batch(data, cannot_take) -> bool:
+    """Before training: whether a DataLoader keeps an incomplete last batch that the step cannot take
+    (`cannot_take(n)`, untakeable above); if so, warn now that fit skips it every epoch."""
+    tail = incomplete_last_batch(data)
+    reason = cannot_take(tail) if tail else None
+    if reason is not None:
+        log.warning("the DataLoader's incomplete last batch (%d samples in batches of %d leave %d) %s: fit skips it "
+                    "every epoch, as drop_last=True would (pass drop_last=True to the DataLoader to say so)",
+                    len(data.sampler), data.batch_size, tail, reason)
+    return reason is not None
 
 
 def _described(batch) -> str:
@@ -168,11 +173,22 @@ def _described(batch) -> str:
 class LoaderBatches:
     """Batches of a DataLoader / iterable, restarted at each epoch; (x, label, ...) gives x, or
     (x, label) when num_classes is given (a conditional trainer: labels range-checked on the host).
-    own_state: whether the checkpoints may carry a stateful iterable's own state (one process)."""
+    own_state: whether the checkpoints may carry a stateful iterable's own state (one process).
+
+    An incomplete batch (fewer samples than the loader's batch_size, or than the largest batch so far
+    where the loader does not say) for which `cannot_take(n)` gives a reason is skipped, as
+    drop_last=True would skip it, with a warning at the first one unless `warned` (check_last_batch
+    warned before training): a stream's last batch is known only when it comes, and refusing it
+    there would end the run an epoch in. Skipped batches count in the position, so a resumed run
+    skips them too. The decision depends on the batch's size alone: ranks given batches of equal
+    sizes skip alike."""
 
     def __init__(self, data, device: torch.device, seed: int, state: dict | None = None,
-                 num_classes: int | None = None, own_state: bool = True):
+                 num_classes: int | None = None, own_state: bool = True, cannot_take=None, warned: bool = False):
         self.data, self.device, self.seed, self.num_classes = data, torch.device(device), seed, num_classes
+        self.cannot_take, self._warned_skip = cannot_take, warned
+        self._full = getattr(data, "batch_size", None) if isinstance(data, DataLoader) else None
+        self._largest = 0  # the largest batch so far, the full size where the loader does not say
         self.non_blocking = bool(getattr(data, "pin_memory", False))  # pinned host memory copies async
         self.epoch, self.taken, self._epoch_gen = 0, 0, None
         # where the position cannot be skipped to, the iterable's own state (when it keeps one)
@@ -183,6 +199,7 @@ class LoaderBatches:
             self.epoch, skip, gen_state = int(state["epoch"]), int(state["batches"]), state.get("sampler_generator")
             iterable_state = state.get("iterable_state") if self._own_state else None
         self._start_epoch(gen_state, skip, iterable_state)
+        self._kept_epoch = self.epoch - 1  # the epoch of the last batch not skipped (none yet)
 
     def _sampler_generator(self) -> torch.Generator | None:
         """The generator of the loader's shuffling sampler (RandomSampler, or the class-balancing
@@ -218,7 +235,7 @@ class LoaderBatches:
             for _ in range(skip):  # an iterable without a batch sampler: replay its start
                 next(self.it, None)
 
-    def __next__(self) -> torch.Tensor:
+    def _next_batch(self):
         for attempt in range(2):
             try:
                 batch = next(self.it)
@@ -229,13 +246,41 @@ class LoaderBatches:
                 self.epoch += 1
                 self._start_epoch()
         self.taken += 1
-        if self.num_classes is not None:
-            return self._labelled(batch)
-        if isinstance(batch, (tuple, list)):
-            batch = batch[0]
-        if not isinstance(batch, torch.Tensor):
-            raise TypeError(f"a batch must be a tensor or a (tensor, ...) tuple, got {_described(batch)}")
-        return batch.to(self.device, non_blocking=self.non_blocking)
+        return batch
+
+    def _skipped(self, x: torch.Tensor) -> bool:
+        """Whether x is an incomplete batch the step cannot take (then warn at the first one)."""
+        n = x.shape[0] if x.dim() else 0
+        self._largest = max(n, self._largest)
+        full = self._full if self._full is not None else self._largest
+        reason = self.cannot_take(n) if self.cannot_take is not None and n < full else None
+        if reason is None:
+            self._kept_epoch = self.epoch
+            return False
+        if self.epoch - self._kept_epoch >= 2:  # every batch of epoch _kept_epoch + 1 skipped
+            raise ValueError(f"no batch of a whole epoch of the data can be taken: a batch of {n} samples (full batches "
+                             f"hold {full}) {reason}")
+        if not self._warned_skip:
+            self._warned_skip = True
+            log.warning("the data's incomplete batch of %d samples (full batches hold %d) %s: fit skips it and any like "
+                        "it, as drop_last=True would (pass drop_last=True to the DataLoader to say so)", n, full, reason)
+        return True
+
+    def __next__(self) -> torch.Tensor:
+        while True:
+            batch = self._next_batch()
+            if self.num_classes is not None:
+                x, y = self._labelled(batch)
+            else:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                if not isinstance(x, torch.Tensor):
+                    raise TypeError(f"a batch must be a tensor or a (tensor, ...) tuple, got {_described(batch)}")
+            if self._skipped(x):
+                continue
+            x = x.to(self.device, non_blocking=self.non_blocking)
+            if self.num_classes is None:
+                return x
+            return x, y.to(self.device, non_blocking=self.non_blocking)
 
     def _labelled(self, batch):
         if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[0], torch.Tensor)
@@ -245,8 +290,7 @@ class LoaderBatches:
         x, y = batch[0], batch[1]
         if y.device.type == "cpu" and y.dtype == torch.long:
             check_range(y, self.num_classes, "the data's labels")
-        return (x.to(self.device, non_blocking=self.non_blocking),
-                y.to(self.device, non_blocking=self.non_blocking))
+        return x, y
 
     def state(self) -> dict:
         out = {"kind": "loader", "epoch": self.epoch, "batches": self.taken, "sampler_generator": self._epoch_gen}

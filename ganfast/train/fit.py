@@ -8,7 +8,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import is_positive_int
-from .batches import LoaderBatches, TensorBatches, check_last_batch
+from .batches import LoaderBatches, TensorBatches, check_last_batch, untakeable
 from .labels import is_pair, looks_labelled, missing_error, unconditional_error
 from .logging import TrainLogger, save_curves, save_samples
 
@@ -93,8 +93,13 @@ def _source(trainer, data, batch_size: int | None, state: dict | None):
         log.warning(
             "distributed fit on a DataLoader without a DistributedSampler: the ranks may draw the same samples "
             "(use ganfast.train.distributed.loader)")
-    check_last_batch(data, trainer.config.pack, trainer.config.accumulate, trainer.G, trainer.D)
-    return LoaderBatches(data, trainer.device, trainer.seed, state, num_classes=k, own_state=trainer.world_size == 1)
+    cfg = trainer.config
+
+    def cannot_take(n: int) -> str | None:
+        return untakeable(n, cfg.pack, cfg.accumulate, trainer.G, trainer.D)
+
+    return LoaderBatches(data, trainer.device, trainer.seed, state, num_classes=k, own_state=trainer.world_size == 1,
+                         cannot_take=cannot_take, warned=check_last_batch(data, cannot_take))
 
 
 def _fit(tr, data, steps, batch_size, *, log_every, log_dir, checkpoint_dir, checkpoint_every, keep_checkpoints,

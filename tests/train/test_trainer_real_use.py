@@ -331,24 +331,43 @@ def test_dataloader_position_is_resumed_exactly(tmp_path, caplog, sampler):
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("n, accumulate, refused", [(70, 4, True), (72, 4, False), (70, 1, False), (70, 2, False)])
-def test_a_loaders_incomplete_last_batch_is_checked_before_training(n, accumulate, refused):
+def _batch_sizes(trainer) -> list[int]:
+    """The sizes of the real batches the trainer's steps take (recorded as they come)."""
+    sizes, step = [], trainer.step
+
+    def recorded(real, return_stats=True):
+        sizes.append((real[0] if isinstance(real, tuple) else real).shape[0])
+        return step(real, return_stats)
+
+    trainer.step = recorded
+    return sizes
+
+
+def _skip_messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "skips it" in r.getMessage()]
+
+
+@pytest.mark.parametrize("n, accumulate, skipped", [(70, 4, True), (72, 4, False), (70, 1, False), (70, 2, False)])
+def test_a_loaders_incomplete_last_batch_the_step_cannot_split_is_skipped(caplog, n, accumulate, skipped):
     """A DataLoader keeping its last batch (drop_last=False) that the step cannot split would fail an
-    epoch into the run: fit refuses it before the first step (70 samples in batches of 16 leave 6)."""
+    epoch into the run: fit says so before the first step and skips that batch every epoch, as
+    drop_last=True would (70 samples in batches of 16 leave 6; 72 leave 8)."""
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(points(n)), batch_size=16, shuffle=True)
     t = _trainer(accumulate=accumulate)
-    if refused:
-        with pytest.raises(ValueError, match=r"incomplete last batch \(70 samples in batches of 16 leave 6\) "
-                                             r"cannot be split by accumulate=4: pass drop_last=True"):
-            t.fit(loader, steps=10, progress=False)
-        assert t.step_count == 0
-    else:
-        t.fit(loader, steps=10, progress=False)  # two epochs, each ending on its short batch
-        assert t.step_count == 10
+    sizes = _batch_sizes(t)
+    with caplog.at_level("WARNING", logger="ganfast.train"):
+        t.fit(loader, steps=12, progress=False)  # into the third epoch
+    assert t.step_count == 12
+    tail = n % 16
+    assert sizes == ([16] * 12 if skipped else ([16] * 4 + [tail]) * 2 + [16] * 2)
+    assert _skip_messages(caplog) == ([
+        f"the DataLoader's incomplete last batch ({n} samples in batches of 16 leave {tail}) cannot be split by "
+        f"accumulate=4: fit skips it every epoch, as drop_last=True would (pass drop_last=True to the DataLoader "
+        f"to say so)"] if skipped else [])
 
 
-def test_a_short_batch_from_a_stream_names_the_likely_cause():
-    """A stream's length is unknown up front: its odd batch is refused at that step, with the hint."""
+def test_a_short_batch_given_to_step_names_the_likely_cause():
+    """Trainer.step refuses a batch it cannot split, with the hint (fit skips such a batch instead)."""
     t = _trainer(accumulate=4)
     t.step(points(16))
     with pytest.raises(ValueError, match="not a multiple of 4 .a data loader's incomplete last batch\\? pass it "
@@ -356,9 +375,9 @@ def test_a_short_batch_from_a_stream_names_the_likely_cause():
         t.step(points(6))
 
 
-@pytest.mark.parametrize("n, batch_norm_in, warned", [(65, "D", True), (65, "G", True), (65, None, False),
-                                                      (66, "D", False), (64, "D", False)])
-def test_a_last_batch_of_one_sample_warns_where_batch_norm_would_fail(caplog, n, batch_norm_in, warned):
+@pytest.mark.parametrize("n, batch_norm_in, skipped", [(65, "D", True), (65, "G", True), (65, None, False),
+                                                       (66, "D", False), (64, "D", False)])
+def test_a_last_batch_of_one_sample_is_skipped_where_batch_norm_would_fail(caplog, n, batch_norm_in, skipped):
     G, D = mlp_pair()
     bn = nn.Sequential(nn.BatchNorm1d(2), nn.Linear(2, 2))  # 2 features: G's output and D's input
     if batch_norm_in == "G":
@@ -366,13 +385,17 @@ def test_a_last_batch_of_one_sample_warns_where_batch_norm_would_fail(caplog, n,
     elif batch_norm_in == "D":
         D = nn.Sequential(bn, D)
     t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0)
+    sizes = _batch_sizes(t)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(points(n)), batch_size=16)
     with caplog.at_level("WARNING", logger="ganfast.train"):
-        t.fit(loader, steps=2, progress=False)  # the first epoch's full batches: the warning comes first
-    messages = [r.getMessage() for r in caplog.records if "incomplete last batch" in r.getMessage()]
-    assert messages == ([f"the DataLoader's incomplete last batch ({n} samples in batches of 16 leave 1) gives a "
-                         "model one sample per call, on which its BatchNorm layers fail in training (one value per "
-                         "channel): pass drop_last=True to the DataLoader"] if warned else [])
+        t.fit(loader, steps=6, progress=False)  # past the first epoch's last batch
+    tail = n % 16
+    assert sizes == ([16] * 6 if skipped or not tail else [16] * 4 + [tail, 16])
+    assert _skip_messages(caplog) == ([f"the DataLoader's incomplete last batch ({n} samples in batches of 16 leave 1) "
+                                       "gives a model one sample per call, on which its BatchNorm layers fail in "
+                                       "training (one value per channel): fit skips it every epoch, as "
+                                       "drop_last=True would (pass drop_last=True to the DataLoader to say so)"]
+                                      if skipped else [])
 
 
 class _Stream(torch.utils.data.IterableDataset):
@@ -381,6 +404,65 @@ class _Stream(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         return iter(self.x)
+
+
+@pytest.mark.parametrize("batched_by", ["DataLoader", "itself"])
+def test_a_streams_incomplete_batch_the_step_cannot_split_is_skipped_when_it_comes(tmp_path, caplog, batched_by):
+    """A stream's length is unknown up front: its last batch of 6 (70 samples in batches of 16), which
+    accumulate=4 cannot split, is skipped when it comes, with one warning for the run, instead of
+    ending the run an epoch in. An iterable of batches (no batch_size to read) takes its largest
+    batch so far as the full size. Skipped batches count in the position: a resumed run matches one
+    that never stopped."""
+    x = points(70)
+    batches = list(x.split(16))
+
+    def run(log_dir, steps, callback=None):
+        t = _trainer(accumulate=4)
+        sizes = _batch_sizes(t)
+        data = torch.utils.data.DataLoader(_Stream(x), batch_size=16) if batched_by == "DataLoader" else batches
+        t.fit(data, steps=steps, log_dir=log_dir, checkpoint_every=3, progress=False, callback=callback)
+        return t, sizes
+
+    with caplog.at_level("WARNING", logger="ganfast.train"):
+        whole, sizes = run(tmp_path / "whole", 10)
+    assert sizes == [16] * 10 and whole.step_count == 10
+    assert _skip_messages(caplog) == [
+        "the data's incomplete batch of 6 samples (full batches hold 16) cannot be split by accumulate=4: fit skips it "
+        "and any like it, as drop_last=True would (pass drop_last=True to the DataLoader to say so)"]
+    with pytest.raises(Killed):
+        run(tmp_path / "a", 10, _kill_at(8))  # the step-6 checkpoint lies past the first skip
+    resumed, _ = run(tmp_path / "a", 10)
+    for p, q in zip(list(resumed.G.parameters()) + list(resumed.D.parameters()),
+                    list(whole.G.parameters()) + list(whole.D.parameters())):
+        assert torch.equal(p, q)
+
+
+def test_a_streams_first_batch_is_never_skipped():
+    """The first batch sets the full size: one the step cannot split is the configuration's error."""
+    with pytest.raises(ValueError, match="accumulate=4 splits each batch into 4 equal micro-batches: the batch "
+                                         "size 6 is not a multiple of 4"):
+        _trainer(accumulate=4).fit([points(6), points(16)], steps=2, progress=False)
+
+
+def test_a_stream_without_a_batch_the_step_can_take_is_an_error_not_a_hang():
+    """A DataLoader of batch_size 16 over a stream of 10 samples: every epoch's one batch is incomplete
+    and accumulate=4 cannot split it; after a whole epoch of skipped batches fit stops with the reason."""
+    data = torch.utils.data.DataLoader(_Stream(points(10)), batch_size=16)
+    with pytest.raises(ValueError, match=r"no batch of a whole epoch of the data can be taken: a batch of 10 samples "
+                                         r"\(full batches hold 16\) cannot be split by accumulate=4"):
+        _trainer(accumulate=4).fit(data, steps=2, progress=False)
+
+
+def test_a_conditional_streams_incomplete_batch_is_skipped_with_its_labels(caplog):
+    from trainer_models import CondD, CondG
+    G, D = CondG(3), CondD(3)
+    t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0, num_classes=3, pack=1, accumulate=2)
+    sizes = _batch_sizes(t)
+    y = torch.arange(37) % 3
+    data = torch.utils.data.DataLoader(_Stream(list(zip(points(37), y))), batch_size=12)  # 12, 12, 12, 1
+    with caplog.at_level("WARNING", logger="ganfast.train"):
+        t.fit(data, steps=5, progress=False)
+    assert sizes == [12] * 5 and len(_skip_messages(caplog)) == 1
 
 
 def test_an_iterable_is_replayed_to_its_position_on_resume(tmp_path, caplog):
