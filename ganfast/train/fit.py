@@ -24,7 +24,10 @@ def fit(trainer, data, steps: int, batch_size: int | None = None, *, log_every: 
 
     data: a DataLoader / iterable of batches (x or (x, ...)), or a tensor of samples (batched with
     batch_size, default 64, reshuffled each epoch with the trainer's generator; a DataLoader makes its
-    own batches, and a batch_size that differs from its own is refused). A conditional trainer takes
+    own batches, and a batch_size that differs from its own is refused; an incomplete batch that the
+    step cannot take, one that accumulate or pack cannot split or that gives a model with BatchNorm
+    one sample per call, is skipped with a warning, as drop_last=True would skip it:
+    batches.LoaderBatches). A conditional trainer takes
     (x, y, ...) batches, or a pair of tensors (samples, labels); its sample pictures hold one row
     per class. Only the current batch is moved
     to the trainer's device (a DataLoader with pin_memory=True copies without blocking). log_dir gets
