@@ -187,7 +187,7 @@ class LoaderBatches:
                  num_classes: int | None = None, own_state: bool = True, cannot_take=None, warned: bool = False):
         self.data, self.device, self.seed, self.num_classes = data, torch.device(device), seed, num_classes
         self.cannot_take, self._warned_skip = cannot_take, warned
-        self._full = getattr(data, "batch_size", None) if isinstance(data, DataLoader) else None
+        self._full = data.batch_size if isinstance(data, DataLoader) else None  # None: batched by its sampler
         self._largest = 0  # the largest batch so far, the full size where the loader does not say
         self.non_blocking = bool(getattr(data, "pin_memory", False))  # pinned host memory copies async
         self.epoch, self.taken, self._epoch_gen = 0, 0, None

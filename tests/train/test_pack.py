@@ -7,7 +7,7 @@ import ganfast
 from ganfast.models import build_models
 from ganfast.train.probe import pack_samples
 from test_trainer_step import hand_loop
-from trainer_models import adam_pair, points
+from trainer_models import adam_pair, points, recorded_batch_sizes
 
 
 class Pack(nn.Module):
@@ -132,8 +132,7 @@ def test_a_last_batch_of_one_packed_sample_is_skipped_where_d_has_batch_norm(cap
     G, D = packed_mlp_pair(2, dtype=torch.float32)
     D = nn.Sequential(nn.BatchNorm1d(4), D)
     t = ganfast.Trainer(G, D, *adam_pair(G, D), pack=2, seed=0)
-    sizes, step = [], t.step
-    t.step = lambda real, return_stats=True: sizes.append(real.shape[0]) or step(real, return_stats)
+    sizes = recorded_batch_sizes(t)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(points(n)), batch_size=16)
     with caplog.at_level("WARNING", logger="ganfast.train"):
         t.fit(loader, steps=6, progress=False)  # past the first epoch's last batch

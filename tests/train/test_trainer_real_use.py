@@ -13,7 +13,7 @@ from torch import nn
 import ganfast
 from ganfast.train import StabilityMonitor, checkpoint as ckpt
 from ganfast.train.checkpoint import ResumeMismatchError
-from trainer_models import adam_pair, mlp_pair, points
+from trainer_models import adam_pair, mlp_pair, points, recorded_batch_sizes
 
 
 def _trainer(seed=0, lr=1e-2, dtype=torch.float32, **kw):
@@ -331,18 +331,6 @@ def test_dataloader_position_is_resumed_exactly(tmp_path, caplog, sampler):
         assert torch.equal(p, q)
 
 
-def _batch_sizes(trainer) -> list[int]:
-    """The sizes of the real batches the trainer's steps take (recorded as they come)."""
-    sizes, step = [], trainer.step
-
-    def recorded(real, return_stats=True):
-        sizes.append((real[0] if isinstance(real, tuple) else real).shape[0])
-        return step(real, return_stats)
-
-    trainer.step = recorded
-    return sizes
-
-
 def _skip_messages(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if "skips it" in r.getMessage()]
 
@@ -354,7 +342,7 @@ def test_a_loaders_incomplete_last_batch_the_step_cannot_split_is_skipped(caplog
     drop_last=True would (70 samples in batches of 16 leave 6; 72 leave 8)."""
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(points(n)), batch_size=16, shuffle=True)
     t = _trainer(accumulate=accumulate)
-    sizes = _batch_sizes(t)
+    sizes = recorded_batch_sizes(t)
     with caplog.at_level("WARNING", logger="ganfast.train"):
         t.fit(loader, steps=12, progress=False)  # into the third epoch
     assert t.step_count == 12
@@ -385,7 +373,7 @@ def test_a_last_batch_of_one_sample_is_skipped_where_batch_norm_would_fail(caplo
     elif batch_norm_in == "D":
         D = nn.Sequential(bn, D)
     t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0)
-    sizes = _batch_sizes(t)
+    sizes = recorded_batch_sizes(t)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(points(n)), batch_size=16)
     with caplog.at_level("WARNING", logger="ganfast.train"):
         t.fit(loader, steps=6, progress=False)  # past the first epoch's last batch
@@ -418,7 +406,7 @@ def test_a_streams_incomplete_batch_the_step_cannot_split_is_skipped_when_it_com
 
     def run(log_dir, steps, callback=None):
         t = _trainer(accumulate=4)
-        sizes = _batch_sizes(t)
+        sizes = recorded_batch_sizes(t)
         data = torch.utils.data.DataLoader(_Stream(x), batch_size=16) if batched_by == "DataLoader" else batches
         t.fit(data, steps=steps, log_dir=log_dir, checkpoint_every=3, progress=False, callback=callback)
         return t, sizes
@@ -457,7 +445,7 @@ def test_a_conditional_streams_incomplete_batch_is_skipped_with_its_labels(caplo
     from trainer_models import CondD, CondG
     G, D = CondG(3), CondD(3)
     t = ganfast.Trainer(G, D, *adam_pair(G, D), seed=0, num_classes=3, pack=1, accumulate=2)
-    sizes = _batch_sizes(t)
+    sizes = recorded_batch_sizes(t)
     y = torch.arange(37) % 3
     data = torch.utils.data.DataLoader(_Stream(list(zip(points(37), y))), batch_size=12)  # 12, 12, 12, 1
     with caplog.at_level("WARNING", logger="ganfast.train"):

@@ -1,4 +1,4 @@
-"""Tiny models shared by the trainer tests (plain PyTorch: nothing ganfast-specific inside)."""
+"""Tiny models and helpers shared by the trainer tests (plain PyTorch: no ganfast import inside)."""
 import torch
 from torch import nn
 
@@ -14,6 +14,18 @@ def mlp_pair(latent=3, hidden=8, out=2, dtype=torch.float32, seed=0):
 def adam_pair(G, D, lr=1e-2):
     return (torch.optim.Adam(G.parameters(), lr, betas=(0.5, 0.9)),
             torch.optim.Adam(D.parameters(), lr, betas=(0.5, 0.9)))
+
+
+def recorded_batch_sizes(trainer) -> list[int]:
+    """The sizes of the real batches the trainer's steps take (recorded as they come)."""
+    sizes, step = [], trainer.step
+
+    def recorded(real, return_stats=True):
+        sizes.append((real[0] if isinstance(real, tuple) else real).shape[0])
+        return step(real, return_stats)
+
+    trainer.step = recorded
+    return sizes
 
 
 def points(n=64, dtype=torch.float32, seed=1):
